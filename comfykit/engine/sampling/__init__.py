@@ -1,0 +1,1 @@
+"""Sampling for the embedded engine: latent formats, schedules, k-diffusion style samplers, CFG, previews."""
