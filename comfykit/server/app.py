@@ -1,0 +1,378 @@
+"""The aiohttp application: ComfyUI's HTTP routes (bare and under /api) over an embedded Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from aiohttp import web
+
+from ..errors import ValidationError
+from . import files
+from .hub import Hub
+from .queue import PromptQueue
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+
+#: GET /models answers ComfyUI 0.3.64's folder keys.
+MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
+                 "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
+                 "upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers", "model_patches",
+                 "audio_encoders"]
+
+STATE = web.AppKey("comfykit_state", object)
+
+
+class ServerState:
+    """Everything one running server owns: engine, queue, sockets, worker and settings."""
+
+    def __init__(self, engine: Any, dirs: dict[str, str], *, max_upload_size: int, preview_size: int,
+                 max_history: int):
+        self.engine = engine
+        self.dirs = dirs
+        self.max_upload_size = max_upload_size
+        self.preview_size = preview_size
+        self.number = 0
+        self.queue = PromptQueue(max_history, on_change=self._status_changed)
+        self.hub: Hub | None = None
+        self.worker: Worker | None = None
+        self.auth: Any = None  # set by comfykit.share: an object with .check(request) -> bool
+        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+
+    @property
+    def features(self) -> dict[str, Any]:
+        return {"supports_preview_metadata": True, "max_upload_size": self.max_upload_size}
+
+    def _status_changed(self, remaining: int) -> None:
+        if self.hub is not None:
+            self.hub.send("status", {"status": {"exec_info": {"queue_remaining": remaining}}})
+
+    # -- waiting for a prompt from a handler (used by /generate) ----------------------------------------
+    def waiter(self, prompt_id: str) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._waiters[prompt_id] = (loop, fut)
+        return fut
+
+    def _done(self, prompt_id: str, history: dict[str, Any]) -> None:
+        entry = self._waiters.pop(prompt_id, None)
+        if entry is not None:
+            loop, fut = entry
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(history))
+
+    def enqueue(self, prompt: Any, *, prompt_id: str | None = None, extra_data: dict[str, Any] | None = None,
+                number: float | None = None, partial_targets: list[str] | None = None) -> dict[str, Any]:
+        """Validate and queue a prompt as POST /prompt does; raises ValidationError."""
+        if number is None:
+            number = self.number
+            self.number += 1
+        prompt_id = str(prompt_id) if prompt_id is not None else str(uuid.uuid4())
+        if not isinstance(prompt, dict):
+            raise ValidationError("the prompt must be a JSON object {node_id: {class_type, inputs}}",
+                                  {"type": "invalid_prompt", "message": "Prompt must be a JSON object",
+                                   "details": f"got {type(prompt).__name__}", "extra_info": {}})
+        valid = self.engine.validate(prompt, partial_targets)
+        self.queue.put([number, prompt_id, valid.prompt, dict(extra_data or {}), list(valid.outputs)])
+        return {"prompt_id": prompt_id, "number": number, "node_errors": valid.node_errors}
+
+
+def engine_dirs(engine: Any) -> dict[str, str]:
+    """The output/input/temp folders of an engine (``engine.folders`` per the contract, tolerant of names)."""
+    folders = getattr(engine, "folders", None)
+    out = {}
+    for kind in ("output", "input", "temp"):
+        value = None
+        for owner in (folders, engine):
+            for name in (f"{kind}_dir", kind, f"{kind}_directory"):
+                value = getattr(owner, name, None) if owner is not None else None
+                if value is not None and not callable(value):
+                    break
+                value = None
+            if value is not None:
+                break
+        if value is None and isinstance(folders, dict):
+            value = folders.get(kind)
+        if value is None:
+            raise TypeError(f"engine has no {kind} folder (expected engine.folders.{kind}_dir)")
+        out[kind] = str(value)
+    return out
+
+
+def list_files(engine: Any, folder: str) -> list[str]:
+    """Files the engine sees in a models folder (or input/output); [] when it has no such folder."""
+    folders = getattr(engine, "folders", None)
+    lister = getattr(folders, "list_files", None)
+    if lister is None:
+        return []
+    try:
+        return list(lister(folder))
+    except (KeyError, ValueError, OSError):
+        return []
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin_only_middleware() -> Any:
+    """403 for requests whose Origin differs from Host on a loopback server (drive-by POSTs from websites)."""
+
+    @web.middleware
+    async def origin_only(request: web.Request, handler: Any) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        origin = request.headers.get("Origin")
+        if host and origin:
+            host_n = host.lower()
+            origin_n = urlparse(origin).netloc.lower()
+            parsed_host = urlparse("//" + host_n)
+            parsed_origin = urlparse("//" + origin_n)
+            # Default ports are implied on one side and spelled out on the other.
+            if parsed_host.port is None and parsed_origin.port in (80, 443):
+                origin_n = parsed_origin.hostname or origin_n
+            if _is_loopback(parsed_host.hostname) and host_n != origin_n:
+                return web.json_response({"error": "cross-origin request refused by this local server; start "
+                                          "it with --enable-cors-header to allow other origins"}, status=403)
+        return await handler(request)
+
+    return origin_only
+
+
+def _cors_middleware(allowed_origin: str) -> Any:
+    @web.middleware
+    async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            response: web.StreamResponse = web.Response()
+        else:
+            response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = allowed_origin
+        response.headers["Access-Control-Allow-Methods"] = "POST, GET, DELETE, PUT, OPTIONS, PATCH"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        return response
+
+    return cors
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    auth = request.app[STATE].auth
+    if auth is not None:
+        refusal = auth.check(request)
+        if refusal is not None:
+            return refusal
+    return await handler(request)
+
+
+async def _json_body(request: web.Request) -> Any:
+    if not request.can_read_body:
+        return {}
+    try:
+        return await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error": "the request body must be JSON"}',
+                                 content_type="application/json") from None
+
+
+def _routes(state: ServerState) -> web.RouteTableDef:
+    routes = web.RouteTableDef()
+    engine = state.engine
+
+    @routes.get("/prompt")
+    async def get_prompt(request: web.Request) -> web.Response:
+        return web.json_response({"exec_info": {"queue_remaining": state.queue.queue_remaining()}})
+
+    @routes.post("/prompt")
+    async def post_prompt(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            body = {}
+        if "number" in body:
+            try:
+                number = float(body["number"])
+            except (TypeError, ValueError):
+                return web.json_response({"error": f"number must be a number, got {body['number']!r}"},
+                                         status=400)
+        else:  # ComfyUI counts every POST without a number, valid or not
+            number = -state.number if body.get("front") else state.number
+            state.number += 1
+        if "prompt" not in body:
+            message = "No prompt provided"
+            return web.json_response({"error": {"type": "no_prompt", "message": message, "details": message,
+                                                "extra_info": {}}, "node_errors": {}}, status=400)
+        extra_data = body.get("extra_data") or {}
+        if not isinstance(extra_data, dict):
+            extra_data = {}
+        if "client_id" in body:
+            extra_data["client_id"] = body["client_id"]
+        try:
+            answer = state.enqueue(body["prompt"], prompt_id=body.get("prompt_id"), extra_data=extra_data,
+                                   number=number,
+                                   partial_targets=body.get("partial_execution_targets"))
+        except ValidationError as exc:
+            return web.json_response(exc.to_dict(), status=400)
+        return web.json_response(answer)
+
+    @routes.get("/queue")
+    async def get_queue(request: web.Request) -> web.Response:
+        running, pending = state.queue.current_queue()
+        return web.json_response({"queue_running": running, "queue_pending": pending})
+
+    @routes.post("/queue")
+    async def post_queue(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if body.get("clear"):
+            state.queue.wipe()
+        if "delete" in body:
+            state.queue.delete(list(body["delete"]))
+        return web.Response(status=200)
+
+    @routes.get("/history")
+    async def get_history(request: web.Request) -> web.Response:
+        try:
+            max_items = int(request.query["max_items"]) if "max_items" in request.query else None
+            offset = int(request.query.get("offset", -1))
+        except ValueError:
+            return web.json_response({"error": "max_items and offset must be integers"}, status=400)
+        return web.json_response(state.queue.get_history(max_items=max_items, offset=offset))
+
+    @routes.get("/history/{prompt_id}")
+    async def get_history_item(request: web.Request) -> web.Response:
+        return web.json_response(state.queue.get_history(request.match_info["prompt_id"]))
+
+    @routes.post("/history")
+    async def post_history(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if body.get("clear"):
+            state.queue.wipe_history()
+        if "delete" in body:
+            state.queue.delete_history(list(body["delete"]))
+        return web.Response(status=200)
+
+    @routes.post("/interrupt")
+    async def interrupt(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        if prompt_id is None or prompt_id in state.queue.running_ids():
+            engine.interrupt()
+        return web.Response(status=200)
+
+    @routes.post("/free")
+    async def free(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        free_memory = bool(body.get("free_memory", False))
+        unload = bool(body.get("unload_models", free_memory))
+        if state.worker is not None and (unload or free_memory):
+            state.worker.request_free(unload, free_memory)
+        return web.Response(status=200)
+
+    @routes.get("/view")
+    async def view(request: web.Request) -> web.StreamResponse:
+        return files.view(request, state.dirs)
+
+    @routes.post("/upload/image")
+    async def upload(request: web.Request) -> web.Response:
+        return await files.upload_image(request, state.dirs)
+
+    @routes.get("/object_info")
+    async def object_info(request: web.Request) -> web.Response:
+        return web.json_response(engine.object_info())
+
+    @routes.get("/object_info/{node_class}")
+    async def object_info_one(request: web.Request) -> web.Response:
+        name = request.match_info["node_class"]
+        info = engine.object_info()
+        return web.json_response({name: info[name]} if name in info else {})
+
+    @routes.get("/system_stats")
+    async def system_stats(request: web.Request) -> web.Response:
+        return web.json_response(engine.system_stats())
+
+    @routes.get("/features")
+    async def features(request: web.Request) -> web.Response:
+        return web.json_response(state.features)
+
+    @routes.get("/embeddings")
+    async def embeddings(request: web.Request) -> web.Response:
+        return web.json_response([os.path.splitext(f)[0] for f in list_files(engine, "embeddings")])
+
+    @routes.get("/models")
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(MODEL_FOLDERS)
+
+    @routes.get("/models/{folder}")
+    async def models_in(request: web.Request) -> web.Response:
+        folder = request.match_info["folder"]
+        if folder not in MODEL_FOLDERS:
+            return web.json_response({"error": f"unknown model folder {folder!r}; see GET /models"}, status=404)
+        return web.json_response(sorted(list_files(engine, folder)))
+
+    @routes.get("/ws")
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        assert state.hub is not None
+        return await state.hub.handle(request)
+
+    return routes
+
+
+def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
+               input_dir: str | os.PathLike[str] | None = None, temp_dir: str | os.PathLike[str] | None = None,
+               max_upload_size_mb: float = 100, enable_cors: str | None = None, preview_size: int = 512,
+               max_history: int = 10000) -> web.Application:
+    """The aiohttp app serving ``engine`` with ComfyUI's routes; folders default to the engine's own.
+
+    ``enable_cors``: an origin (``"*"`` for any) to allow cross-origin requests, as ``--enable-cors-header``;
+    None keeps ComfyUI's default of refusing cross-origin requests to a loopback server.
+    """
+    from .generate import add_page_routes
+
+    dirs = engine_dirs(engine)
+    for kind, value in (("output", output_dir), ("input", input_dir), ("temp", temp_dir)):
+        if value is not None:
+            dirs[kind] = str(value)
+    for path in dirs.values():
+        os.makedirs(path, exist_ok=True)
+    max_upload = int(max_upload_size_mb * 1024 * 1024)
+    state = ServerState(engine, dirs, max_upload_size=max_upload, preview_size=preview_size,
+                        max_history=max_history)
+    middlewares = [_cors_middleware(enable_cors) if enable_cors else _origin_only_middleware(), _auth_middleware]
+    app = web.Application(client_max_size=max_upload, middlewares=middlewares)
+    app[STATE] = state
+    routes = _routes(state)
+    add_page_routes(routes, state)
+    for route in routes:
+        assert isinstance(route, web.RouteDef)
+        app.router.add_route(route.method, route.path, route.handler)
+        if route.path != "/":
+            app.router.add_route(route.method, "/api" + route.path, route.handler)
+
+    async def start(app: web.Application) -> None:
+        state.hub = Hub(asyncio.get_running_loop(), state.features, state.queue.queue_remaining,
+                        lambda sid: state.worker.executing_for(sid) if state.worker else None)
+        state.worker = Worker(engine, state.queue, state.hub, preview_size=preview_size, on_done=state._done)
+        state.worker.start()
+
+    async def stop(app: web.Application) -> None:
+        if state.worker is not None:
+            await asyncio.get_running_loop().run_in_executor(None, state.worker.stop)
+        if state.hub is not None:
+            await state.hub.close_all()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+    return app

@@ -1,0 +1,105 @@
+"""Command line of ``python -m comfykit.server``: ComfyUI main.py's core flags, so its launchers work."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (ComfyUI's names and defaults, plus ``--models-dir``)."""
+    p = argparse.ArgumentParser(
+        prog="python -m comfykit.server",
+        description="Serve comfykit's embedded engine over ComfyUI's HTTP/WebSocket API. Flags of ComfyUI's "
+                    "main.py that comfykit does not know are accepted and ignored with a warning.")
+    p.add_argument("--listen", type=str, default="127.0.0.1", metavar="IP", nargs="?", const="0.0.0.0",
+                   help="address(es) to listen on, comma separated; bare --listen means 0.0.0.0 (all)")
+    p.add_argument("--port", type=int, default=8188, help="port to listen on; 0 picks a free one (default 8188)")
+    p.add_argument("--models-dir", default=None,
+                   help="ComfyUI-style models folder (checkpoints/, loras/, vae/, ...); default $COMFYKIT_MODELS "
+                        "or ./models")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    p.add_argument("--output-directory", default=None, help="where SaveImage writes (default ./output)")
+    p.add_argument("--input-directory", default=None, help="where LoadImage reads and uploads go (./input)")
+    p.add_argument("--temp-directory", default=None,
+                   help="parent of the temp folder (as ComfyUI, 'temp' is appended)")
+    p.add_argument("--preview-method", default="auto", choices=["none", "auto", "latent2rgb", "taesd"],
+                   help="live step previews (default auto = latent2rgb; ComfyUI's own default is none)")
+    p.add_argument("--preview-size", type=int, default=512, help="preview images are fitted into this size")
+    launch = p.add_mutually_exclusive_group()
+    launch.add_argument("--auto-launch", action="store_true", help="open the page in the default browser")
+    launch.add_argument("--disable-auto-launch", action="store_true", help="do not open a browser (default)")
+    p.add_argument("--dont-print-server", action="store_true", help="do not print the server address")
+    p.add_argument("--max-upload-size", type=float, default=100, help="largest upload in MB (default 100)")
+    p.add_argument("--enable-cors-header", type=str, default=None, metavar="ORIGIN", nargs="?", const="*",
+                   help="allow cross-origin requests from ORIGIN (default '*' when given without a value)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache-classic", action="store_true", help="keep only the last prompt's outputs "
+                                                                    "(default)")
+    cache.add_argument("--cache-lru", type=int, default=0, metavar="N", help="keep up to N node results")
+    cache.add_argument("--cache-none", action="store_true", help="no caching: every node runs every time")
+    p.add_argument("--disable-metadata", action="store_true", help="do not embed the prompt in saved PNGs")
+    p.add_argument("--quick-test-for-ci", action="store_true", help="build everything, then exit")
+    p.add_argument("--max-history", type=int, default=10000, help="finished prompts kept in /history")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; unknown ComfyUI flags are warned about and dropped."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        print(f"warning: ignoring options comfykit does not support: {' '.join(unknown)}", file=sys.stderr)
+    return args
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The Engine(...) arguments the flags ask for."""
+    import os
+
+    kwargs: dict[str, Any] = {"models_dir": args.models_dir, "output_dir": args.output_directory,
+                              "input_dir": args.input_directory, "previews": args.preview_method,
+                              "preview_size": args.preview_size}
+    if args.temp_directory is not None:
+        kwargs["temp_dir"] = os.path.join(args.temp_directory, "temp")
+    if args.cpu:
+        kwargs["device"] = "cpu"
+    if args.cache_lru > 0:
+        kwargs["cache"], kwargs["cache_size"] = "lru", args.cache_lru
+    elif args.cache_none:
+        kwargs["cache"] = "none"
+    return kwargs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server until Ctrl-C; returns the exit status."""
+    from ..errors import ServerError
+    from .app import create_app
+    from .runner import run_blocking
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from ..engine import Engine
+
+    try:
+        engine = Engine(**engine_kwargs(args))
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.disable_metadata:
+        engine.disable_metadata = True
+    app = create_app(engine, max_upload_size_mb=args.max_upload_size, enable_cors=args.enable_cors_header,
+                     preview_size=args.preview_size, max_history=args.max_history)
+    if args.quick_test_for_ci:
+        print("quick test for CI: engine and server built, exiting", flush=True)
+        return 0
+    try:
+        run_blocking(engine, app, args.listen, args.port, print_url=not args.dont_print_server,
+                     auto_launch=args.auto_launch)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,148 @@
+"""The one worker thread that drains the prompt queue through ``engine.execute`` (ComfyUI's prompt_worker)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ValidationError
+from ..events import Event
+from .hub import Hub, encode_preview
+from .queue import PromptQueue
+
+log = logging.getLogger(__name__)
+
+# Messages ComfyUI keeps in a history item's status.messages.
+_RECORDED = ("execution_start", "execution_cached", "execution_success", "execution_error",
+             "execution_interrupted")
+
+
+class Worker:
+    """Runs queued prompts one at a time, forwards their events to the sockets, and files their history."""
+
+    def __init__(self, engine: Any, queue: PromptQueue, hub: Hub, *, preview_size: int = 512,
+                 on_done: Callable[[str, dict[str, Any]], None] | None = None):
+        self.engine = engine
+        self.queue = queue
+        self.hub = hub
+        self.preview_size = preview_size
+        self.on_done = on_done
+        self._stop = threading.Event()
+        self._free_flags: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self.current: tuple[str, str | None] | None = None  # (prompt_id, client_id) of the running prompt
+        self.last_node: Any = None
+        self._thread = threading.Thread(target=self._loop, name="comfykit-server-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the running prompt (interrupting it first)."""
+        self._stop.set()
+        if self.current is not None:
+            self.engine.interrupt()
+        self._thread.join(timeout)
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        """Ask for models/caches to be freed once the running prompt is done (as ComfyUI's /free)."""
+        with self._lock:
+            self._free_flags["unload_models"] = self._free_flags.get("unload_models", False) or unload_models
+            self._free_flags["free_memory"] = self._free_flags.get("free_memory", False) or free_memory
+
+    def executing_for(self, sid: str) -> Any:
+        """The node a reconnecting client's prompt is on, or None when that client has nothing running."""
+        current = self.current
+        if current is not None and current[1] == sid:
+            return self.last_node
+        return None
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            got = self.queue.get(timeout=0.5)
+            if got is not None:
+                try:
+                    self._run(*got)
+                except Exception:  # never let one prompt kill the server's only worker
+                    log.exception("server worker failed on a prompt")
+            self._maybe_free()
+
+    def _maybe_free(self) -> None:
+        with self._lock:
+            flags, self._free_flags = self._free_flags, {}
+        if flags:
+            try:
+                self.engine.free(unload_models=flags["unload_models"], free_memory=flags["free_memory"])
+            except Exception:
+                log.exception("engine.free failed")
+
+    def _run(self, item: list[Any], task_id: int) -> None:
+        number, prompt_id, prompt, extra_data, outputs = item[:5]
+        client_id = extra_data.get("client_id")
+        self.current, self.last_node = (prompt_id, client_id), None
+        messages: list[list[Any]] = []
+
+        def on_event(event: Event) -> None:
+            if event.type in _RECORDED:
+                messages.append([event.type, event.data])
+            self._forward(event, client_id)
+
+        result = None
+        try:
+            result = self.engine.execute(prompt, prompt_id=prompt_id, extra_data=extra_data, outputs=outputs,
+                                         on_event=on_event)
+        except ValidationError as exc:  # files vanished between POST and run: report it like a node failure
+            on_event(Event("execution_error", _error_data(prompt_id, exc, "ValidationError")))
+        except Exception as exc:  # an engine bug must still end the prompt properly for its client
+            log.exception("engine.execute raised for prompt %s", prompt_id)
+            on_event(Event("execution_error", _error_data(prompt_id, exc, type(exc).__name__)))
+        finally:
+            self.current = None
+
+        ok = result is not None and result.status == "success"
+        outputs_ui = dict(result.outputs) if result is not None else {}
+        history = {
+            "outputs": outputs_ui,
+            "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": messages},
+            "meta": {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
+                     for nid in outputs_ui},
+        }
+        self.queue.task_done(task_id, history)
+        if client_id is not None:
+            self.hub.send("executing", {"node": None, "prompt_id": prompt_id}, client_id)
+        if self.on_done is not None:
+            self.on_done(prompt_id, history)
+
+    def _forward(self, event: Event, client_id: str | None) -> None:
+        if event.type == "executing":
+            self.last_node = event.data.get("node")
+        if event.type == "progress":
+            # ComfyUI broadcasts progress (and its previews) when the prompt has no client id.
+            if not self.hub.has_listeners(client_id):
+                return
+            jpeg = None
+            if event.preview is not None:
+                try:
+                    jpeg = encode_preview(event.preview, self.preview_size)
+                except Exception:
+                    log.exception("could not encode a preview")
+            node = event.data.get("node")
+            meta = {"node_id": node, "prompt_id": event.data.get("prompt_id"), "display_node_id": node,
+                    "parent_node_id": None, "real_node_id": node, "image_type": "image/jpeg"}
+            self.hub.send_progress(event.data, jpeg, meta, client_id)
+        elif event.type == "execution_interrupted":
+            self.hub.send(event.type, event.data, client_id)  # broadcast when no client id, as ComfyUI
+        elif client_id is not None:
+            self.hub.send(event.type, event.data, client_id)
+
+
+def _error_data(prompt_id: str, exc: BaseException, exc_type: str) -> dict[str, Any]:
+    return {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
+            "exception_message": str(exc), "exception_type": exc_type,
+            "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__),
+            "current_inputs": {}, "current_outputs": [], "timestamp": int(time.time() * 1000)}
