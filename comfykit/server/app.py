@@ -176,7 +176,10 @@ async def _auth_middleware(request: web.Request, handler: Any) -> web.StreamResp
         refusal = auth.check(request)
         if refusal is not None:
             return refusal
-    return await handler(request)
+    response = await handler(request)
+    if auth is not None:
+        auth.after(request, response)
+    return response
 
 
 async def _json_body(request: web.Request) -> Any:
