@@ -1,0 +1,265 @@
+"""The embedded engine: ComfyUI's executor, caches and core nodes in this process, as a comfykit Backend."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import queue
+import sys
+import threading
+import uuid
+from typing import Any
+
+import torch
+
+from ..errors import ComfykitError, InterruptedError, ValidationError
+from ..events import EXECUTION_INTERRUPTED, Event, EventCallback
+from ..job import Backend, Job
+from ..result import Result
+from .executor import Executor, now_ms
+from .folders import Folders
+
+log = logging.getLogger(__name__)
+
+PREVIEW_MODES = ("auto", "latent2rgb", "taesd", "none")
+_STOP = object()
+
+
+class Engine(Backend):
+    """Runs ComfyUI API prompts in-process on torch, with ComfyUI's ordering, caching and events.
+
+    >>> engine = Engine("models")                          # doctest: +SKIP
+    >>> result = engine.run(wf)                            # a Workflow or an API dict
+    >>> result.image                                       # PIL image of the first output
+    """
+
+    def __init__(self, models_dir: str | os.PathLike | None = None, *, output_dir: str | os.PathLike | None = None,
+                 input_dir: str | os.PathLike | None = None, temp_dir: str | os.PathLike | None = None,
+                 device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
+                 cache: str = "classic", cache_size: int | None = None, previews: str = "auto",
+                 preview_size: int = 512):
+        if previews not in PREVIEW_MODES:
+            raise ValueError(f"previews={previews!r} is not a preview mode; use one of {', '.join(PREVIEW_MODES)}")
+        self.folders = Folders(models_dir, output=output_dir, input=input_dir, temp=temp_dir)
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(dtype, str):
+            dtype = _parse_dtype(dtype)
+        self.dtype = dtype
+        self.previews = previews
+        self.preview_size = int(preview_size)
+        self.disable_metadata = False
+        if cache == "lru" and cache_size is None:
+            cache_size = 16
+        self._executor = Executor(_node_classes(), cache=cache, cache_size=cache_size or 0,
+                                  make_node=lambda cls: cls(self), on_oom=self._on_oom)
+        self._models: Any = None
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        self._running: str | None = None
+        self._cancelled: set[str] = set()
+
+    def __repr__(self) -> str:
+        return (f"Engine(models_dir={str(self.folders.models)!r}, device={str(self.device)!r}, "
+                f"cache={self._executor.cache_mode!r}, previews={self.previews!r})")
+
+    # -- models ------------------------------------------------------------------------------------------
+    @property
+    def models(self) -> Any:
+        """The ModelManager that keeps loaded models between runs (created on first use)."""
+        if self._models is None:
+            from .models import ModelManager
+
+            self._models = ModelManager(device=self.device, dtype=self.dtype)
+        return self._models
+
+    def _unload_models(self) -> None:
+        if self._models is not None:
+            self._models.unload_all()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _on_oom(self) -> None:
+        log.warning("out of memory: dropping cached outputs and unloading models")
+        self._executor.reset()
+        self._unload_models()
+
+    def _previewer(self, model: Any) -> Any:
+        """The live-preview decoder for ``model``'s latent format, or None when previews are off."""
+        if self.previews == "none":
+            return None
+        from .sampling.preview import get_previewer
+
+        return get_previewer(model.latent_format, method=self.previews, vae_approx_dir=self.folders.folder("vae_approx"),
+                             size=self.preview_size, device=self.device)
+
+    # -- schema and validation ---------------------------------------------------------------------------
+    def object_info(self) -> dict[str, Any]:
+        """``/object_info`` of the nodes this engine runs, with the model and input files present now."""
+        from ..graph import builtin
+
+        return builtin.object_info(self.folders.files())
+
+    def validate(self, prompt: Any, partial_targets: list[str] | None = None) -> Any:
+        """Validate an API prompt (or Workflow) against the live file lists; raises ValidationError."""
+        from ..graph import validate_prompt
+
+        return validate_prompt(_to_api(prompt), self.object_info(), partial_targets)
+
+    # -- synchronous execution ---------------------------------------------------------------------------
+    def execute(self, prompt: Any, *, prompt_id: str, extra_data: dict[str, Any] | None = None,
+                outputs: list[str] | None = None, on_event: EventCallback | None = None) -> Result:
+        """Validate and run one prompt in this thread; raises only ValidationError (failures are in the Result)."""
+        validated = self.validate(prompt, outputs)
+        targets = list(validated.outputs) if outputs is None else [o for o in outputs if o in validated.outputs]
+        self._running = prompt_id
+        try:
+            with torch.inference_mode():
+                return self._executor.execute(validated.prompt, prompt_id, outputs=targets,
+                                              extra_data=extra_data or {}, on_event=on_event)
+        finally:
+            self._running = None
+
+    # -- queued execution --------------------------------------------------------------------------------
+    def submit(self, workflow: Any, *, on_event: EventCallback | None = None, prompt_id: str | None = None,
+               extra_data: dict[str, Any] | None = None, outputs: list[str] | None = None,
+               **options: Any) -> Job:
+        """Queue a Workflow or API dict on this engine's worker thread and return its Job at once."""
+        if options:
+            raise TypeError(f"Engine.submit() got unexpected options {sorted(options)}")
+        prompt = _to_api(workflow)
+        self.validate(prompt, outputs)  # fail fast; the worker validates again against the files present then
+        prompt_id = prompt_id or str(uuid.uuid4())
+        job = Job(prompt_id, [on_event], interrupt=lambda: self._interrupt_job(prompt_id))
+        self._ensure_worker()
+        self._queue.put((job, prompt, extra_data, outputs))
+        return job
+
+    def _ensure_worker(self) -> None:
+        with self._worker_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="comfykit-engine", daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            job, prompt, extra_data, outputs = item
+            if job.prompt_id in self._cancelled:
+                self._cancelled.discard(job.prompt_id)
+                data = {"prompt_id": job.prompt_id, "node_id": None, "node_type": None, "executed": [],
+                        "timestamp": now_ms()}
+                job.emit(Event(EXECUTION_INTERRUPTED, data))
+                job.finish(Result(prompt_id=job.prompt_id, prompt=prompt, status="interrupted",
+                                  error=InterruptedError(data)), InterruptedError(data))
+                continue
+            try:
+                result = self.execute(prompt, prompt_id=job.prompt_id, extra_data=extra_data, outputs=outputs,
+                                      on_event=job.emit)
+            except ComfykitError as exc:
+                job.finish(None, exc)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not kill the worker thread
+                log.exception("engine worker failed on prompt %s", job.prompt_id)
+                job.finish(None, exc)
+            else:
+                job.finish(result, result.error)
+
+    def interrupt(self) -> None:
+        """Stop the running prompt at the next node or sampler step (ends with ``execution_interrupted``)."""
+        self._executor.interrupt_flag.set()
+
+    def _interrupt_job(self, prompt_id: str) -> None:
+        if self._running == prompt_id:
+            self._executor.interrupt_flag.set()
+        else:
+            self._cancelled.add(prompt_id)
+
+    def shutdown(self) -> None:
+        """Stop the worker thread after the queued jobs (the engine can still ``execute``)."""
+        with self._worker_lock:
+            if self._worker is not None and self._worker.is_alive():
+                self._queue.put(_STOP)
+                self._worker.join(timeout=60)
+            self._worker = None
+
+    # -- memory and stats --------------------------------------------------------------------------------
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """Drop every cached node output (``free_memory``) and unload the loaded models (``unload_models``)."""
+        if free_memory:
+            self._executor.reset()
+        if unload_models or free_memory:
+            self._unload_models()
+
+    def system_stats(self) -> dict[str, Any]:
+        """ComfyUI's ``/system_stats`` answer for this process and device."""
+        from .. import __version__
+
+        ram_total, ram_free = _ram()
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            free, total = torch.cuda.mem_get_info(index)
+            reserved = torch.cuda.memory_reserved(index)
+            allocated = torch.cuda.memory_allocated(index)
+            device = {"name": f"cuda:{index} {torch.cuda.get_device_name(index)}", "type": "cuda", "index": index,
+                      "vram_total": total, "vram_free": free, "torch_vram_total": reserved,
+                      "torch_vram_free": reserved - allocated}
+        else:
+            device = {"name": str(self.device), "type": self.device.type, "index": self.device.index,
+                      "vram_total": ram_total, "vram_free": ram_free, "torch_vram_total": ram_total,
+                      "torch_vram_free": ram_free}
+        return {"system": {"os": os.name, "ram_total": ram_total, "ram_free": ram_free,
+                           "comfyui_version": f"0.3.64 (comfykit {__version__})",
+                           "required_frontend_version": "", "installed_templates_version": "",
+                           "required_templates_version": "", "python_version": sys.version,
+                           "pytorch_version": torch.__version__, "embedded_python": False,
+                           "argv": list(sys.argv)},
+                "devices": [device]}
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+
+def _node_classes() -> dict[str, type]:
+    from .nodes import NODE_CLASS_MAPPINGS
+
+    return dict(NODE_CLASS_MAPPINGS)
+
+
+def _to_api(workflow: Any) -> dict[str, Any]:
+    """An API prompt dict from a Workflow, an API dict or a UI-format dict."""
+    if hasattr(workflow, "to_api"):
+        return workflow.to_api()
+    if isinstance(workflow, dict):
+        if "nodes" in workflow and "links" in workflow:  # UI format (what the ComfyUI frontend saves)
+            from ..graph import Workflow
+
+            return Workflow.load(workflow).to_api()
+        return workflow
+    raise ValidationError(f"expected a Workflow or an API prompt dict, got {type(workflow).__name__}; build one "
+                          "with ck.Workflow() or load a JSON file with ck.Workflow.load(path)")
+
+
+def _parse_dtype(name: str) -> torch.dtype:
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"dtype={name!r} is not known; use one of {', '.join(table)}") from None
+
+
+def _ram() -> tuple[int, int]:
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return page * os.sysconf("SC_PHYS_PAGES"), page * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0, 0
+
+
