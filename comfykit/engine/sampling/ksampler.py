@@ -1,0 +1,276 @@
+"""ComfyUI's KSampler path: initial noise, sigma selection (denoise / start / end), CFG over area conds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .samplers import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, get_sampler
+from .schedulers import calculate_sigmas, model_sampling_for
+
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def prepare_noise(latent: torch.Tensor, seed: int, batch_index: list[int] | None = None) -> torch.Tensor:
+    """The initial noise ComfyUI draws for `latent`: CPU generator seeded with `seed`, float32, device-independent.
+
+    With `batch_index`, noise item k is the draw for index batch_index[k] of one long sequential draw, so
+    a single image of a batch can be reproduced on its own.
+    """
+    generator = torch.manual_seed(seed)
+    if batch_index is None:
+        return torch.randn(latent.size(), dtype=latent.dtype, layout=latent.layout, generator=generator,
+                           device="cpu")
+    wanted = sorted(set(int(i) for i in batch_index))
+    draws = {}
+    for i in range(wanted[-1] + 1):
+        noise = torch.randn([1] + list(latent.size())[1:], dtype=latent.dtype, layout=latent.layout,
+                            generator=generator, device="cpu")
+        if i in wanted:
+            draws[i] = noise
+    return torch.cat([draws[int(i)] for i in batch_index], dim=0)
+
+
+def select_sigmas(model_sampling: Any, sampler_name: str, scheduler: str, steps: int, denoise: float = 1.0,
+                  start_step: int | None = None, last_step: int | None = None,
+                  force_full_denoise: bool = False) -> torch.Tensor | None:
+    """The sigmas KSampler(Advanced) runs over, or None when the latent must come back unchanged."""
+
+    def full(n: int) -> torch.Tensor:
+        if sampler_name in DISCARD_PENULTIMATE_SIGMA_SAMPLERS:
+            s = calculate_sigmas(model_sampling, scheduler, n + 1)
+            return torch.cat([s[:-2], s[-1:]])
+        return calculate_sigmas(model_sampling, scheduler, n)
+
+    if denoise is None or denoise > 0.9999:
+        sigmas = full(steps)
+    elif denoise <= 0.0:
+        return None
+    else:
+        sigmas = full(int(steps / denoise))[-(steps + 1):]
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[:last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0
+    if start_step is not None:
+        if start_step < len(sigmas) - 1:
+            sigmas = sigmas[start_step:]
+        else:
+            return None
+    if len(sigmas) == 0:
+        return None
+    return sigmas
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Conditioning: [[cond [1|B, T, dim], {"pooled_output", "area", "strength", "mask", ...}], ...]
+
+
+class _Cond:
+    """One conditioning entry resolved against the latent: context, adm vector, crop and weight map."""
+
+    def __init__(self, model: Any, entry: Any, x: torch.Tensor):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], dict)):
+            raise ValueError("each conditioning entry must be [tensor [B, tokens, dim], dict]; got "
+                             f"{type(entry).__name__}")
+        cond, opts = entry
+        batch, _, height, width = x.shape
+        device, dtype = x.device, getattr(model, "dtype", x.dtype)
+        self.context = cond.to(device=device, dtype=dtype)
+        self.y = None
+        encode_adm = getattr(model, "encode_adm", None)
+        if encode_adm is not None and getattr(model, "arch", None) == "sdxl":
+            w, h = opts.get("width", width * 8), opts.get("height", height * 8)
+            self.y = encode_adm(opts.get("pooled_output"), width=w, height=h, crop_w=opts.get("crop_w", 0),
+                                crop_h=opts.get("crop_h", 0), target_width=opts.get("target_width", w),
+                                target_height=opts.get("target_height", h))
+            if self.y is not None:
+                self.y = self.y.to(device=device, dtype=dtype)
+        area = opts.get("area")
+        if area is not None and area[0] == "percentage":
+            area = (max(1, round(area[1] * height)), max(1, round(area[2] * width)),
+                    round(area[3] * height), round(area[4] * width))
+        if area is not None:
+            ah, aw, ay, ax = (int(v) for v in area)
+            ay, ax = min(ay, height - 1), min(ax, width - 1)
+            area = (min(ah, height - ay), min(aw, width - ax), ay, ax)
+        self.area = area
+        ah, aw, ay, ax = area if area is not None else (height, width, 0, 0)
+        strength = float(opts.get("strength", 1.0))
+        mask = opts.get("mask")
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=torch.float32)
+            mask = mask[None] if mask.ndim == 2 else mask
+            if mask.shape[-2:] != (height, width):
+                mask = torch.nn.functional.interpolate(mask[:, None], size=(height, width), mode="bilinear")[:, 0]
+            mask = mask[:, ay:ay + ah, ax:ax + aw] * float(opts.get("mask_strength", 1.0))
+            mult = mask[:, None].to(device).repeat(batch // mask.shape[0] or 1, x.shape[1], 1, 1)[:batch]
+        else:
+            mult = torch.ones((batch, x.shape[1], ah, aw), device=device)
+            if area is not None:
+                _feather(mult, area, height, width)
+        self.mult = mult * strength
+
+
+def _feather(mult: torch.Tensor, area: tuple[int, int, int, int], height: int, width: int, rr: int = 8) -> None:
+    """Ramp the weight linearly over `rr` latent pixels at area edges that lie inside the image (as ComfyUI)."""
+    ah, aw, ay, ax = area
+    for t in range(min(rr, ah)):
+        if ay != 0:
+            mult[:, :, t] *= (t + 1) / rr
+        if ay + ah < height:
+            mult[:, :, ah - 1 - t] *= (t + 1) / rr
+    for t in range(min(rr, aw)):
+        if ax != 0:
+            mult[:, :, :, t] *= (t + 1) / rr
+        if ax + aw < width:
+            mult[:, :, :, aw - 1 - t] *= (t + 1) / rr
+
+
+def _repeat_tokens(context: torch.Tensor, length: int) -> torch.Tensor:
+    # repeating all tokens k times leaves cross-attention unchanged, so conds of 77 and 154 tokens batch together
+    return context.repeat(1, length // context.shape[1], 1)
+
+
+class CFGDenoiser:
+    """k-diffusion model wrapper: x, sigma -> CFG-combined denoised x0 over area/mask-weighted conds."""
+
+    def __init__(self, model: Any, model_sampling: Any, positive: list, negative: list, cfg: float):
+        self.model, self.model_sampling, self.cfg = model, model_sampling, float(cfg)
+        self.positive, self.negative = positive, negative
+        self._resolved: dict[int, list[_Cond]] = {}
+
+    def _conds(self, which: int, x: torch.Tensor) -> list[_Cond]:
+        if which not in self._resolved:
+            entries = self.positive if which == 0 else self.negative
+            self._resolved[which] = [_Cond(self.model, e, x) for e in entries]
+        return self._resolved[which]
+
+    def _run(self, items: list[tuple[int, _Cond]], x: torch.Tensor, sigma: torch.Tensor):
+        """Evaluate all (which, cond) items sharing one crop in a single batched model call."""
+        cond0 = items[0][1]
+        ah, aw, ay, ax = cond0.area if cond0.area is not None else (x.shape[2], x.shape[3], 0, 0)
+        crop = x[:, :, ay:ay + ah, ax:ax + aw]
+        n, batch = len(items), x.shape[0]
+        length = math.lcm(*(c.context.shape[1] for _, c in items))
+        contexts = []
+        for _, c in items:
+            ctx = _repeat_tokens(c.context, length)
+            contexts.append(ctx.repeat(batch // ctx.shape[0] or 1, 1, 1)[:batch] if ctx.shape[0] != batch else ctx)
+        ys = [c.y for _, c in items]
+        y = None
+        if all(v is not None for v in ys):
+            y = torch.cat([v.repeat(batch // v.shape[0] or 1, 1)[:batch] if v.shape[0] != batch else v
+                           for v in ys])
+        sig = sigma.repeat(n)
+        ms = self.model_sampling
+        x_in = ms.calculate_input(sig, crop.repeat(n, 1, 1, 1))
+        model = self.model
+        dtype, device = getattr(model, "dtype", x.dtype), getattr(model, "device", x.device)
+        t = ms.timestep(sig).float()
+        out = model(x_in.to(device=device, dtype=dtype), t.to(device), torch.cat(contexts).to(device),
+                    y=None if y is None else y.to(device))
+        den = ms.calculate_denoised(sig, out.to(x.device).float(), crop.repeat(n, 1, 1, 1))
+        return den.chunk(n)
+
+    def predictions(self, x: torch.Tensor, sigma: torch.Tensor, with_uncond: bool):
+        """Weighted-average denoised predictions for the positive conds and (optionally) the negative ones."""
+        todo = [0, 1] if with_uncond else [0]
+        groups: dict[Any, list[tuple[int, _Cond]]] = {}
+        for which in todo:
+            for cond in self._conds(which, x):
+                key = (cond.area, cond.y is not None)
+                groups.setdefault(key, []).append((which, cond))
+        outs = {w: torch.zeros_like(x) for w in todo}
+        counts = {w: torch.full_like(x, 1e-37) for w in todo}  # ComfyUI's floor: uncovered pixels become 0
+        for items in groups.values():
+            for (which, cond), den in zip(items, self._run(items, x, sigma)):
+                ah, aw, ay, ax = cond.area if cond.area is not None else (x.shape[2], x.shape[3], 0, 0)
+                mult = cond.mult.to(x.dtype)
+                outs[which][:, :, ay:ay + ah, ax:ax + aw] += den * mult
+                counts[which][:, :, ay:ay + ah, ax:ax + aw] += mult
+        return [outs[w] / counts[w] for w in todo]
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args: Any) -> torch.Tensor:
+        options = extra_args.get("model_options") or {}
+        skip_uncond = math.isclose(self.cfg, 1.0) and not options.get("disable_cfg1_optimization", False)
+        preds = self.predictions(x, sigma, with_uncond=not skip_uncond)
+        cond = preds[0]
+        uncond = torch.zeros_like(cond) if skip_uncond else preds[1]
+        denoised = uncond + (cond - uncond) * self.cfg
+        post = options.get("post_cfg_function")
+        if post is not None:
+            denoised = post({"denoised": denoised, "cond_denoised": cond, "uncond_denoised": uncond,
+                             "sigma": sigma, "input": x, "cond_scale": self.cfg})
+        return denoised
+
+
+def _check_conds(name: str, conds: Any) -> list:
+    if not isinstance(conds, (list, tuple)):
+        raise ValueError(f"{name} conditioning must be a list of [tensor, dict] pairs, got {type(conds).__name__}")
+    if name == "positive" and not conds:
+        raise ValueError("positive conditioning is empty; connect a CLIPTextEncode output")
+    return list(conds)
+
+
+def common_ksampler(model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                    positive: list, negative: list, latent: dict, denoise: float = 1.0, disable_noise: bool = False,
+                    start_step: int | None = None, last_step: int | None = None, force_full_denoise: bool = False,
+                    callback: StepCallback | None = None) -> dict:
+    """Run ComfyUI's KSampler on a LATENT dict; returns a LATENT dict with the new raw "samples".
+
+    `callback(step, total_steps, denoised_x0, x)` runs after each step (model-space tensors); an exception
+    it raises stops sampling at once and propagates.
+    """
+    if "samples" not in latent:
+        raise ValueError("latent must be a LATENT dict with a 'samples' tensor [B, C, H, W]")
+    sampler = get_sampler(sampler_name)
+    positive, negative = _check_conds("positive", positive), _check_conds("negative", negative)
+    samples = latent["samples"].float()
+    fmt = model.latent_format
+    if samples.ndim != 4:
+        raise ValueError(f"latent samples must be [B, C, H, W], got shape {list(samples.shape)}")
+    empty = torch.count_nonzero(samples) == 0
+    if empty and samples.shape[1] != fmt.latent_channels:
+        # an EmptyLatentImage made for a 4-channel model, used with a 16-channel one
+        samples = torch.zeros((samples.shape[0], fmt.latent_channels) + tuple(samples.shape[2:]))
+    if samples.shape[1] != fmt.latent_channels:
+        raise ValueError(f"latent has {samples.shape[1]} channels but the model expects {fmt.latent_channels}; "
+                         "use a latent made for this model")
+    if disable_noise:
+        noise = torch.zeros(samples.size(), dtype=samples.dtype, layout=samples.layout, device="cpu")
+    else:
+        noise = prepare_noise(samples, int(seed), latent.get("batch_index"))
+
+    ms = model_sampling_for(model)
+    sigmas = select_sigmas(ms, sampler_name, scheduler, int(steps), denoise, start_step, last_step,
+                           force_full_denoise)
+    out = dict(latent)
+    if sigmas is None:
+        out["samples"] = samples
+        return out
+
+    device = torch.device(getattr(model, "device", "cpu"))
+    sigmas = sigmas.to(device)
+    x0 = samples.to(device)
+    if not empty:  # an all-zero latent is used as is, not shifted (matters for SD3/Flux)
+        x0 = fmt.process_in(x0)
+    max_sigma = float(ms.sigma_max)
+    max_denoise = math.isclose(max_sigma, float(sigmas[0]), rel_tol=1e-05) or float(sigmas[0]) > max_sigma
+    x = ms.noise_scaling(sigmas[0], noise.to(device), x0, max_denoise)
+
+    denoiser = CFGDenoiser(model, ms, positive, negative, cfg)
+    total_steps = len(sigmas) - 1
+
+    def k_callback(info: dict) -> None:
+        if callback is not None:
+            callback(int(info["i"]), total_steps, info["denoised"], info["x"])
+
+    with torch.no_grad():
+        x = sampler(denoiser, x, sigmas, extra_args={"seed": int(seed), "model_options": {}}, callback=k_callback)
+        x = ms.inverse_noise_scaling(sigmas[-1], x)
+        out["samples"] = fmt.process_out(x.float()).cpu().float()
+    return out
