@@ -1,0 +1,173 @@
+"""Tiny random-weight checkpoints in the original layouts, so every pipeline runs offline in well under a second.
+
+>>> from comfykit import demo
+>>> name = demo.ensure_demo_checkpoint("models")   # models/checkpoints/comfykit-demo-sd15.safetensors
+
+The images they make are noise, but every step (tokenizer, CLIP, UNet, VAE, LoRA) is the real code path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+DEMO_CHECKPOINT = "comfykit-demo-sd15.safetensors"
+ARCHES = ("sd1", "sd2", "sd2-v", "sdxl")
+
+# tiny shapes: 32-channel GroupNorms (the `norm_groups` rule gives 32 groups), the full 49408-token vocabulary
+_WIDTH = 32
+
+
+def _configs(arch: str) -> tuple[Any, Any, dict[str, Any]]:
+    from .engine.models.clip import CLIPConfig
+    from .engine.models.unet import UNetConfig
+    from .engine.models.vae import VAEConfig
+
+    if arch not in ARCHES:
+        raise ValueError(f"unknown demo arch {arch!r}; choose one of {', '.join(ARCHES)}")
+    vae = VAEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, z_channels=4)
+    if arch == "sd1":
+        unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
+                          context_dim=_WIDTH, num_heads=8, use_linear=False)
+        clips = {"clip_l": CLIPConfig(width=_WIDTH, layers=2, heads=2, intermediate=64)}
+    elif arch in ("sd2", "sd2-v"):
+        unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
+                          context_dim=_WIDTH, num_head_channels=64, use_linear=True)
+        clips = {"clip_h": CLIPConfig(width=_WIDTH, layers=2, heads=2, intermediate=64, projection_dim=_WIDTH,
+                                      activation="gelu")}
+    else:
+        unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(0, 1),
+                          context_dim=2 * _WIDTH, num_head_channels=64, use_linear=True,
+                          adm_in_channels=_WIDTH + 6 * 256)
+        clips = {"clip_l": CLIPConfig(width=_WIDTH, layers=2, heads=2, intermediate=64),
+                 "clip_g": CLIPConfig(width=_WIDTH, layers=2, heads=2, intermediate=64, projection_dim=_WIDTH,
+                                      activation="gelu")}
+    return unet, vae, clips
+
+
+def _random(module_fn, seed: int):
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = module_fn()
+        # LayerNorm/GroupNorm start at 1/0: perturb them so tests see every weight matter
+        for name, p in module.named_parameters():
+            if "norm" in name:
+                p.data.add_(torch.randn_like(p) * 0.02)
+    return module
+
+
+def _save(sd: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return path
+
+
+def _components(arch: str, seed: int) -> dict[str, Any]:
+    from .engine.models.clip import CLIPTextModel
+    from .engine.models.unet import UNetModel
+    from .engine.models.vae import AutoencoderKL
+
+    ucfg, vcfg, ccfgs = _configs(arch)
+    out = {"unet": _random(lambda: UNetModel(ucfg), seed), "vae": _random(lambda: AutoencoderKL(vcfg), seed + 1)}
+    for i, (name, cfg) in enumerate(ccfgs.items()):
+        out[name] = _random(lambda cfg=cfg: CLIPTextModel(cfg), seed + 2 + i)
+    return out
+
+
+def make_checkpoint(path: str | Path, *, arch: str = "sd1", seed: int = 0) -> Path:
+    """Write a tiny random-weight single-file checkpoint ("sd1", "sd2", "sd2-v" or "sdxl"), deterministic per seed."""
+    from .engine.models import keys
+
+    parts = _components(arch, seed)
+    sd: dict[str, Any] = {}
+    sd.update({keys.UNET_PREFIX + k: v for k, v in parts["unet"].state_dict().items()})
+    sd.update({"first_stage_model." + k: v for k, v in parts["vae"].state_dict().items()})
+    if arch == "sd1":
+        sd.update({"cond_stage_model.transformer." + k: v for k, v in parts["clip_l"].state_dict().items()})
+    elif arch in ("sd2", "sd2-v"):
+        clip = parts["clip_h"]
+        sd.update({"cond_stage_model.model." + k: v
+                   for k, v in keys.hf_to_openclip(clip.state_dict(), clip.config.layers).items()})
+    else:
+        sd.update({"conditioner.embedders.0.transformer." + k: v for k, v in parts["clip_l"].state_dict().items()})
+        clip = parts["clip_g"]
+        sd.update({"conditioner.embedders.1.model." + k: v
+                   for k, v in keys.hf_to_openclip(clip.state_dict(), clip.config.layers).items()})
+    if arch == "sd2-v":
+        import torch
+
+        sd["v_pred"] = torch.tensor([])  # the marker key ComfyUI reads for v-prediction
+    return _save(sd, path, {"comfykit.demo": arch})
+
+
+def make_vae(path: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny standalone VAE file (LDM keys, no prefix), as found in models/vae."""
+    return _save(_components("sd1", seed)["vae"].state_dict(), path)
+
+
+def ensure_demo_checkpoint(models_dir: str | Path) -> str:
+    """Create `models_dir/checkpoints/comfykit-demo-sd15.safetensors` if missing; return its file name."""
+    target = Path(models_dir) / "checkpoints" / DEMO_CHECKPOINT
+    if not target.is_file():
+        make_checkpoint(target, arch="sd1", seed=0)
+    return DEMO_CHECKPOINT
+
+
+def make_lora(path: str | Path, checkpoint_path: str | Path, *, style: str = "kohya", rank: int = 4,
+              seed: int = 0) -> Path:
+    """Write a random LoRA for a checkpoint: kohya (`lora_unet_...lora_down`) or diffusers/PEFT (`lora_A`) keys."""
+    import torch
+    from torch import nn
+
+    from .engine.models import keys
+    from .engine.models.checkpoint import load_checkpoint
+
+    if style not in ("kohya", "diffusers"):
+        raise ValueError(f"unknown LoRA style {style!r}; choose 'kohya' or 'diffusers'")
+    model, clip, _ = load_checkpoint(checkpoint_path)
+    names = keys.unet_ldm_to_diffusers_names(model.config)
+    gen = torch.Generator().manual_seed(seed)
+    sd: dict[str, Any] = {}
+
+    def add(name: str, module: nn.Module) -> None:
+        w = module.weight
+        shape_in = w.shape[1] if w.ndim == 2 else w.shape[1] * w.shape[2] * w.shape[3]
+        down = torch.randn(rank, shape_in, generator=gen) * 0.1
+        up = torch.randn(w.shape[0], rank, generator=gen) * 0.1
+        if w.ndim == 4:
+            down, up = down.reshape(rank, *w.shape[1:]), up[:, :, None, None]
+        if style == "kohya":
+            sd[name + ".lora_down.weight"], sd[name + ".lora_up.weight"] = down, up
+            sd[name + ".alpha"] = torch.tensor(float(rank) / 2)
+        else:
+            sd[name + ".lora_A.weight"], sd[name + ".lora_B.weight"] = down, up
+
+    for mod_name, module in model.unet.named_modules():
+        if isinstance(module, nn.Linear) and (".attn" in mod_name or ".ff." in mod_name):
+            dif = keys.unet_ldm_to_diffusers(mod_name, names)
+            add(("lora_unet_" + dif.replace(".", "_")) if style == "kohya" else "unet." + dif, module)
+    multi = len(clip.clips) > 1
+    for i, (clip_name, module_root) in enumerate(clip.clips.items()):
+        for mod_name, module in module_root.named_modules():
+            if isinstance(module, nn.Linear) and ".encoder.layers." in mod_name:
+                if style == "kohya":
+                    prefix = (f"lora_te{i + 1}_" if multi else "lora_te_")
+                    add(prefix + mod_name.replace(".", "_"), module)
+                else:
+                    add(("text_encoder_2." if i else "text_encoder.") + mod_name, module)
+    return _save(sd, path)
+
+
+def make_diffusers_folder(path: str | Path, arch: str = "sd1", *, seed: int = 0) -> Path:
+    """Write the same tiny model as `make_checkpoint(arch=, seed=)` as a diffusers-format folder."""
+    from .engine.models import diffusers_export
+
+    return diffusers_export.write_folder(Path(path), arch, _components(arch, seed), _configs(arch))

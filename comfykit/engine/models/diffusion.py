@@ -1,0 +1,168 @@
+"""`DiffusionModel` and `VAE`: the engine-facing wrappers around the UNet and the autoencoder modules."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from .unet import UNetModel, timestep_embedding
+from .vae import AutoencoderKL
+
+
+def module_device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def shared_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` whose parameters are the same tensors (so patching one copy leaves the other alone)."""
+    memo: dict[int, Any] = {id(p): p for p in module.parameters()}
+    memo.update({id(b): b for b in module.buffers()})
+    return copy.deepcopy(module, memo)
+
+
+class DiffusionModel:
+    """The UNet as the samplers see it: `model(x, timesteps, context, y)` -> raw eps/v output in float32."""
+
+    def __init__(self, unet: UNetModel, arch: str, prediction: str, latent_format: Any, name: str = ""):
+        self.unet = unet
+        self.arch = arch
+        self.prediction = prediction
+        self.latent_format = latent_format
+        self.name = name
+        self.patches: dict[str, Any] = {}  # LoRA provenance, for repr and cache keys
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are now."""
+        return module_device(self.unet)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weight dtype; inputs are cast to it."""
+        return module_dtype(self.unet)
+
+    @property
+    def config(self):
+        """The `UNetConfig` read off the checkpoint."""
+        return self.unet.config
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw UNet output (eps or v, per `.prediction`) in float32."""
+        device, dtype = self.device, self.dtype
+        timesteps = torch.as_tensor(timesteps, device=device).float().reshape(-1).expand(x.shape[0])
+        with torch.inference_mode():
+            out = self.unet(x.to(device, dtype), timesteps, context.to(device, dtype),
+                            None if y is None else y.to(device, dtype))
+        return out.float()
+
+    def encode_adm(self, pooled: torch.Tensor | None, width: int, height: int, crop_w: int = 0, crop_h: int = 0,
+                   target_width: int | None = None, target_height: int | None = None) -> torch.Tensor | None:
+        """SDXL's `y`: pooled text embedding + 256-dim embeddings of the size/crop/target numbers; else None."""
+        adm = self.unet.config.adm_in_channels
+        if not adm or self.arch != "sdxl":
+            return None
+        pooled_dim = adm - 6 * 256
+        if pooled is None:
+            pooled = torch.zeros(1, pooled_dim)
+        pooled = pooled.float().reshape(-1, pooled.shape[-1]).cpu()
+        if pooled.shape[-1] != pooled_dim:
+            raise ValueError(f"pooled output has {pooled.shape[-1]} values but this SDXL model expects {pooled_dim}")
+        numbers = [height, width, crop_h, crop_w, target_height or height, target_width or width]
+        sizes = timestep_embedding(torch.tensor(numbers, dtype=torch.float32), 256).reshape(1, -1)
+        return torch.cat([pooled, sizes.expand(pooled.shape[0], -1)], dim=1)
+
+    def clone(self) -> DiffusionModel:
+        """A new wrapper sharing the same weights (patch it without touching the original)."""
+        other = copy.copy(self)
+        other.patches = dict(self.patches)
+        return other
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> DiffusionModel:
+        """Move the weights (in place, shared with clones) and return self."""
+        self.unet.to(device=device, dtype=dtype)
+        return self
+
+    def __repr__(self) -> str:
+        c = self.unet.config
+        return (f"DiffusionModel({self.arch}, {self.prediction}, channels={c.model_channels}, "
+                f"mult={c.channel_mult}, {self.dtype}, {self.device}{', lora' if self.patches else ''})")
+
+
+class VAE:
+    """Pixels [B,H,W,3] 0..1 <-> raw latents, batched and retried in halves when memory runs out."""
+
+    downscale = 8
+
+    def __init__(self, module: AutoencoderKL, name: str = ""):
+        self.module = module
+        self.name = name
+        self.downscale = 2 ** (len(module.config.ch_mult) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are now."""
+        return module_device(self.module)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weight dtype."""
+        return module_dtype(self.module)
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latent space (4 for SD1/SD2/SDXL)."""
+        return self.module.config.z_channels
+
+    def _batched(self, fn, x: torch.Tensor, batch: int) -> torch.Tensor:
+        outs, i = [], 0
+        while i < x.shape[0]:
+            try:
+                with torch.inference_mode():
+                    outs.append(fn(x[i:i + batch].to(self.device, self.dtype)).float().cpu())
+                i += batch
+            except torch.OutOfMemoryError:
+                if batch == 1:
+                    raise
+                batch = max(1, batch // 2)  # why: one 1024px SDXL decode alone can fill a small GPU
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        return torch.cat(outs)
+
+    def decode(self, raw_latent: torch.Tensor, batch: int = 4) -> torch.Tensor:
+        """Raw latent [B,C,h,w] -> images [B,H,W,3] float32 in 0..1."""
+        if raw_latent.ndim != 4 or raw_latent.shape[1] != self.latent_channels:
+            raise ValueError(f"VAE.decode expects a [B,{self.latent_channels},h,w] latent, got {tuple(raw_latent.shape)}")
+        pixels = self._batched(self.module.decode, raw_latent, batch)
+        return ((pixels + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+    def encode(self, images: torch.Tensor, batch: int = 4) -> torch.Tensor:
+        """Images [B,H,W,3] in 0..1 -> raw latent (posterior mean); sizes are cropped to multiples of 8."""
+        if images.ndim != 4 or images.shape[-1] < 3:
+            raise ValueError(f"VAE.encode expects images [B,H,W,3] in 0..1, got {tuple(images.shape)}")
+        f = self.downscale
+        h, w = images.shape[1] // f * f, images.shape[2] // f * f
+        if h == 0 or w == 0:
+            raise ValueError(f"image {tuple(images.shape[1:3])} is smaller than the VAE's {f}x{f} patch")
+        x = images[:, :h, :w, :3].permute(0, 3, 1, 2).float() * 2 - 1
+        return self._batched(self.module.encode, x, batch)
+
+    def clone(self) -> VAE:
+        """A new wrapper sharing the weights."""
+        return copy.copy(self)
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> VAE:
+        """Move the weights in place and return self."""
+        self.module.to(device=device, dtype=dtype)
+        return self
+
+    def __repr__(self) -> str:
+        c = self.module.config
+        return f"VAE(ch={c.ch}, mult={c.ch_mult}, z={c.z_channels}, {self.dtype}, {self.device})"
