@@ -1,0 +1,524 @@
+"""Scale out on Ray: run many workflows across several engines, GPUs or ComfyUI servers (``ck.RayPool``).
+
+>>> pool = ck.RayPool(workers=2, backend=ck.Engine, models_dir="models")       # doctest: +SKIP
+>>> for r in pool.run_many(wf, overrides=[{sampler.seed: s} for s in range(100)]):
+...     r.image.save(f"out/{r.index:03}.png")
+
+Each worker is a Ray actor holding one backend (an :class:`~comfykit.engine.Engine`, or a
+:class:`~comfykit.client.ComfyServer` connection) that keeps its models loaded between jobs. The pool is itself a
+:class:`~comfykit.job.Backend`: ``submit`` returns a :class:`~comfykit.job.Job` whose events are forwarded from the
+worker, so ``ck.sweep(..., backend=pool)`` and the widgets work unchanged. Ray is the optional extra
+``comfykit[ray]`` and is imported only when a pool is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from ..errors import ComfykitError, InterruptedError, ServerError
+from ..events import EXECUTION_ERROR, EXECUTION_INTERRUPTED, Event, EventCallback
+from ..job import Backend, Job
+from ..result import Result
+from .prompts import MODEL_INPUTS, apply_overrides, models_of, to_prompt
+from .worker import PoolWorker, _connect_server, _default_engine, decode_error
+
+__all__ = ["RayPool", "PoolResult", "PoolWorker", "MODEL_INPUTS", "apply_overrides", "models_of", "pick_task",
+           "to_prompt"]
+
+log = logging.getLogger(__name__)
+
+
+def pick_task(pending: Sequence[Any], loaded: frozenset[str], others_loaded: Sequence[frozenset[str]]) -> int | None:
+    """Index of the pending task a free worker should take next, or None when nothing is pending.
+
+    Prefer the oldest task whose models this worker already holds; else the oldest one no other worker holds
+    the models for (so it does not steal work another worker could do without loading); else the oldest task,
+    so a free worker never idles while work waits.
+    """
+    if not pending:
+        return None
+    for i, task in enumerate(pending):
+        if task.models <= loaded:
+            return i
+    for i, task in enumerate(pending):
+        if not any(task.models <= other for other in others_loaded):
+            return i
+    return 0
+
+
+
+def _error_event(prompt_id: str, exc: BaseException) -> Event:
+    """The execution_error / execution_interrupted event for a job the pool itself had to end."""
+    base = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": []}
+    if isinstance(exc, InterruptedError):
+        return Event(EXECUTION_INTERRUPTED, base)
+    return Event(EXECUTION_ERROR, {**base, "exception_message": str(exc), "exception_type": type(exc).__name__,
+                                   "traceback": [], "current_inputs": {}, "current_outputs": {}})
+
+
+
+@dataclasses.dataclass
+class PoolResult:
+    """One finished job of ``map``/``run_many``: its index, the overrides it ran with, its Result or error."""
+
+    index: int
+    overrides: Any
+    result: Result | None
+    error: Exception | None = None
+    worker: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.result is not None and self.result.ok
+
+    @property
+    def images(self) -> list[Any]:
+        return self.result.images if self.result is not None else []
+
+    @property
+    def image(self) -> Any:
+        return self.result.image if self.result is not None else None
+
+    def __repr__(self) -> str:
+        state = f"error={self.error!r}" if self.error is not None else f"result={self.result!r}"
+        return f"PoolResult(index={self.index}, worker={self.worker!r}, {state})"
+
+
+
+@dataclasses.dataclass(eq=False)
+class _Task:
+    job: Job
+    prompt: dict[str, Any]
+    options: dict[str, Any]
+    models: frozenset[str]
+    index: int = 0
+    overrides: Any = None
+    on_done: Callable[[_Task], None] | None = None
+    attempts: int = 0
+    state: str = "pending"  # pending | running | done
+    slot: _Slot | None = None
+    failures: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(eq=False)
+class _Slot:
+    name: str
+    actor: Any
+    alive: bool = True
+    task: _Task | None = None
+    loaded: frozenset[str] = frozenset()
+    jobs: int = 0
+    thread: threading.Thread | None = None
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pool
+# ---------------------------------------------------------------------------------------------------------------
+class RayPool(Backend):
+    """A Backend that spreads jobs over Ray actors, each keeping one engine or ComfyUI server warm.
+
+    ``RayPool(workers=4, backend=ck.Engine, models_dir=..., gpus_per_worker=1)`` starts four engine actors
+    (extra keywords go to the backend); ``RayPool(servers=["http://a:8188", ...])`` drives existing ComfyUI
+    servers, one actor each. ``address`` joins a running Ray cluster; without it (and without ``ray.init``
+    done already) a local one is started and stopped again by ``shutdown()``.
+    """
+
+    def __init__(self, workers: int | None = None, *, backend: Callable[..., Any] | None = None,
+                 servers: Sequence[str] | None = None, address: str | None = None,
+                 gpus_per_worker: float | None = None, cpus_per_worker: float = 1,
+                 num_cpus: int | None = None, max_retries: int = 2, startup_timeout: float = 300.0,
+                 init_options: Mapping[str, Any] | None = None, **backend_options: Any):
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("RayPool needs ray: pip install 'comfykit[ray]' (or pip install 'ray>=2.9')") from None
+        if servers is not None and (backend is not None or backend_options):
+            raise TypeError("give either servers=[urls] or backend=... with its options, not both")
+        if servers is not None and workers is not None and workers != len(servers):
+            raise ValueError(f"workers={workers} but {len(servers)} servers: a server pool has one worker per server")
+        if isinstance(backend, Backend):
+            raise TypeError("backend must be a class or factory (backend=ck.Engine, models_dir=...), not a live "
+                            "instance: each worker builds its own in its process")
+        if backend is not None and not callable(backend):
+            raise TypeError(f"backend must be a class or factory such as ck.Engine, got {backend!r}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.max_retries = max_retries
+        self._cond = threading.Condition()
+        self._pending: list[_Task] = []
+        self._closed = False
+        self._owns_ray = False
+        self._object_info: dict[str, Any] | None = None
+
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+            opts: dict[str, Any] = {"include_dashboard": False, **dict(init_options or {})}
+            if address is not None:
+                opts["address"] = address
+            else:
+                want = (len(servers) if servers is not None else (workers or 1)) * cpus_per_worker
+                opts.setdefault("num_cpus", num_cpus or max(os.cpu_count() or 1, int(want + 0.999)))
+            ray.init(**opts)
+            self._owns_ray = True
+
+        gpus_total = float(ray.cluster_resources().get("GPU", 0))
+        if servers is not None:
+            urls = [str(u).rstrip("/") for u in servers]
+            if not urls:
+                raise ValueError("servers=[] is empty: give at least one ComfyUI URL such as 'http://127.0.0.1:8188'")
+            specs = [(f"server-{i}:{u}", _connect_server, {"url": u}) for i, u in enumerate(urls)]
+            # a server worker only forwards HTTP: it needs neither a CPU slot nor a GPU of the Ray cluster
+            resources = {"num_cpus": 0, "num_gpus": 0}
+        else:
+            count = workers if workers is not None else max(1, int(gpus_total))
+            if count < 1:
+                raise ValueError(f"workers must be >= 1, got {count}")
+            factory = backend or _default_engine
+            specs = [(f"worker-{i}", factory, backend_options) for i in range(count)]
+            resources = {"num_cpus": cpus_per_worker, "num_gpus": self._gpus(gpus_per_worker, gpus_total, count)}
+        self.gpus_per_worker = resources["num_gpus"]
+        # max_concurrency > 1 lets interrupt()/info() reach a worker while it runs a job
+        actor_cls = ray.remote(max_concurrency=4, **resources)(PoolWorker)
+        self._slots = [_Slot(name, actor_cls.remote(name, fn, opts)) for name, fn, opts in specs]
+        self._wait_ready(ray, startup_timeout, resources)
+        for slot in self._slots:
+            slot.thread = threading.Thread(target=self._serve, args=(slot,), name=f"comfykit-pool-{slot.name}",
+                                           daemon=True)
+            slot.thread.start()
+
+    @staticmethod
+    def _gpus(requested: float | None, available: float, count: int) -> float:
+        if available <= 0:
+            if requested:
+                log.warning("gpus_per_worker=%s but the Ray cluster has no GPU: workers run on the CPU", requested)
+            return 0
+        if requested is None:
+            return min(1.0, available / count)
+        if requested * count > available:
+            log.warning("%d workers x %s GPUs exceed the cluster's %s GPUs: some workers will wait for one",
+                        count, requested, available)
+        return requested
+
+    def _wait_ready(self, ray: Any, timeout: float, resources: Mapping[str, Any]) -> None:
+        refs = [slot.actor.info.remote() for slot in self._slots]
+        try:
+            ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise ServerError(f"pool workers did not start within {timeout}s; each asks for {dict(resources)} and "
+                              f"the cluster has {ray.cluster_resources()}; lower gpus_per_worker/cpus_per_worker "
+                              "or workers") from None
+        except ray.exceptions.RayError as exc:
+            self.shutdown()
+            raise ServerError(f"a pool worker failed to start its backend: {exc}") from None
+
+    # -- Backend interface ------------------------------------------------------------------------------------
+    def submit(self, workflow: Any, *, on_event: EventCallback | None = None, **options: Any) -> Job:
+        """Queue a Workflow or API dict on the pool and return its Job at once."""
+        return self._submit(to_prompt(workflow), on_event=on_event, options=options).job
+
+    def interrupt(self) -> None:
+        """Stop the whole pool: cancel every queued job and interrupt every running one."""
+        with self._cond:
+            cancelled, self._pending = self._pending, []
+            slots = [s for s in self._slots if s.alive and s.task is not None]
+        for task in cancelled:
+            self._finish_cancelled(task)
+        for slot in slots:
+            slot.actor.interrupt.remote()
+
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """Ask every worker to drop its caches and models."""
+        import ray
+
+        alive = [s for s in self._slots if s.alive]
+        ray.get([s.actor.free.remote(unload_models, free_memory) for s in alive])
+        if unload_models:
+            for slot in alive:
+                slot.loaded = frozenset()
+
+    def object_info(self) -> dict[str, Any]:
+        """The node schemas of the first live worker's backend (workers are assumed alike)."""
+        import ray
+
+        if self._object_info is None:
+            self._object_info = ray.get(self._alive_slots()[0].actor.object_info.remote())
+        return self._object_info
+
+    # -- many jobs --------------------------------------------------------------------------------------------
+    def map(self, workflows: Iterable[Any], *, return_exceptions: bool = False, ordered: bool = False,
+            progress: bool = True, on_event: EventCallback | None = None, overrides: Sequence[Any] | None = None,
+            **options: Any) -> Iterator[PoolResult]:
+        """Queue every workflow now; yield a PoolResult per job in completion order (``ordered`` for input order).
+
+        A failed job raises its error when reached unless ``return_exceptions=True``, which yields it as
+        ``PoolResult.error`` instead. Leaving the loop early cancels the jobs that have not started.
+        """
+        prompts = [to_prompt(wf) for wf in workflows]
+        tags = list(overrides) if overrides is not None else [None] * len(prompts)
+        if len(tags) != len(prompts):
+            raise ValueError(f"{len(prompts)} workflows but {len(tags)} overrides")
+        done: queue.Queue[_Task] = queue.Queue()
+        tasks = [self._submit(p, on_event=on_event, options=options, index=i, overrides=tags[i], on_done=done.put)
+                 for i, p in enumerate(prompts)]
+        return self._collect(tasks, done, return_exceptions, ordered, progress)
+
+    def run_many(self, workflow: Any, overrides: Sequence[Mapping[Any, Any]], **kwargs: Any) -> Iterator[PoolResult]:
+        """Run ``workflow`` once per ``{input_ref: value}`` dict of ``overrides``; see :meth:`map`.
+
+        >>> for r in pool.run_many(wf, overrides=[{ks.seed: s} for s in range(8)]):   # doctest: +SKIP
+        ...     print(r.index, r.overrides, r.image.size)
+        """
+        base = to_prompt(workflow)
+        overrides = list(overrides)
+        prompts = [apply_overrides(base, o) for o in overrides]
+        return self.map(prompts, overrides=overrides, **kwargs)
+
+    def _collect(self, tasks: list[_Task], done: queue.Queue[_Task], return_exceptions: bool, ordered: bool,
+                 progress: bool) -> Iterator[PoolResult]:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(tasks), desc="comfykit pool", unit="job")
+        finished: dict[int, PoolResult] = {}
+        next_index, failed = 0, 0
+        try:
+            for _ in range(len(tasks)):
+                task = done.get()
+                item = self._outcome(task)
+                failed += item.error is not None
+                if bar is not None:
+                    bar.update(1)
+                    if failed:
+                        bar.set_postfix(failed=failed)
+                if not ordered:
+                    yield self._check(item, return_exceptions)
+                    continue
+                finished[item.index] = item
+                while next_index in finished:
+                    yield self._check(finished.pop(next_index), return_exceptions)
+                    next_index += 1
+        finally:
+            if bar is not None:
+                bar.close()
+            for task in tasks:
+                self._cancel(task)
+
+    @staticmethod
+    def _outcome(task: _Task) -> PoolResult:
+        worker = task.slot.name if task.slot is not None else None
+        try:
+            result, error = task.job.result(), None
+        except Exception as exc:
+            result, error = None, exc
+        return PoolResult(task.index, task.overrides, result, error, worker, task.attempts)
+
+    @staticmethod
+    def _check(item: PoolResult, return_exceptions: bool) -> PoolResult:
+        if item.error is not None and not return_exceptions:
+            raise item.error
+        return item
+
+    # -- introspection and lifetime ----------------------------------------------------------------------------
+    @property
+    def actors(self) -> list[Any]:
+        """The Ray actor handles of the live workers."""
+        return [s.actor for s in self._alive_slots(required=False)]
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per worker: name, alive, jobs run, models loaded now, and ``loads`` (model -> times actually loaded)."""
+        import ray
+
+        rows = []
+        for slot in self._slots:
+            row = {"name": slot.name, "alive": slot.alive, "jobs": slot.jobs, "loaded": sorted(slot.loaded),
+                   "busy": slot.task is not None}
+            if slot.alive:
+                try:
+                    info = ray.get(slot.actor.info.remote(), timeout=30)
+                    row.update(pid=info["pid"], host=info["host"], gpu_ids=info["gpu_ids"], loads=info["loads"])
+                except ray.exceptions.RayError:
+                    row["alive"] = False
+            rows.append(row)
+        return rows
+
+    def shutdown(self) -> None:
+        """Cancel queued jobs, stop the workers and, if the pool started Ray, stop Ray too."""
+        import ray
+
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            cancelled, self._pending = self._pending, []
+            self._cond.notify_all()
+        for task in cancelled:
+            self._finish_cancelled(task)
+        for slot in getattr(self, "_slots", []):
+            if slot.alive:
+                slot.alive = False
+                ray.kill(slot.actor)
+        for slot in getattr(self, "_slots", []):
+            if slot.thread is not None and slot.thread is not threading.current_thread():
+                slot.thread.join(timeout=30)
+        if self._owns_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> RayPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        alive = sum(s.alive for s in self._slots)
+        busy = sum(s.task is not None for s in self._slots)
+        return (f"RayPool(workers={len(self._slots)}, alive={alive}, running={busy}, pending={len(self._pending)}"
+                f"{', closed' if self._closed else ''})")
+
+    # -- scheduling --------------------------------------------------------------------------------------------
+    def _alive_slots(self, required: bool = True) -> list[_Slot]:
+        alive = [s for s in self._slots if s.alive]
+        if required and not alive:
+            raise ServerError("every worker of the pool has died or been shut down; create a new RayPool")
+        return alive
+
+    def _submit(self, prompt: dict[str, Any], *, on_event: EventCallback | None, options: Mapping[str, Any],
+                index: int = 0, overrides: Any = None, on_done: Callable[[_Task], None] | None = None) -> _Task:
+        holder: list[_Task] = []
+        job = Job(str(uuid.uuid4()), callbacks=[on_event],
+                  interrupt=lambda: self._cancel(holder[0], interrupt_running=True))
+        task = _Task(job, prompt, dict(options), models_of(prompt), index, overrides, on_done)
+        holder.append(task)
+        with self._cond:
+            if self._closed:
+                raise ServerError("this RayPool was shut down; create a new one")
+            self._alive_slots()
+            self._pending.append(task)
+            self._cond.notify_all()
+        return task
+
+    def _cancel(self, task: _Task, interrupt_running: bool = False) -> None:
+        with self._cond:
+            if task.state == "pending" and task in self._pending:
+                self._pending.remove(task)
+            elif task.state == "running" and interrupt_running and task.slot is not None:
+                task.slot.actor.interrupt.remote()
+                return
+            else:
+                return
+        self._finish_cancelled(task)
+
+    def _finish_cancelled(self, task: _Task) -> None:
+        error = InterruptedError({"prompt_id": task.job.prompt_id, "node_id": None, "node_type": None,
+                                  "executed": []})
+        self._finish(task, None, error)
+
+    def _finish(self, task: _Task, result: Result | None, error: Exception | None) -> None:
+        with self._cond:
+            if task.state == "done":
+                return
+            task.state = "done"
+        if error is not None and result is None:
+            task.job.emit(_error_event(task.job.prompt_id, error))
+        if result is not None:
+            result.error = error
+        task.job.finish(result, error)
+        if task.on_done is not None:
+            task.on_done(task)
+
+    def _serve(self, slot: _Slot) -> None:
+        """One driver thread per worker: take the best pending task for it, run it, repeat."""
+        while True:
+            with self._cond:
+                while not self._closed and slot.alive and not self._pending:
+                    self._cond.wait()
+                if self._closed or not slot.alive:
+                    return
+                others = [s.loaded for s in self._slots if s is not slot and s.alive]
+                task = self._pending.pop(pick_task(self._pending, slot.loaded, others))
+                task.state, task.slot, slot.task = "running", slot, task
+                task.attempts += 1
+            try:
+                self._run_on(slot, task)
+            except Exception as exc:  # a bug here must fail the job loudly, never drop it
+                log.exception("pool worker %s failed to run a job", slot.name)
+                self._finish(task, None, exc)
+            finally:
+                with self._cond:
+                    slot.task = None
+                    slot.jobs += 1
+
+    def _run_on(self, slot: _Slot, task: _Task) -> None:
+        import ray
+
+        try:
+            for ref in slot.actor.run.remote(task.prompt, task.options, task.job.prompt_id):
+                kind, payload = ray.get(ref)
+                if kind == "event":
+                    task.job.emit(payload)
+                elif kind == "result":
+                    result, error = payload
+                    slot.loaded = task.models
+                    self._finish(task, result, decode_error(error, slot.name) if error else None)
+                    return
+                else:
+                    error = decode_error(payload, slot.name)
+                    if payload["kind"] == "server":
+                        self._worker_lost(slot, task, str(error))
+                    else:
+                        if payload["kind"] != "validation":
+                            slot.loaded = task.models
+                        self._finish(task, None, error)
+                    return
+            self._finish(task, None, ComfykitError(f"worker {slot.name} ended the job without a result"))
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError,
+                ray.exceptions.ActorUnavailableError) as exc:
+            self._worker_lost(slot, task, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        except ray.exceptions.RayTaskError as exc:
+            self._finish(task, None, ComfykitError(f"worker {slot.name} raised: {exc}"))
+
+    def _worker_lost(self, slot: _Slot, task: _Task, why: str) -> None:
+        """Retire a dead worker and put its job back at the head of the queue while retries remain."""
+        import ray
+
+        log.warning("pool worker %s lost (%s)", slot.name, why)
+        task.failures.append(f"{slot.name}: {why}")
+        with self._cond:
+            was_alive, slot.alive = slot.alive, False
+            alive = [s for s in self._slots if s.alive]
+            retry = not self._closed and alive and task.attempts <= self.max_retries
+            if retry:
+                task.state, task.slot = "pending", None
+                self._pending.insert(0, task)
+            orphans = [] if alive or self._closed else self._pending
+            if orphans:
+                self._pending = []
+            self._cond.notify_all()
+        if was_alive:
+            try:
+                ray.kill(slot.actor)  # a server worker may still live: free its resources
+            except Exception:  # already gone
+                pass
+        if retry:
+            return
+        if self._closed:
+            reason = "the pool was shut down while the job ran"
+        elif not alive:
+            reason = "every worker of the pool has died"
+        else:
+            reason = f"it failed on {task.attempts} worker(s) (max_retries={self.max_retries})"
+        self._finish(task, None, ServerError(f"job {task.index} was lost: {reason}; " + "; ".join(task.failures)))
+        for other in orphans:
+            self._finish(other, None, ServerError("job could not run: every worker of the pool has died; "
+                                                  f"last failure {slot.name}: {why}"))

@@ -1,0 +1,269 @@
+"""RayPool: results, routing, retries and errors on a local 2-CPU Ray cluster (skipped when ray is absent).
+
+One ``ray.init`` for the whole file. A tiny in-test backend (``FakeBackend``) checks the pool's own logic in
+milliseconds per job; the engine tests run the real Engine on the tiny demo checkpoint and compare pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from comfykit.errors import ComfykitError, ExecutionError, ServerError, ValidationError
+from comfykit.events import Event
+from comfykit.job import Backend, Job
+from comfykit.pool import PoolResult, apply_overrides, models_of, pick_task
+from comfykit.result import Result
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure helpers: no Ray needed
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def api_prompt(seed: int = 0, ckpt: str = "a.safetensors", cls: str = "KSampler", delay: float = 0.0) -> dict:
+    """A small API-format prompt: loader -> sampler (-> image); ``delay`` makes FakeBackend slow."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": cls, "inputs": {"model": ["1", 0], "seed": seed, "steps": 3, "delay": delay}},
+    }
+
+
+class Ref:
+    """Stands in for the graph layer's InputRef (``.node`` with an ``.id``, ``.name``)."""
+
+    def __init__(self, node_id, name):
+        self.node = type("N", (), {"id": node_id})()
+        self.name = name
+
+
+def test_overrides_set_inputs_by_ref_tuple_or_string():
+    base = api_prompt(seed=0)
+    out = apply_overrides(base, {Ref("2", "seed"): 7, ("2", "steps"): 9, "1.ckpt_name": "b.safetensors"})
+    assert out["2"]["inputs"]["seed"] == 7 and out["2"]["inputs"]["steps"] == 9
+    assert out["1"]["inputs"]["ckpt_name"] == "b.safetensors"
+    assert base["2"]["inputs"]["seed"] == 0  # the original is untouched
+
+
+def test_overrides_name_the_bad_node_or_input():
+    with pytest.raises(ValueError, match="node '9' is not in the workflow"):
+        apply_overrides(api_prompt(), {("9", "seed"): 1})
+    with pytest.raises(ValueError, match="has no input 'sed'.*seed"):
+        apply_overrides(api_prompt(), {"2.sed": 1})
+    with pytest.raises(TypeError, match="not an input reference"):
+        apply_overrides(api_prompt(), {42: 1})
+
+
+def test_models_of_collects_checkpoint_names():
+    prompt = api_prompt(ckpt="x.safetensors")
+    prompt["3"] = {"class_type": "LoraLoader", "inputs": {"lora_name": "l.safetensors", "model": ["1", 0]}}
+    assert models_of(prompt) == {"x.safetensors", "l.safetensors"}
+
+
+class T:
+    def __init__(self, *models):
+        self.models = frozenset(models)
+
+
+def test_routing_prefers_a_worker_that_holds_the_model():
+    pending = [T("a"), T("b"), T("a")]
+    assert pick_task(pending, frozenset({"b"}), [frozenset({"a"})]) == 1  # b is loaded here
+    assert pick_task(pending, frozenset({"c"}), [frozenset({"a"})]) == 1  # leave 'a' jobs to the 'a' worker
+    assert pick_task([T("a")], frozenset({"c"}), [frozenset({"a"})]) == 0  # but never idle
+    assert pick_task([], frozenset(), []) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A fake backend: same contract as Engine, models "loaded" once, deterministic images from the seed
+# ---------------------------------------------------------------------------------------------------------------
+class FakeBackend(Backend):
+    """Emits ComfyUI's events, keeps its 'checkpoint' loaded, makes a 4x4 image from the seed."""
+
+    def __init__(self, tag: str = "fake"):
+        self.tag = tag
+        self.loaded: str | None = None
+        self._stop = threading.Event()
+
+    def submit(self, workflow, *, on_event=None, **options):
+        prompt = workflow
+        pid = str(uuid.uuid4())
+        job = Job(pid, [on_event], interrupt=self.interrupt)
+        if any(n["class_type"] not in ("CheckpointLoaderSimple", "KSampler", "Boom") for n in prompt.values()):
+            bad = {k: n["class_type"] for k, n in prompt.items()}
+            raise ValidationError(f"unknown node type in {bad}", node_errors={"2": {"errors": [],
+                                                                                    "class_type": "Nope"}})
+        self._stop.clear()
+        threading.Thread(target=self._run, args=(job, prompt), daemon=True).start()
+        return job
+
+    def _run(self, job, prompt):
+        from PIL import Image
+
+        job.emit(Event("execution_start", {"prompt_id": job.prompt_id}))
+        executed = []
+        ckpt = prompt["1"]["inputs"]["ckpt_name"]
+        if ckpt != self.loaded:
+            self.loaded = ckpt
+            executed.append("1")
+        inputs = prompt["2"]["inputs"]
+        for step in range(inputs["steps"]):
+            if self._stop.is_set():
+                data = {"prompt_id": job.prompt_id, "node_id": "2", "node_type": "KSampler", "executed": executed}
+                job.emit(Event("execution_interrupted", data))
+                from comfykit.errors import InterruptedError
+
+                job.finish(None, InterruptedError(data))
+                return
+            time.sleep(inputs.get("delay", 0))
+            job.emit(Event("progress", {"value": step + 1, "max": inputs["steps"], "prompt_id": job.prompt_id,
+                                        "node": "2"}))
+        if prompt["2"]["class_type"] == "Boom":
+            data = {"prompt_id": job.prompt_id, "node_id": "2", "node_type": "Boom", "executed": executed,
+                    "exception_message": "boom", "exception_type": "RuntimeError", "traceback": []}
+            job.emit(Event("execution_error", data))
+            job.finish(Result(job.prompt_id, prompt, status="error"), ExecutionError(data))
+            return
+        executed.append("2")
+        seed = inputs["seed"]
+        image = Image.new("RGB", (4, 4), (seed % 256, (seed * 7) % 256, len(self.tag)))
+        result = Result(job.prompt_id, prompt, outputs={"2": {"images": []}}, images_by_node={"2": [image]},
+                        executed=executed, cached=[] if "1" in executed else ["1"])
+        job.emit(Event("execution_success", {"prompt_id": job.prompt_id}))
+        job.finish(result)
+
+    def interrupt(self):
+        self._stop.set()
+
+    def free(self, unload_models=True, free_memory=True):
+        self.loaded = None
+
+    def object_info(self):
+        return {"KSampler": {"name": "KSampler"}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ray fixtures: one local cluster for the file
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    cloudpickle = pytest.importorskip("ray.cloudpickle")
+
+    # the workers cannot import this test file: ship FakeBackend by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    os.environ["RAY_DEDUP_LOGS"] = "0"
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fake_pool(ray_cluster):
+    from comfykit.pool import RayPool
+
+    # a fake worker does no real work: let it take no CPU slot so the engine pool can have them
+    pool = RayPool(workers=2, backend=FakeBackend, cpus_per_worker=0, tag="fake")
+    yield pool
+    pool.shutdown()
+
+
+pytestmark = pytest.mark.ray
+
+
+def test_run_many_streams_every_result_tagged_with_index_and_overrides(fake_pool, capsys):
+    overrides = [{("2", "seed"): s} for s in range(12)]
+    got = list(fake_pool.run_many(api_prompt(), overrides=overrides, progress=True))
+    assert sorted(r.index for r in got) == list(range(12))
+    for r in got:
+        assert isinstance(r, PoolResult) and r.ok and r.overrides == overrides[r.index]
+        assert r.image.getpixel((0, 0))[:2] == (r.index % 256, (r.index * 7) % 256)
+        assert r.worker in {"worker-0", "worker-1"}
+    assert "12/12" in capsys.readouterr().err  # one progress bar over all jobs
+
+
+def test_ordered_map_yields_in_input_order(fake_pool):
+    prompts = [api_prompt(seed=s, delay=0.02 * (s % 3)) for s in range(6)]
+    assert [r.index for r in fake_pool.map(prompts, ordered=True, progress=False)] == list(range(6))
+
+
+def test_submit_forwards_events_under_the_pool_prompt_id(fake_pool):
+    seen = []
+    job = fake_pool.submit(api_prompt(seed=3), on_event=seen.append)
+    events = list(job)
+    result = job.result(timeout=60)
+    assert [e.type for e in events] == ["execution_start", "progress", "progress", "progress", "execution_success"]
+    assert all(e.prompt_id == job.prompt_id for e in events) and result.prompt_id == job.prompt_id
+    assert [e.type for e in seen] == [e.type for e in events]
+    assert fake_pool.run(api_prompt(seed=5)).image.getpixel((0, 0))[0] == 5
+
+
+def test_a_bad_workflow_fails_alone(fake_pool):
+    prompts = [api_prompt(seed=s) for s in range(4)]
+    prompts[1] = api_prompt(cls="Nope")
+    prompts[2] = api_prompt(cls="Boom")
+    got = {r.index: r for r in fake_pool.map(prompts, return_exceptions=True, progress=False)}
+    assert got[0].ok and got[3].ok
+    assert isinstance(got[1].error, ValidationError) and got[1].attempts == 1  # no retry
+    assert got[1].error.node_errors["2"]["class_type"] == "Nope"  # ComfyUI's body survives the trip
+    assert isinstance(got[2].error, ExecutionError) and got[2].error.exception_message == "boom"
+    with pytest.raises(ValidationError):
+        list(fake_pool.map(prompts[:2], progress=False))
+
+
+def test_jobs_sharing_a_checkpoint_stay_on_the_worker_that_loaded_it(fake_pool):
+    prompts = [api_prompt(seed=s, ckpt="a.safetensors" if s % 2 else "b.safetensors", delay=0.01)
+               for s in range(16)]
+    before = {row["name"]: dict(row["loads"]) for row in fake_pool.stats()}
+    list(fake_pool.map(prompts, progress=False))
+    after = {row["name"]: row["loads"] for row in fake_pool.stats()}
+    new_loads = sum(after[w].get(c, 0) - before[w].get(c, 0) for w in after for c in after[w])
+    # 16 jobs over 2 checkpoints and 2 workers: each worker settles on one checkpoint instead of swapping
+    assert new_loads <= 4
+
+
+def test_interrupt_stops_the_whole_pool(fake_pool):
+    jobs = [fake_pool.submit(api_prompt(seed=s, delay=0.2)) for s in range(6)]
+    next(iter(jobs[0]))  # wait until something runs
+    fake_pool.interrupt()
+    from comfykit.errors import InterruptedError
+
+    for job in jobs:
+        with pytest.raises(InterruptedError):
+            job.result(timeout=60)
+    assert fake_pool.run(api_prompt(seed=1)).ok  # the pool keeps working afterwards
+
+
+def test_a_killed_worker_has_its_job_retried_elsewhere(ray_cluster):
+    from comfykit.pool import RayPool
+
+    with RayPool(workers=2, backend=FakeBackend, cpus_per_worker=0) as pool:
+        victim = pool.actors[0]
+        prompts = [api_prompt(seed=s, delay=0.15) for s in range(6)]
+        results = pool.map(prompts, progress=False)
+        first = next(results)
+        ray_cluster.kill(victim)
+        got = [first, *results]
+        assert sorted(r.index for r in got) == list(range(6)) and all(r.ok for r in got)
+        assert any(r.attempts == 2 for r in got)  # the job the dead worker held ran again
+        assert [row["alive"] for row in pool.stats()].count(True) == 1
+        ray_cluster.kill(pool.actors[0])
+        with pytest.raises(ServerError, match="every worker"):
+            pool.run(api_prompt(seed=1), timeout=60)
+
+
+def test_bad_pool_arguments_are_refused(ray_cluster):
+    from comfykit.pool import RayPool
+
+    with pytest.raises(TypeError, match="not a live instance"):
+        RayPool(workers=1, backend=FakeBackend())
+    with pytest.raises(TypeError, match="either servers"):
+        RayPool(servers=["http://x:8188"], backend=FakeBackend)
+    with pytest.raises(ComfykitError, match="failed to start"):
+        RayPool(workers=1, backend=FakeBackend, cpus_per_worker=0, no_such_option=1)
