@@ -155,7 +155,7 @@ def make_lora(path: str | Path, checkpoint_path: str | Path, *, style: str = "ko
             dif = keys.unet_ldm_to_diffusers(mod_name, names)
             add(("lora_unet_" + dif.replace(".", "_")) if style == "kohya" else "unet." + dif, module)
     multi = len(clip.clips) > 1
-    for i, (clip_name, module_root) in enumerate(clip.clips.items()):
+    for i, module_root in enumerate(clip.clips.values()):
         for mod_name, module in module_root.named_modules():
             if isinstance(module, nn.Linear) and ".encoder.layers." in mod_name:
                 if style == "kohya":

@@ -7,6 +7,8 @@
 
 from .checkpoint import load_checkpoint, load_vae, read_state_dict
 from .diffusion import VAE, DiffusionModel
+from .lora import load_lora
+from .manager import ModelManager
 from .text_encoder import TextEncoder
 
-__all__ = ["load_checkpoint", "load_vae", "read_state_dict", "DiffusionModel", "TextEncoder", "VAE"]
+__all__ = ["load_checkpoint", "load_vae", "load_lora", "read_state_dict", "ModelManager", "DiffusionModel", "TextEncoder", "VAE"]

@@ -183,13 +183,13 @@ def unet_diffusers_to_ldm(sd: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def unet_ldm_to_diffusers_names(cfg) -> dict[str, str]:
+def unet_ldm_to_diffusers_names(cfg) -> dict[str, dict[str, str]]:
     """LDM UNet module names -> diffusers ones for a `UNetConfig` (LoRA files name either)."""
     block_map = unet_block_map(list(cfg.num_res_blocks), [d > 0 for d in cfg.transformer_depth],
                                cfg.transformer_depth_middle > 0)
     inverse = {ldm: dif for dif, ldm in block_map.items()}
     resnet_inverse = {v: k for k, v in _UNET_RESNET.items()}
-    return {"inverse": inverse, "resnet": resnet_inverse}  # type: ignore[return-value]
+    return {"inverse": inverse, "resnet": resnet_inverse}
 
 
 def unet_ldm_to_diffusers(module: str, names: dict) -> str | None:
