@@ -54,6 +54,7 @@ class Engine(Backend):
         self._executor = Executor(_node_classes(), cache=cache, cache_size=cache_size or 0,
                                   make_node=lambda cls: cls(self), on_oom=self._on_oom)
         self._models: Any = None
+        self._preview_cache: tuple[Any, Any] | None = None
         self._queue: queue.Queue[Any] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
@@ -67,12 +68,16 @@ class Engine(Backend):
     # -- models ------------------------------------------------------------------------------------------
     @property
     def models(self) -> Any:
-        """The ModelManager that keeps loaded models between runs (created on first use)."""
+        """The model manager that keeps loaded models between runs (created on first use)."""
         if self._models is None:
             from .models import ModelManager
 
             self._models = ModelManager(device=self.device, dtype=self.dtype)
         return self._models
+
+    def call_with(self, fn: Any, *models: Any) -> Any:
+        """Run ``fn()`` with ``models`` on the compute device (the manager offloads others on out-of-memory)."""
+        return self.models.call(fn, *models)
 
     def _unload_models(self) -> None:
         if self._models is not None:
@@ -90,10 +95,19 @@ class Engine(Backend):
         """The live-preview decoder for ``model``'s latent format, or None when previews are off."""
         if self.previews == "none":
             return None
-        from .sampling.preview import get_previewer
+        from .sampling.preview import Previewer, find_taesd_decoder
 
-        return get_previewer(model.latent_format, method=self.previews, vae_approx_dir=self.folders.folder("vae_approx"),
-                             size=self.preview_size, device=self.device)
+        fmt = model.latent_format
+        taesd = find_taesd_decoder(self.folders.folder("vae_approx"), fmt) if self.previews != "latent2rgb" else None
+        key = (fmt.name, self.previews, str(taesd))
+        if self._preview_cache is None or self._preview_cache[0] != key:
+            method = "taesd" if taesd is not None else "latent2rgb"
+            try:
+                previewer = Previewer(fmt, method, taesd, self.preview_size, self.device)
+            except ValueError:  # no latent2rgb factors and no TAESD file: run without previews
+                previewer = None
+            self._preview_cache = (key, previewer)
+        return self._preview_cache[1]
 
     # -- schema and validation ---------------------------------------------------------------------------
     def object_info(self) -> dict[str, Any]:

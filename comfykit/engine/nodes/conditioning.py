@@ -20,7 +20,7 @@ class CLIPTextEncode(Node):
         if clip is None:
             raise RuntimeError("clip input is invalid: None. If the clip comes from a checkpoint loader, the "
                                "checkpoint has no text encoder; load one that does.")
-        cond, pooled = clip.encode(text)
+        cond, pooled = self.engine.call_with(lambda: clip.encode(text), clip)
         return ([[cond, {"pooled_output": pooled}]],)
 
 

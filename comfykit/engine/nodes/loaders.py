@@ -18,7 +18,8 @@ class CheckpointLoaderSimple(Node):
 
     def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any]:
         path = self.engine.folders.get_full_path("checkpoints", ckpt_name)
-        model, clip, vae = self.engine.models.load_checkpoint(path)
+        model, clip, vae = self.engine.models.load_checkpoint(
+            path, embeddings_dir=self.engine.folders.folder("embeddings"))
         return (model, clip, vae)
 
 
@@ -43,8 +44,10 @@ class LoraLoader(Node):
                   strength_clip: float) -> tuple[Any, Any]:
         if strength_model == 0 and strength_clip == 0:
             return (model, clip)
+        from ..models import load_lora
+
         path = self.engine.folders.get_full_path("loras", lora_name)
-        return tuple(self.engine.models.load_lora(model, clip, path, strength_model, strength_clip))
+        return tuple(load_lora(model, clip, path, strength_model, strength_clip))
 
 
 class LoraLoaderModelOnly(LoraLoader):

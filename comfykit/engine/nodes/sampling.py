@@ -18,21 +18,23 @@ class _Sampler(Node):
         """Per-step hook: stop if interrupted, emit ``progress`` (value = step+1) with a preview of x0."""
         previewer = self.engine._previewer(model)
 
-        def callback(step: int, x0: torch.Tensor, x: torch.Tensor, total_steps: int) -> None:
+        def callback(step: int, total_steps: int, x0: torch.Tensor, x: torch.Tensor) -> None:
             preview = None
             if previewer is not None and x0 is not None:
-                preview = lambda: previewer.decode_latent_to_preview(x0)  # noqa: E731 - built only if used
+                preview = lambda: previewer.to_image(x0)  # noqa: E731 - built only if used
             self.progress(step + 1, total_steps, preview)
 
         return callback
 
     def _run(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
              positive: list, negative: list, latent_image: dict[str, Any], **options: Any) -> tuple[dict[str, Any]]:
-        from ..sampling import common_ksampler
+        from ..sampling.ksampler import common_ksampler
 
         self.check_interrupt()
-        out = common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                              callback=self._callback(model), **options)
+        callback = self._callback(model)
+        out = self.engine.call_with(
+            lambda: common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                    latent_image, callback=callback, **options), model)
         return (out if isinstance(out, dict) else out[0],)
 
 
@@ -64,7 +66,7 @@ class VAEDecode(Node):
     RETURN_TYPES = ("IMAGE",)
 
     def decode(self, vae: Any, samples: dict[str, Any]) -> tuple[torch.Tensor]:
-        images = vae.decode(samples["samples"])
+        images = self.engine.call_with(lambda: vae.decode(samples["samples"]), vae)
         if images.ndim == 5:  # video VAEs: frames become batch items
             images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
         return (images,)
@@ -77,4 +79,4 @@ class VAEEncode(Node):
     RETURN_TYPES = ("LATENT",)
 
     def encode(self, vae: Any, pixels: torch.Tensor) -> tuple[dict[str, Any]]:
-        return ({"samples": vae.encode(pixels[:, :, :, :3])},)
+        return ({"samples": self.engine.call_with(lambda: vae.encode(pixels[:, :, :, :3]), vae)},)
