@@ -244,14 +244,18 @@ def test_a_killed_worker_has_its_job_retried_elsewhere(ray_cluster):
     from comfykit.pool import RayPool
 
     with RayPool(workers=2, backend=FakeBackend, cpus_per_worker=0) as pool:
-        victim = pool.actors[0]
+        killed = []
+
+        def kill_mid_job(event):
+            if event.type == "progress" and not killed:  # the job is half done on this worker
+                killed.append(next(w for w, pid in pool.running().items() if pid == event.prompt_id))
+                ray_cluster.kill(pool.workers[killed[0]])
+
         prompts = [api_prompt(seed=s, delay=0.15) for s in range(6)]
-        results = pool.map(prompts, progress=False)
-        first = next(results)
-        ray_cluster.kill(victim)
-        got = [first, *results]
+        got = list(pool.map(prompts, progress=False, on_event=kill_mid_job))
         assert sorted(r.index for r in got) == list(range(6)) and all(r.ok for r in got)
-        assert any(r.attempts == 2 for r in got)  # the job the dead worker held ran again
+        retried = [r for r in got if r.attempts == 2]
+        assert len(retried) == 1 and retried[0].worker != killed[0]  # the dead worker's job ran elsewhere
         assert [row["alive"] for row in pool.stats()].count(True) == 1
         ray_cluster.kill(pool.actors[0])
         with pytest.raises(ServerError, match="every worker"):
@@ -267,3 +271,132 @@ def test_bad_pool_arguments_are_refused(ray_cluster):
         RayPool(servers=["http://x:8188"], backend=FakeBackend)
     with pytest.raises(ComfykitError, match="failed to start"):
         RayPool(workers=1, backend=FakeBackend, cpus_per_worker=0, no_such_option=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real Engine on the tiny demo checkpoint: 2 workers against one in-process engine
+# ---------------------------------------------------------------------------------------------------------------
+def txt2img(ckpt: str):
+    """A 64x64, 2-step text-to-image Workflow; returns (workflow, sampler node)."""
+    import comfykit as ck
+
+    wf = ck.Workflow()
+    loader = wf.CheckpointLoaderSimple(ckpt_name=ckpt)
+    pos = wf.CLIPTextEncode(text="a lighthouse at dusk", clip=loader.CLIP)
+    neg = wf.CLIPTextEncode(text="", clip=loader.CLIP)
+    latent = wf.EmptyLatentImage(width=64, height=64, batch_size=1)
+    sampler = wf.KSampler(model=loader.MODEL, positive=pos, negative=neg, latent_image=latent, seed=0, steps=2,
+                          cfg=7.0, sampler_name="euler", scheduler="normal")
+    wf.PreviewImage(images=wf.VAEDecode(samples=sampler, vae=loader.VAE))
+    return wf, sampler
+
+
+@pytest.fixture(scope="module")
+def demo_ckpt(models_dir):
+    from comfykit import demo
+
+    return demo.ensure_demo_checkpoint(models_dir)
+
+
+@pytest.fixture(scope="module")
+def engine_options(models_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pool-out")
+    return {"models_dir": str(models_dir), "output_dir": str(out / "output"), "temp_dir": str(out / "temp"),
+            "previews": "none"}
+
+
+@pytest.fixture(scope="module")
+def engine_pool(ray_cluster, engine_options, demo_ckpt):
+    from comfykit.engine import Engine
+    from comfykit.pool import RayPool
+
+    pool = RayPool(workers=2, backend=Engine, **engine_options)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference_pixels(engine_options, demo_ckpt):
+    """seed -> pixels of the same job run on one in-process Engine."""
+    import numpy as np
+
+    from comfykit.engine import Engine
+
+    engine = Engine(**engine_options)
+    wf, sampler = txt2img(demo_ckpt)
+    pixels = {}
+    for seed in range(4):
+        sampler.seed = seed
+        pixels[seed] = np.asarray(engine.run(wf, timeout=300).image)
+    engine.shutdown()
+    return pixels
+
+
+def test_engine_pool_gives_the_same_pixels_as_one_engine_and_loads_once_per_worker(
+        engine_pool, reference_pixels, demo_ckpt):
+    import numpy as np
+
+    wf, sampler = txt2img(demo_ckpt)
+    got = list(engine_pool.run_many(wf, overrides=[{sampler.seed: s} for s in range(4)], progress=False))
+    assert sorted(r.index for r in got) == [0, 1, 2, 3]
+    for r in got:
+        seed = r.overrides[sampler.seed]
+        np.testing.assert_array_equal(np.asarray(r.image), reference_pixels[seed])
+    assert len({r.worker for r in got}) == 2  # both workers took part
+    assert not np.array_equal(reference_pixels[0], reference_pixels[1])  # seeds matter, so the check means something
+    for row in engine_pool.stats():
+        assert row["loads"] == {demo_ckpt: 1}, row  # each worker loaded the checkpoint once, then kept it
+        assert row["loaded"] == [demo_ckpt]
+
+
+def test_engine_pool_forwards_progress_events_and_works_with_sweep(engine_pool, reference_pixels, demo_ckpt):
+    import numpy as np
+
+    import comfykit as ck
+
+    wf, sampler = txt2img(demo_ckpt)
+    sampler.seed = 2
+    job = engine_pool.submit(wf)
+    events = list(job)
+    types = [e.type for e in events]
+    assert types[0] == "execution_start" and types[-1] == "execution_success"
+    assert [e.data["value"] for e in events if e.type == "progress"][-2:] == [1, 2]  # KSampler's 2 steps
+    assert {e.prompt_id for e in events} == {job.prompt_id}
+    np.testing.assert_array_equal(np.asarray(job.result().image), reference_pixels[2])
+
+    swept = ck.sweep(wf, {sampler.seed: [0, 3]}, backend=engine_pool, progress=False)
+    for seed in (0, 3):
+        np.testing.assert_array_equal(np.asarray(swept.images[(seed,)]), reference_pixels[seed])
+
+
+def test_engine_pool_a_workflow_with_a_missing_checkpoint_fails_alone(engine_pool, demo_ckpt):
+    good, _ = txt2img(demo_ckpt)
+    bad = good.to_api()
+    bad["1"]["inputs"]["ckpt_name"] = "no-such-model.safetensors"
+    got = {r.index: r for r in engine_pool.map([good, bad, good], return_exceptions=True, progress=False)}
+    assert got[0].ok and got[2].ok
+    assert isinstance(got[1].error, ValidationError) and got[1].attempts == 1
+    assert "no-such-model.safetensors" in str(got[1].error)
+
+
+def test_engine_pool_a_killed_worker_has_its_job_finished_elsewhere(engine_pool, reference_pixels, demo_ckpt,
+                                                                    ray_cluster):
+    # runs last among the engine tests: it leaves the pool with one worker
+    import numpy as np
+
+    wf, sampler = txt2img(demo_ckpt)
+    killed = []
+
+    def kill_on_first_progress(event):
+        # runs in the pool's thread for that job: the job is mid-sampling on the worker named here
+        if event.type == "progress" and not killed:
+            name = next(w for w, pid in engine_pool.running().items() if pid == event.prompt_id)
+            killed.append(name)
+            ray_cluster.kill(engine_pool.workers[name])
+
+    got = list(engine_pool.run_many(wf, overrides=[{sampler.seed: s} for s in range(4)], progress=False,
+                                    on_event=kill_on_first_progress))
+    assert sorted(r.index for r in got) == [0, 1, 2, 3]  # nothing dropped
+    for r in got:
+        np.testing.assert_array_equal(np.asarray(r.image), reference_pixels[r.overrides[sampler.seed]])
+    assert killed and killed[0] not in engine_pool.workers and len(engine_pool.workers) == 1

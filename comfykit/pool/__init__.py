@@ -335,6 +335,16 @@ class RayPool(Backend):
         """The Ray actor handles of the live workers."""
         return [s.actor for s in self._alive_slots(required=False)]
 
+    @property
+    def workers(self) -> dict[str, Any]:
+        """Live worker name -> its Ray actor handle."""
+        return {s.name: s.actor for s in self._alive_slots(required=False)}
+
+    def running(self) -> dict[str, str]:
+        """Worker name -> prompt id of the job it runs now (idle workers are left out)."""
+        with self._cond:
+            return {s.name: s.task.job.prompt_id for s in self._slots if s.alive and s.task is not None}
+
     def stats(self) -> list[dict[str, Any]]:
         """Per worker: name, alive, jobs run, models loaded now, and ``loads`` (model -> times actually loaded)."""
         import ray

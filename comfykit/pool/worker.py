@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import inspect
 import os
 import traceback
 from collections import Counter
@@ -62,6 +63,10 @@ class PoolWorker:
         self.backend = factory(**dict(options))
         self.loads: Counter[str] = Counter()  # model name -> times a node loading it actually executed
         self.jobs = 0
+        try:  # a backend that takes prompt_id= (Engine does) reports under the pool's id from the start
+            self._takes_prompt_id = "prompt_id" in inspect.signature(self.backend.submit).parameters
+        except (TypeError, ValueError):
+            self._takes_prompt_id = False
 
     def info(self) -> dict[str, Any]:
         """Name, process, GPUs, jobs run and model loads of this worker."""
@@ -80,6 +85,8 @@ class PoolWorker:
 
         self.jobs += 1
         try:
+            if self._takes_prompt_id:
+                options = {**options, "prompt_id": prompt_id}
             job = self.backend.submit(prompt, **options)
             for event in job:
                 yield "event", dataclasses.replace(event, data=relabel(event.data))
