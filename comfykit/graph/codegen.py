@@ -76,7 +76,9 @@ def to_python(wf: Workflow, name: str = "wf", header: bool = True) -> str:
     auto_next, seen = 1, set()
     for node in ordered:
         args = []
-        for key, value in node._inputs.items():
+        declared = [k for k in node.spec.inputs if k in node._inputs]
+        for key in declared + [k for k in node._inputs if k not in node.spec.inputs]:
+            value = node._inputs[key]
             if isinstance(value, Output):
                 src = names[value.node.id]
                 out = value.node.spec.output_names[value.index]

@@ -1,0 +1,120 @@
+"""Templates, API/UI loading and code generation: round trips a user relies on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import comfykit as ck
+from comfykit import templates
+from comfykit.graph import validate_prompt
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_template_names_and_descriptions():
+    assert set(templates.names()) == {"sd15_txt2img", "sd15_img2img", "sd15_lora", "sd15_hires_fix",
+                                      "sdxl_txt2img", "sd15_txt2img_ui"}
+    assert set(templates.descriptions()) == set(templates.names())
+    with pytest.raises(KeyError, match="did you mean 'sd15_txt2img'"):
+        templates.path("sd15_txt2imgg")
+
+
+@pytest.mark.parametrize("name", ["sd15_txt2img", "sd15_img2img", "sd15_lora", "sd15_hires_fix", "sdxl_txt2img",
+                                  "sd15_txt2img_ui"])
+def test_every_template_is_valid_for_the_builtin_schema(name):
+    wf = templates.load(name)
+    prompt = wf.to_api()
+    assert validate_prompt(prompt).outputs == ["9"]
+    if not name.endswith("_ui"):
+        assert prompt == json.loads(templates.path(name).read_text())  # loading is lossless
+
+
+def test_txt2img_uses_comfyuis_example_ids():
+    prompt = json.loads(templates.path("sd15_txt2img").read_text())
+    assert {k: v["class_type"] for k, v in prompt.items()} == {
+        "3": "KSampler", "4": "CheckpointLoaderSimple", "5": "EmptyLatentImage", "6": "CLIPTextEncode",
+        "7": "CLIPTextEncode", "8": "VAEDecode", "9": "SaveImage"}
+    assert prompt["3"]["inputs"]["positive"] == ["6", 0] and prompt["3"]["inputs"]["negative"] == ["7", 0]
+
+
+def test_fill_sets_the_obvious_inputs():
+    prompt = templates.fill("sd15_txt2img", prompt="a red fox", negative="ugly", seed=5, steps=4, cfg=6.5,
+                            width=256, height=320, ckpt_name="tiny.safetensors")
+    assert prompt["6"]["inputs"]["text"] == "a red fox" and prompt["7"]["inputs"]["text"] == "ugly"
+    assert (prompt["3"]["inputs"]["seed"], prompt["3"]["inputs"]["steps"], prompt["3"]["inputs"]["cfg"]) == (5, 4, 6.5)
+    assert (prompt["5"]["inputs"]["width"], prompt["5"]["inputs"]["height"]) == (256, 320)
+    assert prompt["4"]["inputs"]["ckpt_name"] == "tiny.safetensors"
+    hires = templates.fill("sd15_hires_fix", steps=6, seed=9)
+    assert hires["3"]["inputs"]["steps"] == 6 and hires["11"]["inputs"]["steps"] == 12  # only the first sampler
+    assert hires["11"]["inputs"]["seed"] == 9
+    ui = templates.fill("sd15_txt2img_ui", prompt="a boat")
+    assert ui["6"]["inputs"]["text"] == "a boat"
+    with pytest.raises(ck.ValidationError, match="steps"):
+        templates.fill("sd15_txt2img", steps=0)
+
+
+@pytest.mark.parametrize("name", ["default_v04", "bypass_reroute_primitive_v1"])
+def test_ui_format_converts_like_the_comfyui_page(name):
+    expected = json.loads((GOLDEN / f"{name}.api.json").read_text())
+    wf = ck.Workflow.load(GOLDEN / f"{name}.json")
+    assert wf.to_api() == expected
+    assert ck.Workflow.from_ui(json.loads((GOLDEN / f"{name}.json").read_text())).to_api() == expected
+
+
+@pytest.mark.parametrize("source", ["golden:default_v04", "golden:bypass_reroute_primitive_v1",
+                                    "template:sd15_hires_fix", "template:sd15_lora", "dsl"])
+def test_to_python_rebuilds_the_same_prompt(source):
+    kind, _, name = source.partition(":")
+    if kind == "golden":
+        wf = ck.Workflow.load(GOLDEN / f"{name}.json")
+    elif kind == "template":
+        wf = templates.load(name)
+    else:
+        wf = ck.Workflow()
+        ckpt = wf.CheckpointLoaderSimple(ckpt_name="m.safetensors")
+        lora = wf.LoraLoader(model=ckpt.MODEL, clip=ckpt.CLIP, lora_name="l.safetensors")
+        text = wf.CLIPTextEncode(text="it's \"quoted\"\nand multiline", clip=lora.CLIP)
+        sampler = wf.KSampler(model=lora.MODEL, positive=text, negative=text, latent_image=wf.EmptyLatentImage())
+        wf.PreviewImage(images=wf.VAEDecode(samples=sampler, vae=ckpt.VAE))
+    source_code = wf.to_python()
+    namespace: dict = {}
+    exec(compile(source_code, "<to_python>", "exec"), namespace)
+    assert namespace["wf"].to_api() == wf.to_api()
+
+
+def test_to_python_reads_like_hand_written_code():
+    code = templates.load("sd15_txt2img").to_python()
+    assert "positive = wf.CLIPTextEncode(text=" in code and "negative = wf.CLIPTextEncode(" in code
+    assert "sampler = wf.KSampler(model=ckpt.MODEL, seed=8566257" in code
+    assert "positive=positive, negative=negative, latent_image=latent" in code
+
+
+def test_from_api_round_trips_and_rejects_broken_links(reference_dir, reference_object_info):
+    index = json.loads((reference_dir / "errors" / "_index.json").read_text())
+    prompt = index["seed_not_a_number"]["request"]["prompt"]
+    wf = ck.Workflow.from_api(prompt, reference_object_info)
+    assert wf.to_api(validate=False) == prompt
+    with pytest.raises(ck.ValidationError) as caught:
+        wf.to_api()
+    assert caught.value.node_errors["3"]["errors"][0]["type"] == "invalid_input_type"
+    wf["3"].seed = 42
+    assert wf.to_api()["3"]["inputs"]["seed"] == 42
+    assert wf.EmptyLatentImage().id == "10"  # new nodes continue after the loaded ids
+    with pytest.raises(ck.ValidationError, match="'99'"):
+        ck.Workflow.from_api(index["link_to_nonexistent_node"]["request"]["prompt"], reference_object_info)
+    with pytest.raises(ck.ValidationError, match="NopeLoader"):
+        ck.Workflow.from_api(index["unknown_class_type"]["request"]["prompt"], reference_object_info)
+
+
+def test_ui_unknown_nodes_and_subgraphs_are_clear_errors():
+    data = json.loads((GOLDEN / "default_v04.json").read_text())
+    data["nodes"][0]["type"] = "KSamplerX"
+    with pytest.raises(ck.ValidationError, match="KSamplerX"):
+        ck.Workflow.load(data)
+    data["nodes"][0]["type"] = "0b1c2d3e-uuid"
+    data["definitions"] = {"subgraphs": [{"id": "0b1c2d3e-uuid"}]}
+    with pytest.raises(ck.ValidationError, match="subgraph"):
+        ck.Workflow.load(data)
