@@ -8,6 +8,7 @@ step noise. ``model.model_sampling`` (when present) tells rectified-flow models 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -74,10 +75,13 @@ class BrownianTreeNoiseSampler:
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         s0, s1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         t0, t1, sign = (s0, s1, 1) if s0 < s1 else (s1, s0, -1)
-        if self.cpu:
-            w = self.tree(t0.cpu().float(), t1.cpu().float()).to(t0.dtype).to(t0.device)
-        else:
-            w = self.tree(t0, t1)
+        with warnings.catch_warnings():
+            # torchsde compares float32 sigma_max with itself in float64 and warns spuriously
+            warnings.filterwarnings("ignore", message="Should have tb<=t1")
+            if self.cpu:
+                w = self.tree(t0.cpu().float(), t1.cpu().float()).to(t0.dtype).to(t0.device)
+            else:
+                w = self.tree(t0, t1)
         return w * (self.sign * sign) / (s1 - s0).abs().sqrt()
 
 
