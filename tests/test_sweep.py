@@ -83,3 +83,19 @@ def test_a_failing_run_names_its_combination_and_restores_the_workflow():
         ck.sweep(wf, {out.cfg: [4, 7]}, fakes.FakeBackend(fail_node="5"), progress=False)
     assert "in sweep combination cfg=4" in info.value.__notes__
     assert out.cfg.value == 7.0
+
+
+def test_sweep_on_the_engine_loads_the_checkpoint_once(models_dir, tmp_path):
+    from comfykit import demo
+
+    wf, pos, neg, lat, out = fakes.txt2img(demo.ensure_demo_checkpoint(models_dir), steps=1, width=32, height=32)
+    with ck.Engine(models_dir, output_dir=tmp_path / "out", temp_dir=tmp_path / "tmp") as engine:
+        s = ck.sweep(wf, {out.cfg: [2.0, 8.0], out.steps: [1, 2]}, engine, progress=False)
+    runs = Counter(s.executed)
+    assert runs["1"] == 1 and runs["2"] == 1 and runs["3"] == 1 and runs["5"] == 4
+    assert all(r.ok and r.image.size == (32, 32) for r in s.results.values())
+    assert s.results[(8.0, 2)].prompt["5"]["inputs"]["cfg"] == 8.0
+    assert s.images[(2.0, 1)].tobytes() != s.images[(8.0, 1)].tobytes()
+    assert _titles(s.figure) == ["cfg=2.0", "cfg=8.0", "", ""]
+    assert [s.figure.axes[i].get_ylabel() for i in (0, 2)] == ["steps=1", "steps=2"]
+    assert out.cfg.value == 7.0 and out.steps.value == 1
