@@ -103,12 +103,8 @@ class Node:
     """A node in a workflow: read outputs (``node.MODEL``, ``node[0]``) and inputs, set inputs by attribute."""
 
     def __init__(self, workflow: Workflow, node_id: str, spec: NodeSpec, title: str | None = None):
-        object.__setattr__(self, "_wf", workflow)
-        object.__setattr__(self, "_inputs", {})
-        object.__setattr__(self, "id", node_id)
-        object.__setattr__(self, "spec", spec)
-        object.__setattr__(self, "title", title)
-        object.__setattr__(self, "_extra", {})
+        # __setattr__ is the input setter, so fill the instance dict directly
+        self.__dict__.update(_wf=workflow, _inputs={}, id=node_id, spec=spec, title=title, _extra={})
 
     @property
     def class_type(self) -> str:
@@ -204,8 +200,10 @@ class Node:
 
     def to_api(self) -> dict:
         """This node as API format: ``{"class_type", "inputs", "_meta"?}``."""
-        inputs = {k: (v.to_api() if isinstance(v, Output) else v) for k, v in self._inputs.items()}
-        data: dict[str, Any] = {"inputs": inputs, "class_type": self.spec.name, **self._extra}
+        inputs = {k: ([v.node.id, v.index] if v.__class__ is Output else v) for k, v in self._inputs.items()}
+        data: dict[str, Any] = {"inputs": inputs, "class_type": self.spec.name}
+        if self._extra:
+            data.update(self._extra)
         if self.title is not None:
             data["_meta"] = {**data.get("_meta", {}), "title": self.title}
         return data

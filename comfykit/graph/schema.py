@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,37 +13,38 @@ from . import builtin
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 
 
-@dataclass(frozen=True)
 class InputSpec:
     """One declared input of a node: its type, options and whether it is a widget (a literal value)."""
 
-    name: str
-    type: str                       # "INT", "MODEL", ...; "COMBO" for list combos
-    raw: Any                        # the object_info entry, echoed as ``input_config`` in errors
-    required: bool
-    options: dict = field(default_factory=dict)
-    choices: list | None = None     # combo options (V1 list or V3 "options")
-    list_combo: bool = False        # V1 list combo: ComfyUI checks membership only for these
-    any_value: bool = False         # file combo with no known file list: any string passes
+    __slots__ = ("name", "type", "raw", "required", "options", "choices", "list_combo", "any_value",
+                 "is_widget", "has_default", "default")
 
-    @property
-    def default(self) -> Any:
-        """The schema default; for a combo without one, its first option (as ComfyUI's page picks)."""
-        if "default" in self.options:
-            return self.options["default"]
-        if self.choices:
-            return self.choices[0]
-        return None
+    def __init__(self, name: str, type: str, raw: Any, required: bool, options: dict | None = None,
+                 choices: list | None = None, list_combo: bool = False, any_value: bool = False):
+        self.name = name
+        self.type = type                  # "INT", "MODEL", ...; "COMBO" for list combos
+        self.raw = raw                    # the object_info entry, echoed as ``input_config`` in errors
+        self.required = required
+        self.options = options or {}
+        self.choices = choices            # combo options (V1 list or V3 "options")
+        self.list_combo = list_combo      # V1 list combo: ComfyUI checks membership only for these
+        self.any_value = any_value        # file combo with no known file list: any string passes
+        #: Whether the input takes a literal value (it may still be fed by a link).
+        self.is_widget = type in WIDGET_TYPES or choices is not None
+        #: Whether a value can be filled in when the user gives none.
+        self.has_default = "default" in self.options or bool(choices)
+        #: The schema default; for a combo without one, its first option (as ComfyUI's page picks).
+        self.default = self.options["default"] if "default" in self.options else (choices[0] if choices else None)
 
-    @property
-    def has_default(self) -> bool:
-        """Whether a value can be filled in when the user gives none."""
-        return "default" in self.options or bool(self.choices)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InputSpec) and (self.name, self.raw, self.required) == \
+            (other.name, other.raw, other.required)
 
-    @property
-    def is_widget(self) -> bool:
-        """Whether the input takes a literal value (it may still be fed by a link)."""
-        return self.type in WIDGET_TYPES or self.choices is not None
+    def __hash__(self) -> int:
+        return hash((self.name, self.required))
+
+    def __repr__(self) -> str:
+        return f"InputSpec({self.describe()!r})"
 
     min = property(lambda self: self.options.get("min"))
     max = property(lambda self: self.options.get("max"))
@@ -111,6 +112,12 @@ class NodeSpec:
     category: str
     description: str
     raw: dict
+
+    def __post_init__(self) -> None:
+        # (name, default) of the widgets a new node gets when the user leaves them out
+        self.defaults = tuple((n, i.default) for n, i in self.inputs.items()
+                              if i.is_widget and i.has_default and not i.any_value)
+        self.default_of = dict(self.defaults)
 
     @classmethod
     def parse(cls, name: str, info: dict) -> NodeSpec:

@@ -43,6 +43,8 @@ class Workflow:
         self._nodes: dict[str, Node] = {}
         self._next_id = 1
         self._factories: dict[str, Callable[..., Node]] = {}
+        # True once nodes were loaded or links edited: compile must then re-check everything (values, cycles)
+        self._loaded = False
 
     # ---- building -------------------------------------------------------------------------------------------
     def add(self, class_type: str, /, **inputs: Any) -> Node:
@@ -54,24 +56,30 @@ class Workflow:
         node_id = self._claim_id(node_id)
         node = Node(self, node_id, spec, title)
         self._nodes[node_id] = node
+        given = node._inputs
         try:
             for name, value in inputs.items():
-                if name not in spec.inputs:
-                    raise self._error(node, self._unknown_input(node, name))
                 self._set_input(node, name, value, new=True)
-            # Unset widgets take the schema default, as ComfyUI's page fills them in.
-            for name, ispec in spec.inputs.items():
-                if name not in node._inputs and ispec.is_widget and ispec.has_default and not ispec.any_value:
-                    node._inputs[name] = ispec.default
         except BaseException:
             del self._nodes[node_id]
             self._next_id = before  # a failed call must not shift the ids of later nodes
             raise
-        object.__setattr__(node, "_inputs", {n: node._inputs[n] for n in spec.inputs if n in node._inputs})
+        # Unset widgets take the schema default, as ComfyUI's page fills them in; keep the schema's order.
+        if given:
+            ordered = {}
+            defaults = spec.default_of
+            for name in spec.inputs:
+                if name in given:
+                    ordered[name] = given[name]
+                elif name in defaults:
+                    ordered[name] = defaults[name]
+            object.__setattr__(node, "_inputs", ordered)
+        else:
+            given.update(spec.defaults)
         return node
 
     def _spec(self, class_type: str) -> NodeSpec:
-        spec = self.schema.get(class_type)
+        spec = self.schema._specs.get(class_type) or self.schema.get(class_type)
         if spec is None:
             close = difflib.get_close_matches(class_type, self.schema.names(), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -81,15 +89,19 @@ class Workflow:
         return spec
 
     def _claim_id(self, node_id: Any) -> str:
+        nodes = self._nodes
         if node_id is None:
-            while str(self._next_id) in self._nodes:
+            while str(self._next_id) in nodes:
                 self._next_id += 1
             node_id = str(self._next_id)
+            self._next_id += 1
+            return node_id
         node_id = str(node_id)
-        if node_id in self._nodes:
-            raise ValueError(f"node id {node_id!r} is already used by {self._nodes[node_id]!r}")
+        if node_id in nodes:
+            raise ValueError(f"node id {node_id!r} is already used by {nodes[node_id]!r}")
         if node_id.isdigit():
             self._next_id = max(self._next_id, int(node_id) + 1)
+        self._loaded = True  # ids chosen by the caller: links may form cycles, check them at compile
         return node_id
 
     def _unknown_input(self, node: Node, name: str) -> str:
@@ -124,6 +136,8 @@ class Workflow:
             return
         if isinstance(value, Output):
             self._check_link(node, ispec, value)
+            if not new:
+                self._loaded = True  # an edited link may close a cycle
         else:
             value = self._check_literal(node, ispec, value)
         node._inputs[name] = value
@@ -202,7 +216,10 @@ class Workflow:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # keep copy, pickle and IPython's probes working
             raise AttributeError(name)
-        return self._factory(name)
+        factory = self._factory(name)
+        if name.isidentifier():
+            object.__setattr__(self, name, factory)  # later lookups skip __getattr__
+        return factory
 
     def __dir__(self) -> list[str]:
         return sorted(set(object.__dir__(self)) | {n for n in self.schema.names() if n.isidentifier()})
@@ -265,20 +282,29 @@ class Workflow:
 
     def _validate(self, prompt: dict) -> ValidatedPrompt:
         missing: dict[str, dict] = {}
+        outputs = []
         for node in self._nodes.values():
-            errs = [{"type": "required_input_missing", "message": "Required input is missing", "details": name,
-                     "extra_info": {"input_name": name}}
-                    for name, ispec in node.spec.inputs.items() if ispec.required and name not in node._inputs]
-            if errs:
-                missing[node.id] = {"errors": errs, "dependent_outputs": [], "class_type": node.class_type}
+            spec = node.spec
+            if spec.output_node:
+                outputs.append(node.id)
+            if len(node._inputs) < len(spec.inputs):
+                errs = [{"type": "required_input_missing", "message": "Required input is missing",
+                         "details": name, "extra_info": {"input_name": name}}
+                        for name, ispec in spec.inputs.items() if ispec.required and name not in node._inputs]
+                if errs:
+                    missing[node.id] = {"errors": errs, "dependent_outputs": [], "class_type": node.class_type}
         if missing:
             raise ValidationError(describe_errors(_FAILED, missing, self.schema), dict(_FAILED), missing)
-        cycle = find_cycle(prompt)
+        cycle = find_cycle(prompt) if self._loaded else None
         if cycle:
             path = " -> ".join(f"#{i} {self._nodes[i].class_type}" for i in cycle)
             message = f"the workflow has a cycle: {path}; a node cannot depend on its own output"
             raise ValidationError(message, {"type": "invalid_prompt", "message": message, "details": "",
                                             "extra_info": {}}, {})
+        if not self._loaded and outputs:
+            # Every value and link was checked and coerced when it was set, and links only point back to
+            # older nodes: what ComfyUI would check again is already known to pass.
+            return ValidatedPrompt(prompt, outputs, {})
         result = validate_prompt(prompt, self.schema)
         if result.node_errors:
             raise ValidationError(describe_errors(_FAILED, result.node_errors, self.schema), dict(_FAILED),
@@ -368,7 +394,7 @@ class Workflow:
                 + "".join(rows) + "</tbody></table>")
 
     def __getstate__(self) -> dict:
-        return {"schema": self.schema, "_nodes": self._nodes, "_next_id": self._next_id}
+        return {"schema": self.schema, "_nodes": self._nodes, "_next_id": self._next_id, "_loaded": self._loaded}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
