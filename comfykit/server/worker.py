@@ -65,12 +65,14 @@ class Worker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             got = self.queue.get(timeout=0.5)
+            # /free applies before the next prompt, even one posted right after it while we were idle
+            self._maybe_free()
             if got is not None:
                 try:
                     self._run(*got)
                 except Exception:  # never let one prompt kill the server's only worker
                     log.exception("server worker failed on a prompt")
-            self._maybe_free()
+                self._maybe_free()
 
     def _maybe_free(self) -> None:
         with self._lock:
