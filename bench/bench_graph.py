@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def main() -> None:
                      f"{total * 1e3:.1f} | {total / hand:.1f}x | {vp * 1e3:.1f} |")
     lines.append("")
     lines.append(f"Cold `import comfykit` (median of 5 subprocesses): {imp * 1e3:.0f} ms (target < 300 ms). "
-                 f"10,000 nodes build + validate + compile: {rows[-1][5] * 1e3:.0f} ms (target < 100 ms).")
+                 f"10,000 nodes build + validate + compile: {rows[-1][5] * 1e3:.0f} ms (target < 100 ms). "
+                 f"Load average while measuring: {os.getloadavg()[0]:.1f} (other jobs share the cores).")
     table = "\n".join(lines)
     print(table)
     if args.append:

@@ -1,0 +1,75 @@
+"""validate_prompt's rules beyond the captured bodies: link types, extra inputs, deep chains, cycles."""
+
+from __future__ import annotations
+
+import pytest
+
+from comfykit.errors import ValidationError
+from comfykit.graph import Schema, find_cycle, types_match, validate_prompt
+
+
+def _schema() -> Schema:
+    info = {
+        "Src": {"input": {"required": {}}, "output": ["A,B", "*", "COMBO"], "output_name": ["ab", "any", "combo"]},
+        "Sink": {"input": {"required": {"x": ["B"]}, "optional": {"mode": ["COMBO", {"options": ["p", "q"]}],
+                                                                  "pick": [["u", "v"]]},
+                           "hidden": {"prompt": "PROMPT"}},
+                 "output": [], "output_node": True},
+        "Pass": {"input": {"required": {"x": ["LATENT"]}}, "output": ["LATENT"]},
+        "Start": {"input": {"required": {}}, "output": ["LATENT"]},
+        "Out": {"input": {"required": {"x": ["LATENT"]}}, "output": [], "output_node": True},
+    }
+    return Schema(info)
+
+
+def test_type_rules():
+    assert types_match("A,B", "B") and types_match("*", "MODEL") and types_match("MODEL", "*")
+    assert types_match("A, B", "C,B") and not types_match("A", "B")
+
+
+def test_unions_any_extra_and_hidden_inputs():
+    schema = _schema()
+    prompt = {"1": {"class_type": "Src", "inputs": {}},
+              "2": {"class_type": "Sink", "inputs": {"x": ["1", 0], "mode": "zzz", "unknown": 5, "prompt": 1}},
+              "3": {"class_type": "Sink", "inputs": {"x": ["1", 1], "pick": ["1", 2]}}}
+    result = validate_prompt(prompt, schema)
+    assert result.outputs == ["2", "3"] and result.node_errors == {}
+    # V3 combos are not membership-checked by ComfyUI 0.3.64; V1 list combos are.
+    prompt["2"]["inputs"]["pick"] = "w"
+    with pytest.raises(ValidationError) as caught:
+        validate_prompt(prompt, schema, partial_targets=["2"])
+    assert caught.value.node_errors["2"]["errors"][0]["details"] == "pick: 'w' not in ['u', 'v']"
+
+
+def test_bad_link_shapes():
+    schema = _schema()
+    prompt = {"1": {"class_type": "Src", "inputs": {}},
+              "2": {"class_type": "Sink", "inputs": {"x": ["1", 0, 1]}}}
+    with pytest.raises(ValidationError) as caught:
+        validate_prompt(prompt, schema)
+    assert caught.value.node_errors["2"]["errors"][0]["type"] == "bad_linked_input"
+    prompt["2"]["inputs"]["x"] = ["9", 0]  # the output node's own link: ComfyUI's outer handler reports it
+    with pytest.raises(ValidationError) as caught:
+        validate_prompt(prompt, schema)
+    err = caught.value.node_errors["2"]["errors"][0]
+    assert err["type"] == "exception_during_validation" and err["details"] == "'9'"
+    assert err["extra_info"]["exception_type"] == "KeyError"
+
+
+def test_deep_chains_validate_without_recursion_and_cycles_do_not_hang():
+    n = 5000
+    prompt = {"0": {"class_type": "Start", "inputs": {}}}
+    for i in range(1, n):
+        prompt[str(i)] = {"class_type": "Pass", "inputs": {"x": [str(i - 1), 0]}}
+    prompt["out"] = {"class_type": "Out", "inputs": {"x": [str(n - 1), 0]}}
+    assert validate_prompt(prompt, _schema()).outputs == ["out"]
+    assert find_cycle(prompt) is None
+    prompt["0"] = {"class_type": "Pass", "inputs": {"x": ["3", 0]}}
+    assert validate_prompt(prompt, _schema()).outputs == ["out"]  # ComfyUI reports cycles when executing
+    cycle = find_cycle(prompt)
+    assert cycle[0] == cycle[-1] and set(cycle) == {"0", "1", "2", "3"}
+
+
+def test_unknown_schema_source_types():
+    with pytest.raises(TypeError):
+        validate_prompt({}, schema=3.5)
