@@ -109,8 +109,11 @@ def make_checkpoint(path: str | Path, *, arch: str = "sd1", seed: int = 0) -> Pa
 
 
 def make_vae(path: str | Path, *, seed: int = 0) -> Path:
-    """Write a tiny standalone VAE file (LDM keys, no prefix), as found in models/vae."""
-    return _save(_components("sd1", seed)["vae"].state_dict(), path)
+    """Write a tiny standalone VAE file (LDM keys, no prefix): the VAE of `make_checkpoint(seed=seed)`."""
+    from .engine.models.vae import AutoencoderKL
+
+    vcfg = _configs("sd1")[1]
+    return _save(_random(lambda: AutoencoderKL(vcfg), seed + 1).state_dict(), path)
 
 
 def ensure_demo_checkpoint(models_dir: str | Path) -> str:
