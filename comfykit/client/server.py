@@ -16,8 +16,8 @@ from typing import Any
 
 import requests
 
-from ..errors import ServerError, ValidationError
-from ..events import EventCallback
+from ..errors import InterruptedError, ServerError, ValidationError
+from ..events import EXECUTION_INTERRUPTED, Event, EventCallback
 from ..job import Backend, Job
 from ..result import Result
 from .collect import build_result, history_item
@@ -43,7 +43,7 @@ def _normalize_url(url: str) -> str:
     return url
 
 
-def to_prompt(workflow: Any) -> tuple[dict[str, Any], Any]:
+def to_prompt(workflow: Any, schema: Any = None) -> tuple[dict[str, Any], Any]:
     """The API prompt dict of a Workflow or API dict, and the UI workflow for PNG metadata when known."""
     if hasattr(workflow, "to_api"):
         ui = None
@@ -54,9 +54,10 @@ def to_prompt(workflow: Any) -> tuple[dict[str, Any], Any]:
                 log.debug("to_ui() failed; running without extra_pnginfo.workflow", exc_info=True)
         return workflow.to_api(), ui
     if isinstance(workflow, dict):
-        if "nodes" in workflow and "links" in workflow:
-            raise ValueError("this is a UI workflow (the editor's save format with 'nodes' and 'links'); "
-                             "convert it first: ck.Workflow.load(data, schema=server)")
+        if "nodes" in workflow and "links" in workflow:  # the editor's save format: compile it like Engine
+            from ..graph import Workflow
+
+            return Workflow.load(workflow, schema=schema).to_api(), workflow
         if "prompt" in workflow and isinstance(workflow["prompt"], dict) and "class_type" not in workflow:
             workflow = workflow["prompt"]  # the POST /prompt body itself
         for node_id, node in workflow.items():
@@ -110,6 +111,8 @@ class ComfyServer(Backend):
         except (requests.RequestException, ValueError) as exc:
             raise ServerError(f"no ComfyUI server answers at {url}/system_stats ({exc}); check the address, "
                               f"or start one with ComfyServer.launch(...)") from exc
+        if "output_dir" not in options:
+            options["output_dir"] = _local_output_dir(url, answer.json())
         return cls(url, **options)
 
     @classmethod
@@ -138,7 +141,7 @@ class ComfyServer(Backend):
             out = option_from_argv(argv, "--output-directory")
             if out is None and cwd is not None and option_from_argv(argv, "--base-directory") is None:
                 out = str(cwd / "output")
-            options["output_dir"] = Path(cwd or ".", out) if out else None
+            options["output_dir"] = Path(cwd or ".", out).resolve() if out else None
         process = ServerProcess(argv, cwd=cwd, env=env, log_file=log_file)
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
         try:
@@ -280,7 +283,7 @@ class ComfyServer(Backend):
             raise TypeError(f"ComfyServer.submit() got unknown option(s): {', '.join(options)}")
         if self._closed.is_set():
             raise ServerError(f"this ComfyServer for {self.url} is closed; connect() or launch() again")
-        prompt, ui = to_prompt(workflow)
+        prompt, ui = to_prompt(workflow, schema=self)
         self._ensure_listening()
         prompt_id = prompt_id or str(uuid.uuid4())
         extra = dict(extra_data or {})
@@ -381,6 +384,18 @@ class ComfyServer(Backend):
         self._router.unregister(run.prompt_id)
         run.job.finish(None, error)
 
+    def _end_cancelled(self, run: RunState) -> None:
+        if run.finishing:
+            return
+        run.finishing = True
+        self._router.unregister(run.prompt_id)
+        data = {"prompt_id": run.prompt_id, "node_id": None, "node_type": None, "executed": [],
+                "timestamp": int(time.time() * 1000)}
+        run.emit(Event(EXECUTION_INTERRUPTED, data))
+        error = InterruptedError(data)
+        run.job.finish(Result(prompt_id=run.prompt_id, prompt=run.prompt, status="interrupted",
+                              events=list(run.events), error=error), error)
+
     def _watch(self) -> None:
         """Heartbeat: notice a dead process, an unreachable server, or a run whose end the socket missed."""
         while not self._closed.wait(0.5):
@@ -411,24 +426,41 @@ class ComfyServer(Backend):
             return
         self._unreachable_since = None
         run.last_seen = now
-        if item is not None and (item.get("status") or {}).get("completed") is not None:
+        if item is not None:  # history is written once the prompt is over
             if not run.finishing:
                 run.finishing = True
                 self._router.flush()
                 threading.Thread(target=self._collect, args=(run, item), daemon=True).start()
             return
-        queued = self.queue()
+        try:
+            queued = self.queue()
+        except ServerError:
+            return  # the next heartbeat decides whether the server is gone
         ids = {entry[1] for key in ("queue_running", "queue_pending") for entry in queued.get(key, [])}
         run.checks_missing = 0 if run.prompt_id in ids else run.checks_missing + 1
         if run.checks_missing >= 2:
-            if run.cancelled:
-                from ..errors import InterruptedError
-
-                self._fail(run, InterruptedError({"prompt_id": run.prompt_id}))
+            if run.cancelled:  # deleted while pending: it never ran, end it as Engine ends such a job
+                self._end_cancelled(run)
             else:
                 self._fail(run, self._server_error(f"prompt {run.prompt_id} is neither queued, running nor in "
                                                    f"the history of {self.url} (server restarted or queue "
                                                    f"cleared?)"))
+
+
+def _local_output_dir(url: str, stats: dict[str, Any]) -> Path | None:
+    """Where a server on this machine saves outputs, when its argv says so unambiguously (else None)."""
+    from urllib.parse import urlparse
+
+    if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    argv = [str(a) for a in (stats.get("system") or {}).get("argv") or []]
+    out = option_from_argv(argv, "--output-directory")
+    if out is not None:
+        return Path(out) if Path(out).is_absolute() else None
+    if argv and Path(argv[0]).is_absolute() and Path(argv[0]).name == "main.py" \
+            and option_from_argv(argv, "--base-directory") is None:
+        return Path(argv[0]).parent / "output"  # ComfyUI's default: output/ beside main.py
+    return None
 
 
 def _json_or_text(answer: requests.Response) -> dict[str, Any]:
