@@ -163,6 +163,12 @@ def run_blocking(engine: Any, app: Any, host: str | list[str] = "127.0.0.1", por
         import webbrowser
 
         webbrowser.open(handle.url)
+    try:  # a launcher's terminate() should stop the worker and close sockets like Ctrl-C does
+        import signal
+
+        loop.add_signal_handler(signal.SIGTERM, loop.stop)
+    except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
+        pass
     try:
         loop.run_forever()
     except KeyboardInterrupt:
