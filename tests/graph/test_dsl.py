@@ -219,6 +219,10 @@ def test_notebook_introspection():
     for text in ("steps: INT = 20 [1..10000]", "'euler_ancestral'", "model: MODEL (link)", "LATENT", "default"):
         assert text in doc
     assert wf.KSampler.__name__ == "KSampler"
+    import pydoc
+
+    page = pydoc.render_doc(wf.KSampler, renderer=pydoc.plaintext)
+    assert "KSampler(*, model: 'MODEL', seed: 'INT' = 0" in page and "[1..10000]" in page
     text = repr(wf)
     assert "sampler = wf.KSampler(model=ckpt.MODEL" in text and "positive=positive" in text
     html = wf._repr_html_()

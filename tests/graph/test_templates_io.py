@@ -56,7 +56,7 @@ def test_fill_sets_the_obvious_inputs():
         templates.fill("sd15_txt2img", steps=0)
 
 
-@pytest.mark.parametrize("name", ["default_v04", "bypass_reroute_primitive_v1"])
+@pytest.mark.parametrize("name", ["default_v04", "bypass_reroute_primitive_v1", "img2img_reroutes_v04"])
 def test_ui_format_converts_like_the_comfyui_page(name):
     expected = json.loads((GOLDEN / f"{name}.api.json").read_text())
     wf = ck.Workflow.load(GOLDEN / f"{name}.json")
@@ -65,6 +65,7 @@ def test_ui_format_converts_like_the_comfyui_page(name):
 
 
 @pytest.mark.parametrize("source", ["golden:default_v04", "golden:bypass_reroute_primitive_v1",
+                                    "golden:img2img_reroutes_v04",
                                     "template:sd15_hires_fix", "template:sd15_lora", "dsl"])
 def test_to_python_rebuilds_the_same_prompt(source):
     kind, _, name = source.partition(":")
