@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ComfykitError, InterruptedError, ValidationError
+from ..errors import ComfykitError, InterruptedError, ValidationError, format_validation_message
 from ..events import EXECUTION_INTERRUPTED, Event, EventCallback
 from ..job import Backend, Job
 from ..result import Result
@@ -144,7 +144,13 @@ class Engine(Backend):
         if options:
             raise TypeError(f"Engine.submit() got unexpected options {sorted(options)}")
         prompt = _to_api(workflow)
-        self.validate(prompt, outputs)  # fail fast; the worker validates again against the files present then
+        # fail fast; the worker validates again against the files present then
+        validated = self.validate(prompt, outputs)
+        if validated.node_errors:  # ComfyUI would silently drop these outputs; a Python caller wants to know
+            error = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                     "details": "", "extra_info": {}}
+            raise ValidationError(format_validation_message(error, validated.node_errors), error,
+                                  validated.node_errors)
         prompt_id = prompt_id or str(uuid.uuid4())
         job = Job(prompt_id, [on_event], interrupt=lambda: self._interrupt_job(prompt_id))
         self._ensure_worker()
@@ -205,7 +211,7 @@ class Engine(Backend):
         """Drop every cached node output (``free_memory``) and unload the loaded models (``unload_models``)."""
         if free_memory:
             self._executor.reset()
-        if unload_models or free_memory:
+        if unload_models:
             self._unload_models()
 
     def system_stats(self) -> dict[str, Any]:
