@@ -319,16 +319,24 @@ def engine_pool(ray_cluster, engine_options, demo_ckpt):
 def reference_pixels(engine_options, demo_ckpt):
     """seed -> pixels of the same job run on one in-process Engine."""
     import numpy as np
+    import torch
 
     from comfykit.engine import Engine
 
-    engine = Engine(**engine_options)
-    wf, sampler = txt2img(demo_ckpt)
-    pixels = {}
-    for seed in range(4):
-        sampler.seed = seed
-        pixels[seed] = np.asarray(engine.run(wf, timeout=300).image)
-    engine.shutdown()
+    # Ray runs a 1-CPU worker with one torch thread; other thread counts sum floats in another order and may
+    # move a pixel by one level, so the reference uses one thread too
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = Engine(**engine_options)
+        wf, sampler = txt2img(demo_ckpt)
+        pixels = {}
+        for seed in range(4):
+            sampler.seed = seed
+            pixels[seed] = np.asarray(engine.run(wf, timeout=300).image)
+        engine.shutdown()
+    finally:
+        torch.set_num_threads(threads)
     return pixels
 
 
