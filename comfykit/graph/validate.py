@@ -62,6 +62,24 @@ def check_value(spec: InputSpec, value: Any) -> tuple[Any, dict | None]:
     return value, None
 
 
+# Nodes whose VALIDATE_INPUTS in ComfyUI takes these inputs: their combo check is replaced by "the file exists",
+# and a failure is reported as custom_validation_failed. Annotated names ("x.png [output]") point elsewhere.
+_FILE_VALIDATED = {"LoadImage": "image", "LoadImageMask": "image"}
+_ANNOTATIONS = (" [input]", " [output]", " [temp]")
+
+
+def check_input(class_type: str, spec: InputSpec, value: Any) -> tuple[Any, dict | None]:
+    """:func:`check_value` plus the custom file check ComfyUI runs for LoadImage-like nodes."""
+    if _FILE_VALIDATED.get(class_type) != spec.name or not spec.list_combo:
+        return check_value(spec, value)
+    if isinstance(value, dict) and "__value__" in value:
+        value = value["__value__"]
+    if spec.any_value or value in spec.choices or (isinstance(value, str) and value.endswith(_ANNOTATIONS)):
+        return value, None
+    return value, {"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                   "details": f"{spec.name} - Invalid image file: {value}", "extra_info": {"input_name": spec.name}}
+
+
 def _missing(name: str) -> dict:
     return {"type": "required_input_missing", "message": "Required input is missing", "details": name,
             "extra_info": {"input_name": name}}
@@ -118,7 +136,7 @@ def _check_node(prompt: dict, schema: Schema, node_id: str, coerced: dict,
                                    "exception_type": exc_type, "traceback": tb, "linked_node": value}}], value[0])
                 continue
         else:
-            new, error = check_value(ispec, value)
+            new, error = check_input(spec.name, ispec, value)
             if error is not None:
                 errors.append(error)
                 continue
@@ -257,6 +275,9 @@ def explain(error: dict, spec: InputSpec | None = None) -> str:
         return f"{value!r} is out of range; accepted: {spec.min} to {spec.max}"
     if kind == "invalid_input_type":
         return f"{value!r} is not a valid {spec.type if spec else 'value'} ({info.get('exception_message')})"
+    if kind == "custom_validation_failed" and spec is not None and spec.choices is not None:
+        hint = _suggest(error["details"].rsplit(": ", 1)[-1], spec.choices)
+        return f"{error['details']}" + (f"; {hint}" if hint else "")
     if kind == "return_type_mismatch":
         return (f"linked to an output of type {info.get('received_type')} (node {info['linked_node'][0]}), "
                 f"but it takes {spec.type if spec else '?'}")

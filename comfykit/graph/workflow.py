@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ValidationError
 from .nodes import InputRef, Node, Output
 from .schema import InputSpec, NodeSpec, Schema, types_match
-from .validate import ValidatedPrompt, check_value, describe_errors, find_cycle, validate_prompt
+from .validate import ValidatedPrompt, check_input, describe_errors, find_cycle, validate_prompt
 
 _FAILED = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
            "details": "", "extra_info": {}}
@@ -174,7 +174,7 @@ class Workflow:
             raise self._error(node, f"{where} takes True or False, got the string {value!r}")
         if ispec.type == "INT" and isinstance(value, float) and not value.is_integer():
             raise self._error(node, f"{where} takes a whole number, got {value!r}")
-        new, err = check_value(ispec, value)
+        new, err = check_input(node.class_type, ispec, value)
         if err is None and ispec.choices is not None and not ispec.list_combo and ispec.choices \
                 and new not in ispec.choices:
             err = {"type": "value_not_in_list", "message": "Value not in list",

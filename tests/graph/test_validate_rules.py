@@ -73,3 +73,18 @@ def test_deep_chains_validate_without_recursion_and_cycles_do_not_hang():
 def test_unknown_schema_source_types():
     with pytest.raises(TypeError):
         validate_prompt({}, schema=3.5)
+
+
+def test_load_image_checks_the_file_like_comfyuis_validate_inputs():
+    schema = Schema.builtin(files={"input": ["a.png"]})
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "b.png"}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    with pytest.raises(ValidationError) as caught:
+        validate_prompt(prompt, schema)
+    assert caught.value.node_errors["1"]["errors"] == [{
+        "type": "custom_validation_failed", "message": "Custom validation failed for node",
+        "details": "image - Invalid image file: b.png", "extra_info": {"input_name": "image"}}]
+    for ok in ("a.png", "ComfyUI_00001_.png [output]"):
+        prompt["1"]["inputs"]["image"] = ok
+        assert validate_prompt(prompt, schema).outputs == ["2"]
+    assert validate_prompt(prompt, Schema.builtin()).outputs == ["2"]  # no file list: the backend checks
