@@ -12,7 +12,11 @@ from typing import Any
 from ..errors import ValidationError
 from .schema import Schema
 
-VIRTUAL = frozenset({"Reroute", "PrimitiveNode", "Note", "MarkdownNote"})
+REROUTES = frozenset({"Reroute", "Reroute (rgthree)"})
+# Nodes that exist only in the page (they never reach the server).
+VIRTUAL = REROUTES | {"PrimitiveNode", "Note", "MarkdownNote", "SetNode", "GetNode", "Label (rgthree)",
+                      "Fast Groups Bypasser (rgthree)", "Fast Groups Muter (rgthree)", "Bookmark (rgthree)",
+                      "Fast Bypasser (rgthree)", "Fast Muter (rgthree)"}
 MUTED, BYPASS = 2, 4
 _CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 
@@ -41,8 +45,14 @@ def _resolve(link_id: int | None, links: dict, nodes: dict) -> tuple | None:
         if origin is None:
             return None
         kind, mode = origin.get("type"), origin.get("mode", 0)
-        if kind == "Reroute":
+        if kind in REROUTES:
             link_id = next((i.get("link") for i in origin.get("inputs") or []), None)
+            continue
+        if kind == "GetNode":  # KJNodes: a GetNode outputs what the SetNode of the same name receives
+            name = (origin.get("widgets_values") or [None])[0]
+            setter = next((n for n in nodes.values() if n.get("type") == "SetNode"
+                           and (n.get("widgets_values") or [None])[0] == name), None)
+            link_id = next((i.get("link") for i in (setter or {}).get("inputs") or []), None)
             continue
         if kind == "PrimitiveNode":
             values = origin.get("widgets_values") or []
@@ -112,6 +122,9 @@ def ui_to_api(data: dict, schema: Schema) -> dict[str, dict]:
             raise ValidationError(f"UI node {node_id} is a subgraph instance ({kind}); subgraphs are not supported "
                                   "yet: convert it to nodes in ComfyUI (right click > Unpack Subgraph) first")
         spec = schema.get(kind)
+        if spec is None and str(kind).startswith(("workflow>", "workflow/")):
+            raise ValidationError(f"UI node {node_id} is a group node ({kind}); group nodes are not supported yet: "
+                                  "convert it to nodes in ComfyUI first")
         if spec is None:
             message = f"Cannot execute because node {kind} does not exist."
             raise ValidationError(f"UI node {node_id}: unknown node class {kind!r} in {schema!r}; load the "

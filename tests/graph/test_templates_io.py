@@ -119,3 +119,25 @@ def test_ui_unknown_nodes_and_subgraphs_are_clear_errors():
     data["definitions"] = {"subgraphs": [{"id": "0b1c2d3e-uuid"}]}
     with pytest.raises(ck.ValidationError, match="subgraph"):
         ck.Workflow.load(data)
+
+
+def test_ui_get_set_nodes_and_rgthree_reroutes_are_followed():
+    data = json.loads((GOLDEN / "default_v04.json").read_text())
+    # Route the checkpoint's MODEL through a KJNodes SetNode/GetNode pair and an rgthree reroute.
+    data["nodes"] += [
+        {"id": 20, "type": "SetNode", "mode": 0, "inputs": [{"name": "MODEL", "type": "MODEL", "link": 1}],
+         "outputs": [{"name": "*", "type": "*", "links": None}], "widgets_values": ["model"]},
+        {"id": 21, "type": "GetNode", "mode": 0, "inputs": [],
+         "outputs": [{"name": "MODEL", "type": "MODEL", "links": [21]}], "widgets_values": ["model"]},
+        {"id": 22, "type": "Reroute (rgthree)", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 21}],
+         "outputs": [{"name": "", "type": "MODEL", "links": [22]}]},
+    ]
+    data["links"][0] = [1, 4, 0, 20, 0, "MODEL"]
+    data["links"] += [[21, 21, 0, 22, 0, "MODEL"], [22, 22, 0, 3, 0, "MODEL"]]
+    ksampler = next(n for n in data["nodes"] if n["id"] == 3)
+    ksampler["inputs"][0]["link"] = 22
+    expected = json.loads((GOLDEN / "default_v04.api.json").read_text())
+    assert ck.Workflow.load(data).to_api() == expected
+    data["nodes"][0]["type"] = "workflow>MyGroup"
+    with pytest.raises(ck.ValidationError, match="group node"):
+        ck.Workflow.load(data)
