@@ -208,6 +208,29 @@ class CFGDenoiser:
         return denoised
 
 
+class InpaintDenoiser:
+    """Keeps the unmasked region on the original latent (re-noised to each sigma), as ComfyUI's noise_mask."""
+
+    def __init__(self, inner: CFGDenoiser, latent: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor):
+        self.inner, self.latent, self.noise, self.mask = inner, latent, noise, mask
+        self.model_sampling = inner.model_sampling
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args: Any) -> torch.Tensor:
+        keep = 1.0 - self.mask
+        x = x * self.mask + self.model_sampling.noise_scaling(sigma, self.noise, self.latent) * keep
+        return self.inner(x, sigma, **extra_args) * self.mask + self.latent * keep
+
+
+def _prepare_mask(mask: Any, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """A pixel- or latent-size noise_mask [B?, H, W] resized (bilinear) to the latent, per channel and item."""
+    mask = torch.as_tensor(mask, dtype=torch.float32)
+    mask = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))
+    mask = torch.nn.functional.interpolate(mask, size=(shape[2], shape[3]), mode="bilinear")
+    mask = mask.repeat(1, shape[1], 1, 1)
+    mask = mask.repeat(-(-shape[0] // mask.shape[0]), 1, 1, 1)[:shape[0]]
+    return mask.to(device)
+
+
 def _check_conds(name: str, conds: Any) -> list:
     if not isinstance(conds, (list, tuple)):
         raise ValueError(f"{name} conditioning must be a list of [tensor, dict] pairs, got {type(conds).__name__}")
@@ -262,7 +285,13 @@ def common_ksampler(model: Any, seed: int, steps: int, cfg: float, sampler_name:
     max_denoise = math.isclose(max_sigma, float(sigmas[0]), rel_tol=1e-05) or float(sigmas[0]) > max_sigma
     x = ms.noise_scaling(sigmas[0], noise.to(device), x0, max_denoise)
 
-    denoiser = CFGDenoiser(model, ms, positive, negative, cfg)
+    denoiser: Any = CFGDenoiser(model, ms, positive, negative, cfg)
+    if latent.get("noise_mask") is not None:
+        inpaint_noise = noise
+        if sampler_name == "ddim":  # ComfyUI's ddim re-noises the kept region with its own seed+1 noise
+            inpaint_noise = torch.randn(noise.shape, generator=torch.manual_seed(int(seed) + 1), device="cpu")
+        denoiser = InpaintDenoiser(denoiser, x0, inpaint_noise.to(device),
+                                   _prepare_mask(latent["noise_mask"], x0.shape, device))
     total_steps = len(sigmas) - 1
 
     def k_callback(info: dict) -> None:

@@ -179,3 +179,14 @@ def test_bad_input_is_named():
                         {"samples": torch.ones(1, 16, 8, 8)})
     with pytest.raises(ValueError, match="positive conditioning is empty"):
         common_ksampler(model, 0, 2, 1.0, "euler", "normal", [], cond(0.0), _latent())
+
+
+@pytest.mark.parametrize("sampler", ["euler", "ddim", "dpmpp_2m"])
+def test_noise_mask_keeps_the_unmasked_region(fake_unet, sampler):
+    latent = _latent(fill=0.4)
+    mask = torch.ones(64, 64)  # pixel resolution, resized to the 8x8 latent
+    mask[:, :32] = 0.0
+    latent["noise_mask"] = mask
+    out = common_ksampler(fake_unet, 0, 6, 3.0, sampler, "karras", cond(1.0), cond(0.0), latent)["samples"]
+    assert torch.allclose(out[..., :3], latent["samples"][..., :3], atol=1e-5)
+    assert not torch.allclose(out[..., 5:], latent["samples"][..., 5:], atol=1e-2)
