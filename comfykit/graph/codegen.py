@@ -61,7 +61,10 @@ def _base_name(node: Node) -> str:
 
 
 def to_python(wf: Workflow, name: str = "wf", header: bool = True) -> str:
-    """The source of a DSL program that rebuilds ``wf``: exec it and ``wf.to_api()`` is the same prompt."""
+    """The source of a DSL program that rebuilds ``wf``: exec it and ``wf.to_api()`` is the same prompt.
+
+    With a schema other than the built-in one, the program expects a variable ``schema`` holding it.
+    """
     ordered = _order(wf)
     names: dict[str, str] = {}
     used: dict[str, int] = {name: 1, "ck": 1}
@@ -72,7 +75,13 @@ def to_python(wf: Workflow, name: str = "wf", header: bool = True) -> str:
         names[node.id] = base if count == 1 else f"{base}_{count}"
     lines = []
     if header:
-        lines += ["import comfykit as ck", "", f"{name} = ck.Workflow()"]
+        args = [] if wf.schema.source == "builtin" else ["schema"]
+        if wf.meta_titles:
+            args.append("meta_titles=True")
+        lines += ["import comfykit as ck", ""]
+        if args and args[0] == "schema":
+            lines.append("# schema: the /object_info (dict, file, URL or backend) this workflow was made with")
+        lines.append(f"{name} = ck.Workflow({', '.join(args)})")
     auto_next, seen = 1, set()
     for node in ordered:
         args = []

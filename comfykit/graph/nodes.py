@@ -206,6 +206,8 @@ class Node:
             data.update(self._extra)
         if self.title is not None:
             data["_meta"] = {**data.get("_meta", {}), "title": self.title}
+        elif self._wf.meta_titles:
+            data["_meta"] = {**data.get("_meta", {}), "title": self.spec.display_name}
         return data
 
     def __repr__(self) -> str:

@@ -38,8 +38,10 @@ class Workflow:
     an ``http(s)://host:port`` URL or any backend with ``.object_info()``.
     """
 
-    def __init__(self, schema: Any = None):
+    def __init__(self, schema: Any = None, *, meta_titles: bool = False):
         self.schema = Schema.load(schema)
+        #: Give every node a ``_meta.title`` in to_api() (its display name unless set), as ComfyUI's page does.
+        self.meta_titles = meta_titles
         self._nodes: dict[str, Node] = {}
         self._next_id = 1
         self._factories: dict[str, Callable[..., Node]] = {}
@@ -327,6 +329,12 @@ class Workflow:
             if meta:
                 extra["_meta"] = meta
             node._extra.update(extra)
+        # A prompt exported by the page titles every node; keep only the titles a person changed.
+        if wf._nodes and all(node.title is not None for node in wf._nodes.values()):
+            wf.meta_titles = True
+            for node in wf._nodes.values():
+                if node.title == node.spec.display_name:
+                    object.__setattr__(node, "title", None)
         for node_id, data in prompt.items():
             node = wf._nodes[str(node_id)]
             for name, value in (data.get("inputs") or {}).items():
@@ -394,7 +402,8 @@ class Workflow:
                 + "".join(rows) + "</tbody></table>")
 
     def __getstate__(self) -> dict:
-        return {"schema": self.schema, "_nodes": self._nodes, "_next_id": self._next_id, "_loaded": self._loaded}
+        return {"schema": self.schema, "_nodes": self._nodes, "_next_id": self._next_id, "_loaded": self._loaded,
+                "meta_titles": self.meta_titles}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

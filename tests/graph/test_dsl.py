@@ -268,3 +268,15 @@ def test_schema_sources(tmp_path, reference_object_info, monkeypatch):
         ck.Workflow(str(tmp_path / "nope.json"))
     with pytest.raises(TypeError, match="object_info"):
         ck.Workflow(42)
+
+
+def test_meta_titles_like_the_comfyui_page():
+    wf = ck.Workflow(meta_titles=True)
+    latent = wf.EmptyLatentImage()
+    wf.LatentUpscaleBy(samples=latent, _title="Bigger")
+    api = wf.to_api(validate=False)
+    assert api["1"]["_meta"] == {"title": "Empty Latent Image"} and api["2"]["_meta"] == {"title": "Bigger"}
+    loaded = ck.Workflow.from_api(api)
+    assert loaded.meta_titles and loaded["1"].title is None and loaded["2"].title == "Bigger"
+    assert loaded.to_api(validate=False) == api
+    assert "ck.Workflow(meta_titles=True)" in loaded.to_python() and "_title='Bigger'" in loaded.to_python()
