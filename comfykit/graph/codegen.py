@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import keyword
 import re
 from typing import TYPE_CHECKING
@@ -30,24 +31,28 @@ def snake(name: str) -> str:
 
 
 def _order(wf: Workflow) -> list[Node]:
-    """Nodes with every link source before its users; otherwise in the workflow's order."""
-    done: set[str] = set()
+    """Nodes with every link source before its users, lowest id first where the links allow (Kahn's order)."""
+    nodes = wf.nodes
+    rank = {n.id: (not n.id.isdigit(), int(n.id) if n.id.isdigit() else 0, i) for i, n in enumerate(nodes)}
+    waiting: dict[str, int] = {}
+    users: dict[str, list[Node]] = {}
+    for node in nodes:
+        sources = {v.node.id for v in node._inputs.values() if isinstance(v, Output) and v.node.id in rank}
+        waiting[node.id] = len(sources)
+        for source in sources:
+            users.setdefault(source, []).append(node)
+    ready = [(rank[n.id], n.id) for n in nodes if waiting[n.id] == 0]
+    heapq.heapify(ready)
     ordered: list[Node] = []
-    for root in wf.nodes:
-        stack = [(root, False)]
-        while stack:
-            node, expanded = stack.pop()
-            if node.id in done:
-                continue
-            if expanded:
-                done.add(node.id)
-                ordered.append(node)
-                continue
-            stack.append((node, True))
-            for value in reversed(list(node._inputs.values())):
-                if isinstance(value, Output) and value.node.id not in done and value.node.id in wf:
-                    stack.append((value.node, False))
-    return ordered
+    while ready:
+        _, node_id = heapq.heappop(ready)
+        ordered.append(wf[node_id])
+        for user in users.get(node_id, []):
+            waiting[user.id] -= 1
+            if waiting[user.id] == 0:
+                heapq.heappush(ready, (rank[user.id], user.id))
+    done = {n.id for n in ordered}
+    return ordered + [n for n in nodes if n.id not in done]  # a cycle: keep the rest in workflow order
 
 
 def _base_name(node: Node) -> str:
