@@ -167,15 +167,17 @@ class Workflow:
                               f"but {out!r} is {out.type}{hint}", err)
 
     def _check_literal(self, node: Node, ispec: InputSpec, value: Any) -> Any:
-        where = f"node {node.id} ({node.class_type}) input '{ispec.name}'"
+        def where() -> str:
+            return f"node {node.id} ({node.class_type}) input '{ispec.name}'"
+
         if not ispec.is_widget:
-            raise self._error(node, f"{where} takes a link to a {ispec.type} output, got {value!r}; pass an output "
-                              f"such as other_node.{ispec.type}")
+            raise self._error(node, f"{where()} takes a link to a {ispec.type} output, got {value!r}; pass an "
+                              f"output such as other_node.{ispec.type}")
         # Stricter than ComfyUI where its coercion would silently change the meaning.
         if ispec.type == "BOOLEAN" and isinstance(value, str):
-            raise self._error(node, f"{where} takes True or False, got the string {value!r}")
+            raise self._error(node, f"{where()} takes True or False, got the string {value!r}")
         if ispec.type == "INT" and isinstance(value, float) and not value.is_integer():
-            raise self._error(node, f"{where} takes a whole number, got {value!r}")
+            raise self._error(node, f"{where()} takes a whole number, got {value!r}")
         new, err = check_input(node.class_type, ispec, value)
         if err is None and ispec.choices is not None and not ispec.list_combo and ispec.choices \
                 and new not in ispec.choices:
