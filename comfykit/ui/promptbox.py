@@ -136,9 +136,10 @@ class PromptBox:
         try:
             # the API dict is a snapshot: editing the form while this runs cannot change the queued run
             prompt = self.wf.to_api() if hasattr(self.wf, "to_api") else self.wf
-            self._reset_progress(prompt)
-            self.status.value = "<span style='color:#666'>queued</span>"
-            job = self.backend.submit(prompt, on_event=self._on_event)
+            if not self.running:  # while another run streams, its bars stay until this one starts
+                self._reset_progress(prompt)
+                self.status.value = "<span style='color:#666'>queued</span>"
+            job = self.backend.submit(prompt, on_event=lambda event: self._on_event(event, prompt))
         except Exception as exc:  # a prompt the backend refuses (ValidationError) shows in the widget
             self._show_error(exc)
             self.status.value = "<span style='color:#b00020'>not started</span>"
@@ -183,9 +184,10 @@ class PromptBox:
             return any(t.is_alive() for _, t in self._pending)
 
     # -- events (called on the backend's thread) ------------------------------------------------------------
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, event: Event, prompt: Any) -> None:
         kind, data = event.type, event.data
         if kind == EXECUTION_START:
+            self._reset_progress(prompt)
             with self._lock:
                 self._current = next((j for j, _ in self._pending if j.prompt_id == event.prompt_id),
                                      self._current)
@@ -228,6 +230,8 @@ class PromptBox:
             result = job.result()
         except InterruptedError as exc:
             self.exception = exc
+            if "stopped" not in self.status.value:  # stopped before it started: no interrupted event came
+                self.status.value = "<span style='color:#a65e00'>stopped</span>"
         except Exception as exc:  # noqa: BLE001 - every failure ends up in the widget, not in the log
             self.exception = exc
             self._show_error(exc)
