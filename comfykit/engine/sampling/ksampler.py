@@ -20,7 +20,8 @@ def prepare_noise(latent: torch.Tensor, seed: int, batch_index: list[int] | None
     With `batch_index`, noise item k is the draw for index batch_index[k] of one long sequential draw, so
     a single image of a batch can be reproduced on its own.
     """
-    generator = torch.manual_seed(seed)
+    # the same numbers as ComfyUI's torch.manual_seed(seed), without reseeding the process-wide generator
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     if batch_index is None:
         return torch.randn(latent.size(), dtype=latent.dtype, layout=latent.layout, generator=generator,
                            device="cpu")
@@ -289,7 +290,8 @@ def common_ksampler(model: Any, seed: int, steps: int, cfg: float, sampler_name:
     if latent.get("noise_mask") is not None:
         inpaint_noise = noise
         if sampler_name == "ddim":  # ComfyUI's ddim re-noises the kept region with its own seed+1 noise
-            inpaint_noise = torch.randn(noise.shape, generator=torch.manual_seed(int(seed) + 1), device="cpu")
+            inpaint_noise = torch.randn(noise.shape, device="cpu",
+                                        generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
         denoiser = InpaintDenoiser(denoiser, x0, inpaint_noise.to(device),
                                    _prepare_mask(latent["noise_mask"], x0.shape, device))
     total_steps = len(sigmas) - 1

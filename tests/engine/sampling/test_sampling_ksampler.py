@@ -26,6 +26,16 @@ def test_prepare_noise_first_values_match_comfyui():
                                                          abs=1e-6)
 
 
+def test_prepare_noise_leaves_the_global_generator_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    prepare_noise(torch.zeros(1, 4, 8, 8), 0)
+    assert torch.equal(torch.rand(3), expected)
+    huge = 0xFFFFFFFFFFFFFFFF  # ComfyUI's largest seed
+    assert torch.equal(prepare_noise(torch.zeros(1, 4, 2, 2), huge), prepare_noise(torch.zeros(1, 4, 2, 2), huge))
+
+
 def test_batch_index_reproduces_one_item_of_a_batch():
     batch = prepare_noise(torch.zeros(2, 4, 8, 8), 42)
     single = prepare_noise(torch.zeros(1, 4, 8, 8), 42)
