@@ -408,3 +408,50 @@ def test_engine_pool_a_killed_worker_has_its_job_finished_elsewhere(engine_pool,
     for r in got:
         np.testing.assert_array_equal(np.asarray(r.image), reference_pixels[r.overrides[sampler.seed]])
     assert killed and killed[0] not in engine_pool.workers and len(engine_pool.workers) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ComfyUI servers: one comfykit server launched as a subprocess, driven through RayPool(servers=[url])
+# ---------------------------------------------------------------------------------------------------------------
+def test_server_pool_refuses_a_server_that_does_not_answer(ray_cluster):
+    from comfykit.pool import RayPool
+
+    with pytest.raises(ServerError, match="127.0.0.1:9"):
+        RayPool(servers=["http://127.0.0.1:9"])
+
+
+def test_server_pool_runs_jobs_and_fails_them_clearly_when_the_server_stops(ray_cluster, tmp_path):
+    from PIL import Image
+
+    import comfykit as ck
+    from comfykit.client import ComfyServer
+    from comfykit.pool import RayPool
+
+    # a model-free workflow keeps the server's first run short: load an image, scale it, preview it
+    (tmp_path / "input").mkdir()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "input" / "red.png")
+    wf = ck.Workflow()
+    scaled = wf.ImageScale(image=wf.LoadImage(image="red.png").IMAGE, upscale_method="nearest-exact", width=8,
+                           height=8, crop="disabled")
+    wf.PreviewImage(images=scaled)
+    cmd = [sys.executable, "-m", "comfykit.server", "--cpu", "--models-dir", str(tmp_path / "models"),
+           "--input-directory", str(tmp_path / "input"), "--output-directory", str(tmp_path / "output"),
+           "--preview-method", "none"]
+    server = ComfyServer.launch(cmd=cmd, timeout=90, log_file=tmp_path / "server.log")
+    try:
+        with RayPool(servers=[server.url]) as pool:
+            job = pool.submit(wf)
+            assert [e.type for e in job][-1] == "execution_success"
+            assert job.result(timeout=120).image.getpixel((0, 0)) == (200, 10, 10)
+
+            got = []
+            for r in pool.map([wf] * 4, progress=False, return_exceptions=True):
+                got.append(r)
+                if len(got) == 1:
+                    server.stop()  # the only server goes away mid-batch
+            assert sorted(r.index for r in got) == [0, 1, 2, 3]  # every job is accounted for
+            lost = [r for r in got if r.error is not None]
+            assert lost and all(isinstance(r.error, ServerError) for r in lost)
+            assert "every worker" in str(lost[-1].error)
+    finally:
+        server.stop()

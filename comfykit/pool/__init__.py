@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import queue
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -91,6 +92,12 @@ class PoolResult:
         state = f"error={self.error!r}" if self.error is not None else f"result={self.result!r}"
         return f"PoolResult(index={self.index}, worker={self.worker!r}, {state})"
 
+
+
+def _last_line(exc: BaseException) -> str:
+    """The final 'Type: message' line of a Ray error, which wraps the remote traceback around it."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 @dataclasses.dataclass(eq=False)
@@ -209,17 +216,20 @@ class RayPool(Backend):
         return requested
 
     def _wait_ready(self, ray: Any, timeout: float, resources: Mapping[str, Any]) -> None:
-        refs = [slot.actor.info.remote() for slot in self._slots]
-        try:
-            ray.get(refs, timeout=timeout)
-        except ray.exceptions.GetTimeoutError:
+        refs = {slot.actor.info.remote(): slot for slot in self._slots}
+        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                self.shutdown()
+                raise ServerError(f"pool worker {refs[ref].name} failed to start its backend: "
+                                  f"{_last_line(exc)}") from None
+        if waiting:
             self.shutdown()
-            raise ServerError(f"pool workers did not start within {timeout}s; each asks for {dict(resources)} and "
-                              f"the cluster has {ray.cluster_resources()}; lower gpus_per_worker/cpus_per_worker "
-                              "or workers") from None
-        except ray.exceptions.RayError as exc:
-            self.shutdown()
-            raise ServerError(f"a pool worker failed to start its backend: {exc}") from None
+            raise ServerError(f"{len(waiting)} pool worker(s) did not start within {timeout}s; each asks for "
+                              f"{dict(resources)} and the cluster has {ray.cluster_resources()}; lower "
+                              "gpus_per_worker/cpus_per_worker or workers")
 
     # -- Backend interface ------------------------------------------------------------------------------------
     def submit(self, workflow: Any, *, on_event: EventCallback | None = None, **options: Any) -> Job:

@@ -113,12 +113,12 @@ class PoolWorker:
 
 
 def _connect_server(url: str) -> Any:
-    from .client import ComfyServer
+    from ..client import ComfyServer
 
     return ComfyServer.connect(url)
 
 
 def _default_engine(**options: Any) -> Any:
-    from .engine import Engine
+    from ..engine import Engine
 
     return Engine(**options)
