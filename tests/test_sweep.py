@@ -99,3 +99,13 @@ def test_sweep_on_the_engine_loads_the_checkpoint_once(models_dir, tmp_path):
     assert _titles(s.figure) == ["cfg=2.0", "cfg=8.0", "", ""]
     assert [s.figure.axes[i].get_ylabel() for i in (0, 2)] == ["steps=1", "steps=2"]
     assert out.cfg.value == 7.0 and out.steps.value == 1
+
+
+def test_sweep_and_plot_import_no_heavy_packages():
+    import subprocess
+    import sys
+
+    code = ("import sys, comfykit as ck, comfykit.sweep, comfykit.plot; assert callable(ck.sweep); "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'ipywidgets', 'aiohttp') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
