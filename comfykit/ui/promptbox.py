@@ -51,7 +51,18 @@ def error_text(exc: BaseException) -> str:
 
 
 class PromptBox:
-    """Form + Generate/Stop + progress + live preview + gallery for one workflow on one backend."""
+    """Form + Generate/Stop + progress + live preview + gallery for one workflow on one backend.
+
+    ``fields``: node inputs as the graph layer's InputRefs (``pos.text``, ``out.seed``) or ``(node, "seed")``
+    tuples; None picks prompts, sampler settings and image size. Widgets follow each input's schema: Textarea
+    for multiline text, sliders for small number ranges, a checked text box for big ones (seed, steps),
+    Dropdown for choices, and ComfyUI's control_after_generate (randomize/increment/decrement/fixed) for seeds.
+    ``seed`` seeds the randomize control; ``save_dir`` is where the gallery's Save buttons write PNGs.
+
+    Headless use: ``box.set(ref, value)``, ``box.click()`` or ``box.generate()``, ``box.wait()``; then inspect
+    ``box.preview`` (Image), ``box.progress`` (IntProgress of the current node's steps), ``box.status``,
+    ``box.gallery``, ``box.error`` / ``box.error_message`` and ``box.exception``.
+    """
 
     def __init__(self, wf: Any, backend: Any, fields: Sequence[Any] | None = None, *,
                  preview_size: int = 384, save_dir: str | Path = "comfykit_outputs", seed: int | None = None):
