@@ -2,7 +2,7 @@
 
 Re-implements, from the formats alone, what the page does when it queues a prompt: widget values in input
 order (with the hidden ``control_after_generate`` slot), links through Reroutes and bypassed nodes, PrimitiveNode
-values pushed into the widgets they feed, muted nodes dropped.
+values pushed into the widgets they feed, muted nodes dropped, subgraph instances flattened.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ValidationError
 from .schema import Schema
+from .subgraphs import flatten, link_table
 
 REROUTES = frozenset({"Reroute", "Reroute (rgthree)"})
 # Nodes that exist only in the page (they never reach the server).
@@ -21,21 +22,9 @@ MUTED, BYPASS = 2, 4
 _CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 
 
-def _links(data: dict) -> dict[int, tuple]:
-    """link id -> (origin_id, origin_slot, target_id, target_slot, type), for both link encodings."""
-    out: dict[int, tuple] = {}
-    for link in data.get("links") or []:
-        if isinstance(link, dict):  # schema version 1
-            out[link["id"]] = (str(link["origin_id"]), link["origin_slot"], str(link["target_id"]),
-                               link["target_slot"], link.get("type"))
-        elif isinstance(link, (list, tuple)) and len(link) >= 5:  # version 0.4
-            out[link[0]] = (str(link[1]), link[2], str(link[3]), link[4], link[5] if len(link) > 5 else None)
-    return out
-
-
-def _resolve(link_id: int | None, links: dict, nodes: dict) -> tuple | None:
+def _resolve(link_id: Any, links: dict, nodes: dict) -> tuple | None:
     """Follow a link through Reroutes and bypassed nodes: ("link", id, slot), ("value", v) or None."""
-    seen: set[int] = set()
+    seen: set = set()
     while link_id is not None and link_id not in seen:
         seen.add(link_id)
         if link_id not in links:
@@ -109,18 +98,18 @@ def ui_to_api(data: dict, schema: Schema) -> dict[str, dict]:
     """Convert a UI-format workflow dict to an API-format prompt using ``schema`` for the widget order."""
     if not isinstance(data.get("nodes"), list):
         raise ValidationError("not a UI-format workflow: it has no 'nodes' list")
-    subgraphs = {s.get("id") for s in (data.get("definitions") or {}).get("subgraphs") or []}
+    definitions = {s.get("id"): s for s in (data.get("definitions") or {}).get("subgraphs") or []}
     nodes = {str(n["id"]): n for n in data["nodes"]}
-    links = _links(data)
+    links = link_table(data.get("links") or [])
+    if definitions:
+        nodes = {k: dict(v) for k, v in nodes.items()}  # flattening edits node dicts; leave the caller's alone
+        flatten(nodes, links, definitions)
     prompt: dict[str, dict] = {}
     for node_id in sorted(nodes, key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else 0, i)):
         node = nodes[node_id]
         kind = node.get("type")
         if kind in VIRTUAL or node.get("mode", 0) in (MUTED, BYPASS):
             continue
-        if kind in subgraphs:
-            raise ValidationError(f"UI node {node_id} is a subgraph instance ({kind}); subgraphs are not supported "
-                                  "yet: convert it to nodes in ComfyUI (right click > Unpack Subgraph) first")
         spec = schema.get(kind)
         if spec is None and str(kind).startswith(("workflow>", "workflow/")):
             raise ValidationError(f"UI node {node_id} is a group node ({kind}); group nodes are not supported yet: "

@@ -56,7 +56,8 @@ def test_fill_sets_the_obvious_inputs():
         templates.fill("sd15_txt2img", steps=0)
 
 
-@pytest.mark.parametrize("name", ["default_v04", "bypass_reroute_primitive_v1", "img2img_reroutes_v04"])
+@pytest.mark.parametrize("name", ["default_v04", "bypass_reroute_primitive_v1", "img2img_reroutes_v04",
+                                  "subgraph_v1"])
 def test_ui_format_converts_like_the_comfyui_page(name):
     expected = json.loads((GOLDEN / f"{name}.api.json").read_text())
     wf = ck.Workflow.load(GOLDEN / f"{name}.json")
@@ -65,7 +66,7 @@ def test_ui_format_converts_like_the_comfyui_page(name):
 
 
 @pytest.mark.parametrize("source", ["golden:default_v04", "golden:bypass_reroute_primitive_v1",
-                                    "golden:img2img_reroutes_v04",
+                                    "golden:img2img_reroutes_v04", "golden:subgraph_v1",
                                     "template:sd15_hires_fix", "template:sd15_lora", "dsl"])
 def test_to_python_rebuilds_the_same_prompt(source):
     kind, _, name = source.partition(":")
@@ -110,15 +111,24 @@ def test_from_api_round_trips_and_rejects_broken_links(reference_dir, reference_
         ck.Workflow.from_api(index["unknown_class_type"]["request"]["prompt"], reference_object_info)
 
 
-def test_ui_unknown_nodes_and_subgraphs_are_clear_errors():
+def test_ui_unknown_nodes_are_clear_errors():
     data = json.loads((GOLDEN / "default_v04.json").read_text())
     data["nodes"][0]["type"] = "KSamplerX"
     with pytest.raises(ck.ValidationError, match="KSamplerX"):
         ck.Workflow.load(data)
-    data["nodes"][0]["type"] = "0b1c2d3e-uuid"
-    data["definitions"] = {"subgraphs": [{"id": "0b1c2d3e-uuid"}]}
-    with pytest.raises(ck.ValidationError, match="subgraph"):
-        ck.Workflow.load(data)
+
+
+def test_ui_muted_subgraph_instance_mutes_its_nodes():
+    data = json.loads((GOLDEN / "subgraph_v1.json").read_text())
+    before = json.dumps(data)
+    next(n for n in data["nodes"] if n["id"] == 10)["mode"] = 2
+    wf = ck.Workflow.load(data)
+    assert "10:1" not in wf and "positive" not in wf["3"].inputs
+    with pytest.raises(ck.ValidationError) as caught:
+        wf.to_api()
+    assert {e["details"] for e in caught.value.node_errors["3"]["errors"]} == {"positive", "negative"}
+    data["nodes"][2]["mode"] = 0
+    assert json.dumps(data) == before  # the caller's dict is not flattened
 
 
 def test_ui_get_set_nodes_and_rgthree_reroutes_are_followed():

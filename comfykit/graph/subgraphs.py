@@ -1,0 +1,75 @@
+"""Flatten subgraph instances of a UI-format workflow (schema version 1 ``definitions.subgraphs``).
+
+Inside a subgraph definition, links from node -10 are the instance's inputs and links to node -20 its outputs.
+Inner nodes become ``"<instance id>:<inner id>"``, the ids ComfyUI's page sends for them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..errors import ValidationError
+
+INPUT_NODE, OUTPUT_NODE = "-10", "-20"
+
+
+def link_table(links: list) -> dict[Any, list]:
+    """link id -> [origin_id, origin_slot, target_id, target_slot, type], for both link encodings."""
+    out: dict[Any, list] = {}
+    for link in links or []:
+        if isinstance(link, dict):  # schema version 1
+            out[link["id"]] = [str(link["origin_id"]), link["origin_slot"], str(link["target_id"]),
+                               link["target_slot"], link.get("type")]
+        elif isinstance(link, (list, tuple)) and len(link) >= 5:  # version 0.4
+            out[link[0]] = [str(link[1]), link[2], str(link[3]), link[4], link[5] if len(link) > 5 else None]
+    return out
+
+
+def flatten(nodes: dict[str, dict], links: dict[Any, list], definitions: dict[str, dict],
+            depth: int = 0) -> None:
+    """Replace every subgraph instance in ``nodes``/``links`` (changed in place) by its inner nodes."""
+    if depth > 32:
+        raise ValidationError("subgraphs nest more than 32 levels deep (or contain themselves)")
+    instances = [i for i, n in nodes.items() if n.get("type") in definitions]
+    for instance_id in instances:
+        instance = nodes.pop(instance_id)
+        _expand(instance_id, instance, definitions[instance["type"]], nodes, links)
+    if instances:
+        flatten(nodes, links, definitions, depth + 1)
+
+
+def _expand(instance_id: str, instance: dict, definition: dict, nodes: dict, links: dict) -> None:
+    prefix = f"{instance_id}:"
+    inner_links = link_table(definition.get("links") or [])
+    outer_inputs = [entry.get("link") for entry in instance.get("inputs") or []]
+    # Outer links leaving the instance, by output slot: their origin moves inside.
+    leaving: dict[int, list] = {}
+    for link in links.values():
+        if link[0] == instance_id:
+            leaving.setdefault(link[1], []).append(link)
+    renamed: dict[Any, str] = {}
+    for link_id, (origin, slot, target, target_slot, type_) in inner_links.items():
+        if origin == INPUT_NODE:
+            outer = outer_inputs[slot] if slot < len(outer_inputs) else None
+            if outer is None or outer not in links:
+                continue  # an unconnected subgraph input: the inner widget keeps its own value
+            origin, slot = links[outer][0], links[outer][1]
+        else:
+            origin = prefix + origin
+        if target == OUTPUT_NODE:
+            for link in leaving.get(target_slot, []):
+                link[0], link[1] = origin, slot
+            continue
+        new_id = prefix + str(link_id)
+        renamed[link_id] = new_id
+        links[new_id] = [origin, slot, prefix + target, target_slot, type_]
+    mode = instance.get("mode", 0)
+    for inner in definition.get("nodes") or []:
+        node = copy.deepcopy(inner)
+        node["id"] = prefix + str(inner["id"])
+        for entry in node.get("inputs") or []:
+            entry["link"] = renamed.get(entry.get("link"))
+        if mode in (2, 4):  # a muted or bypassed instance mutes or bypasses everything inside
+            node["mode"] = mode
+        nodes[node["id"]] = node
