@@ -32,9 +32,9 @@ def _fill(name: str, options: dict[str, Any], checkpoints: list[str]) -> dict[st
         key = next((k for k in _CHECKPOINT_KEYS if k in params), "ckpt_name" if takes_any else None)
         if key is not None:
             options[key] = checkpoints[0]
-    unknown = [k for k in options if k not in params and not takes_any]
+    unknown = [k for k in options if k in ("name", "schema") or (k not in params and not takes_any)]
     if unknown:
-        accepted = [k for k in params if k != "name"]
+        accepted = [k for k in params if k not in ("name", "schema")]
         raise ValueError(f"unknown option(s) {unknown} for workflow {name!r}; accepted: {accepted}")
     wf = templates.fill(name, **options)
     return wf.to_api() if hasattr(wf, "to_api") else wf
@@ -70,9 +70,10 @@ def add_page_routes(routes: web.RouteTableDef, state: Any) -> None:
         try:
             api = _fill(name, options, sorted(list_files(state.engine, "checkpoints")))
         except ValidationError as exc:
-            return web.json_response({"error": str(exc), **exc.to_dict()}, status=400)
-        except (KeyError, ValueError, TypeError) as exc:
-            return _error(400, f"could not fill workflow {name!r}: {exc}")
+            return web.json_response({"error": str(exc), "validation": exc.to_dict()}, status=400)
+        except (LookupError, ValueError, TypeError, OSError) as exc:
+            why = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+            return _error(400, f"could not fill workflow {name!r}: {why}")
         prompt_id = str(uuid.uuid4())
         waiter = state.waiter(prompt_id)
         extra = {"client_id": client_id} if client_id else {}
@@ -80,7 +81,7 @@ def add_page_routes(routes: web.RouteTableDef, state: Any) -> None:
             state.enqueue(api, prompt_id=prompt_id, extra_data=extra)
         except ValidationError as exc:
             state._waiters.pop(prompt_id, None)
-            return web.json_response({"error": str(exc), **exc.to_dict()}, status=400)
+            return web.json_response({"error": str(exc), "validation": exc.to_dict()}, status=400)
         history = await waiter
         headers = {"X-Prompt-Id": prompt_id}
         if not history["status"]["completed"]:
