@@ -280,3 +280,13 @@ def test_meta_titles_like_the_comfyui_page():
     assert loaded.meta_titles and loaded["1"].title is None and loaded["2"].title == "Bigger"
     assert loaded.to_api(validate=False) == api
     assert "ck.Workflow(meta_titles=True)" in loaded.to_python() and "_title='Bigger'" in loaded.to_python()
+
+
+def test_jedi_completes_node_classes_input_names_and_outputs():
+    jedi = pytest.importorskip("jedi")
+    wf = ck.Workflow()
+    ckpt = wf.CheckpointLoaderSimple(ckpt_name="x.safetensors")
+    ns = {"wf": wf, "ckpt": ckpt}
+    assert [c.name for c in jedi.Interpreter("wf.KSampler(st", [ns]).complete()] == ["steps="]
+    assert {"KSampler", "KSamplerAdvanced"} <= {c.name for c in jedi.Interpreter("wf.KSam", [ns]).complete()}
+    assert {"MODEL", "CLIP", "VAE"} <= {c.name for c in jedi.Interpreter("ckpt.", [ns]).complete()}
