@@ -41,6 +41,11 @@ def test_default_form_picks_prompts_sampler_settings_and_size_with_fitting_widge
     assert type(width).__name__ == "IntSlider" and (width.min, width.max, width.step) == (16, 16384, 8)
     assert list(box.field(graph[4].sampler_name).widget.options) == list(SAMPLER_NAMES)
     assert box.field(graph[4].seed).control.value == "randomize"
+    # every widget's state serialises, i.e. a Jupyter front end can draw the whole box
+    from ipywidgets.embed import embed_data
+
+    state = embed_data(views=[box.widget])["manager_state"]["state"]
+    assert sum(m["model_name"] == "TextareaModel" for m in state.values()) == 2
 
 
 def test_fields_accept_input_refs_and_node_name_tuples(graph):
