@@ -35,6 +35,9 @@ def input_ref(field_ref: Any) -> Any:
                          "must be widget inputs such as text, seed, steps or cfg")
     if _is_ref(field_ref):
         return field_ref
+    if hasattr(field_ref, "node") and hasattr(field_ref, "to_api"):  # an Output: the input is linked
+        raise TypeError(f"{field_ref!r} is a linked output, not a widget input; forms and sweeps edit literal "
+                        "inputs such as text, seed, steps or cfg")
     raise TypeError(f"expected a node input such as out.cfg or (node, 'cfg'), got {field_ref!r}; "
                     "write the attribute of a node (pos.text), not its current value")
 
@@ -164,7 +167,8 @@ def sweep(wf: Any, axes: Mapping[Any, Iterable[Any]], backend: Any, *, progress:
     """Run ``wf`` once per combination of ``axes`` values on ``backend``; grids: x = 1st axis, y = 2nd, one per 3rd.
 
     Inputs are edited in place and restored afterwards; unchanged nodes (loader, text encoders) come from the
-    backend's cache. ``options`` go to ``backend.submit``.
+    backend's cache. ``progress`` shows a tqdm bar (a widget in notebooks); ``options`` go to
+    ``backend.submit``, and an ``on_event`` callback among them receives every run's events.
     """
     if not axes:
         raise ValueError("sweep() needs at least one axis, e.g. {out.cfg: [4, 7, 10]}")
@@ -187,14 +191,24 @@ def sweep(wf: Any, axes: Mapping[Any, Iterable[Any]], backend: Any, *, progress:
     # x varies fastest so consecutive runs differ in one input and the cache keeps everything upstream of it
     order = [tuple(reversed(combo)) for combo in itertools.product(*reversed(values))]
     bar = _progress_bar(len(order), progress)
+    user_callback = options.pop("on_event", None)
+    where = ""
+
+    def on_event(event: Any) -> None:
+        if bar is not None and event.type == "progress":  # the sampler's steps inside the current run
+            bar.set_postfix_str(f"{where} step {event.data.get('value')}/{event.data.get('max')}")
+        if user_callback is not None:
+            user_callback(event)
+
     try:
         for combo in order:
             for ref, v in zip(refs, combo):
                 ref.set(v)
+            where = ", ".join(f"{lab}={v}" for lab, v in zip(labels, combo))
             if bar is not None:
-                bar.set_postfix_str(", ".join(f"{lab}={v}" for lab, v in zip(labels, combo)))
+                bar.set_postfix_str(where)
             try:
-                result = backend.submit(wf, **options).result()
+                result = backend.submit(wf, on_event=on_event, **options).result()
             except Exception as exc:
                 exc.add_note("in sweep combination " + ", ".join(f"{lab}={v}" for lab, v in zip(labels, combo)))
                 raise

@@ -27,7 +27,10 @@ def test_two_axes_give_an_xy_grid_and_run_the_loader_once():
     wf, pos, neg, lat, out = fakes.txt2img()
     before = wf.to_api()
     backend = fakes.FakeBackend()
-    s = ck.sweep(wf, {out.cfg: [4, 7, 10], out.steps: [2, 3]}, backend, progress=False)
+    seen = []
+    s = ck.sweep(wf, {out.cfg: [4, 7, 10], out.steps: [2, 3]}, backend, progress=True,
+                 on_event=lambda e: seen.append(e.type))
+    assert seen.count("execution_success") == 6 and seen.count("progress") == 3 * 2 + 3 * 3
 
     assert len(s) == 6 and set(s.images) == {(c, n) for c in (4, 7, 10) for n in (2, 3)}
     assert [p["5"]["inputs"]["cfg"] for p in backend.submitted] == [4, 7, 10, 4, 7, 10]  # x varies fastest
@@ -71,6 +74,8 @@ def test_bad_axes_fail_before_anything_runs_and_leave_the_workflow_alone():
     assert backend.submitted == [] and out.steps.value == 4 and out.cfg.value == 7.0
     with pytest.raises(TypeError, match="not its current value"):
         ck.sweep(wf, {7.0: [1, 2]}, backend)
+    with pytest.raises(TypeError, match="linked output, not a widget input"):
+        ck.sweep(wf, {out.positive: [1]}, backend)
     with pytest.raises(ValueError, match="at most 3 axes"):
         ck.sweep(wf, {out.cfg: [1], out.steps: [1], out.seed: [1], lat.width: [64]}, backend)
     with pytest.raises(ValueError, match="no values"):
