@@ -27,6 +27,9 @@ _FAILED = {"type": "prompt_outputs_failed_validation", "message": "Prompt output
            "details": "", "extra_info": {}}
 
 
+_NUMBER = frozenset({"INT", "FLOAT"})
+
+
 class UnknownNodeError(ValidationError, AttributeError):
     """A node class the schema does not have (also an AttributeError, so ``hasattr`` works)."""
 
@@ -59,8 +62,31 @@ class Workflow:
         node = Node(self, node_id, spec, title)
         self._nodes[node_id] = node
         given = node._inputs
+        declared = spec.inputs
         try:
             for name, value in inputs.items():
+                # Fast path for the common cases (a link of the exact type, an in-range number, a listed
+                # choice); anything else goes through _set_input, which also builds the error messages.
+                ispec = declared.get(name)
+                kind = value.__class__
+                if kind is Node and len(value.spec.outputs) == 1:
+                    value, kind = Output(value, 0), Output
+                if ispec is not None:
+                    if kind is Output:
+                        source = value.node
+                        if source._wf is self and self._nodes.get(source.id) is source \
+                                and source.spec.outputs[value.index] == ispec.type:
+                            given[name] = value
+                            continue
+                    elif ispec.type in _NUMBER and (kind is int or (kind is float and ispec.type == "FLOAT")):
+                        lo, hi = ispec.options.get("min"), ispec.options.get("max")
+                        if (lo is None or value >= lo) and (hi is None or value <= hi):
+                            given[name] = float(value) if ispec.type == "FLOAT" else value
+                            continue
+                    elif kind is str and (ispec.type == "STRING" or (ispec.list_combo and (
+                            ispec.any_value or value in ispec.choices))):
+                        given[name] = value
+                        continue
                 self._set_input(node, name, value, new=True)
         except BaseException:
             del self._nodes[node_id]
