@@ -8,12 +8,12 @@ step noise. ``model.model_sampling`` (when present) tells rectified-flow models 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from .noise import BrownianTreeNoiseSampler, default_noise_sampler
 from .schedulers import is_flow
 
 Sampler = Callable[..., torch.Tensor]
@@ -42,52 +42,6 @@ def get_ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: fl
     sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
     sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
     return sigma_down, sigma_up
-
-
-def default_noise_sampler(x: torch.Tensor, seed: int | None = None) -> Callable:
-    """Fresh Gaussian noise like x from one generator on x's device, seeded with the sampling seed."""
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(seed)
-    return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device,
-                                                 generator=generator)
-
-
-class BrownianTreeNoiseSampler:
-    """Noise from a seeded torchsde Brownian tree, so SDE samplers converge as the step count grows."""
-
-    def __init__(self, x: torch.Tensor, sigma_min: torch.Tensor, sigma_max: torch.Tensor,
-                 seed: int | None = None, cpu: bool = True):
-        import torchsde
-
-        t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
-        self.sign = 1 if t0 < t1 else -1
-        t0, t1 = (t0, t1) if t0 < t1 else (t1, t0)
-        if seed is None:
-            seed = int(torch.randint(0, 2 ** 63 - 1, []).item())
-        self.cpu = cpu
-        w0 = torch.zeros_like(x)
-        if cpu:
-            t0, t1, w0 = t0.cpu(), t1.cpu(), w0.cpu()
-        self.tree = torchsde.BrownianTree(t0, w0, t1, entropy=seed)
-
-    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-        s0, s1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
-        t0, t1, sign = (s0, s1, 1) if s0 < s1 else (s1, s0, -1)
-        with warnings.catch_warnings():
-            # torchsde compares float32 sigma_max with itself in float64 and warns spuriously
-            warnings.filterwarnings("ignore", message="Should have tb<=t1")
-            if self.cpu:
-                w = self.tree(t0.cpu().float(), t1.cpu().float()).to(t0.dtype).to(t0.device)
-            else:
-                w = self.tree(t0, t1)
-        return w * (self.sign * sign) / (s1 - s0).abs().sqrt()
-
-
-def _brownian(x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict, cpu: bool = True):
-    sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
-    return BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=extra_args.get("seed"), cpu=cpu)
 
 
 def _half_log_snr_fns(model: Any):
@@ -305,11 +259,39 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     return x
 
 
+def _sample_dpmpp_2s_ancestral_rf(model, x, sigmas, extra_args, callback, noise_sampler, eta=1.0, s_noise=1.0):
+    """DPM-Solver++(2S) ancestral for rectified flow, with lambda = log((1-sigma)/sigma)."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        sigma_down = sigmas[i + 1] * (1 + (sigmas[i + 1] / sigmas[i] - 1) * eta)
+        alpha_next, alpha_down = 1 - sigmas[i + 1], 1 - sigma_down
+        renoise = (sigmas[i + 1] ** 2 - sigma_down ** 2 * alpha_next ** 2 / alpha_down ** 2) ** 0.5
+        _report(callback, x, i, sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+        else:
+            if sigmas[i] == 1.0:
+                sigma_s = 0.9999  # lambda is -inf at sigma 1
+            else:
+                lam, lam_down = ((1 - sigmas[i]) / sigmas[i]).log(), ((1 - sigma_down) / sigma_down).log()
+                sigma_s = ((lam + (lam_down - lam) / 2).exp() + 1) ** -1
+            ratio = sigma_s / sigmas[i]
+            denoised_2 = model(ratio * x + (1 - ratio) * denoised, sigma_s * s_in, **extra_args)
+            ratio = sigma_down / sigmas[i]
+            x = ratio * x + (1 - ratio) * denoised_2
+        if sigmas[i + 1] > 0 and eta > 0:
+            x = (alpha_next / alpha_down) * x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * renoise
+    return x
+
+
 def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0,
                               s_noise=1.0):
     """Ancestral sampling with DPM-Solver++(2S) second-order steps (Lu et al. 2022)."""
     extra_args = {} if extra_args is None else extra_args
     noise_sampler = default_noise_sampler(x, seed=extra_args.get("seed"))
+    if is_flow(_model_sampling(model)):
+        return _sample_dpmpp_2s_ancestral_rf(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise)
     s_in = x.new_ones([x.shape[0]])
     for i in _steps(sigmas, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -335,7 +317,7 @@ def _sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=
     extra_args = {} if extra_args is None else extra_args
     if len(sigmas) <= 1:
         return x
-    noise_sampler = _brownian(x, sigmas, extra_args, cpu)
+    noise_sampler = BrownianTreeNoiseSampler.for_sigmas(x, sigmas, extra_args.get("seed"), cpu)
     lambda_fn, sigma_fn = _half_log_snr_fns(model)
     sigmas = _offset_first_sigma(sigmas, model)
     s_in = x.new_ones([x.shape[0]])
@@ -405,7 +387,7 @@ def _sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disab
     extra_args = {} if extra_args is None else extra_args
     if len(sigmas) <= 1:
         return x
-    noise_sampler = _brownian(x, sigmas, extra_args, cpu)
+    noise_sampler = BrownianTreeNoiseSampler.for_sigmas(x, sigmas, extra_args.get("seed"), cpu)
     lambda_fn, _ = _half_log_snr_fns(model)
     sigmas = _offset_first_sigma(sigmas, model)
     s_in = x.new_ones([x.shape[0]])
@@ -459,7 +441,7 @@ def _sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disab
     extra_args = {} if extra_args is None else extra_args
     if len(sigmas) <= 1:
         return x
-    noise_sampler = _brownian(x, sigmas, extra_args, cpu)
+    noise_sampler = BrownianTreeNoiseSampler.for_sigmas(x, sigmas, extra_args.get("seed"), cpu)
     lambda_fn, _ = _half_log_snr_fns(model)
     sigmas = _offset_first_sigma(sigmas, model)
     s_in = x.new_ones([x.shape[0]])

@@ -123,3 +123,30 @@ def test_higher_order_samplers_converge_faster(name, gain):
 
     coarse, fine = (error(8), error(16)) if name.startswith("uni_pc") else (error(8), error(32))
     assert fine < coarse / gain, (coarse, fine)
+
+
+class FlowDenoiser:
+    """Exact x0 for Gaussian data under rectified flow, x = (1 - sigma) x0 + sigma noise (SD3/Flux)."""
+
+    def __init__(self):
+        from comfykit.engine.sampling.schedulers import ModelSamplingDiscreteFlow
+
+        self.model_sampling = ModelSamplingDiscreteFlow(shift=3.0)
+
+    def __call__(self, x, sigma, **extra_args):
+        s = sigma.reshape(-1, 1, 1, 1)
+        a = 1 - s
+        return MU + a * S ** 2 * (x - a * MU) / (a ** 2 * S ** 2 + s ** 2)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m", "euler_ancestral", "dpmpp_2s_ancestral",
+                                  "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_flow_models_sample_the_data_distribution(name):
+    from comfykit.engine.sampling.schedulers import calculate_sigmas
+
+    model = FlowDenoiser()
+    x = prepare_noise(torch.zeros(1, 4, 16, 16), 0)  # sigma_max is 1: pure noise
+    out = samplers.get_sampler(name)(model, x, calculate_sigmas(model.model_sampling, "simple", 30),
+                                     extra_args={"seed": 0})
+    assert float(out.mean()) == pytest.approx(MU, abs=0.06), name
+    assert float(out.std()) == pytest.approx(S, abs=0.1), name
