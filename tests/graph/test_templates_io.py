@@ -151,3 +151,13 @@ def test_ui_get_set_nodes_and_rgthree_reroutes_are_followed():
     data["nodes"][0]["type"] = "workflow>MyGroup"
     with pytest.raises(ck.ValidationError, match="group node"):
         ck.Workflow.load(data)
+
+
+def test_save_and_load_files_and_post_bodies(tmp_path):
+    wf = templates.load("sd15_lora")
+    path = wf.save(tmp_path / "lora.json")
+    assert ck.Workflow.load(path).to_api() == wf.to_api()
+    assert ck.Workflow.load(str(path)).to_api() == wf.to_api()
+    assert ck.Workflow.load({"prompt": wf.to_api(), "client_id": "x"}).to_api() == wf.to_api()
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        ck.Workflow.load(tmp_path / "nope.json")
