@@ -12,6 +12,8 @@ from typing import Any
 from ..errors import ValidationError
 
 INPUT_NODE, OUTPUT_NODE = "-10", "-20"
+#: Key of the {widget name: value} a flattened node gets from its instance's promoted widgets.
+OVERRIDES = "comfykit_widget_overrides"
 
 
 def link_table(links: list) -> dict[Any, list]:
@@ -64,12 +66,48 @@ def _expand(instance_id: str, instance: dict, definition: dict, nodes: dict, lin
         new_id = prefix + str(link_id)
         renamed[link_id] = new_id
         links[new_id] = [origin, slot, prefix + target, target_slot, type_]
+    overrides = _promoted_values(instance, definition, inner_links, outer_inputs)
     mode = instance.get("mode", 0)
     for inner in definition.get("nodes") or []:
         node = copy.deepcopy(inner)
         node["id"] = prefix + str(inner["id"])
+        if str(inner["id"]) in overrides:
+            node[OVERRIDES] = {**node.get(OVERRIDES, {}), **overrides[str(inner["id"])]}
         for entry in node.get("inputs") or []:
             entry["link"] = renamed.get(entry.get("link"))
         if mode in (2, 4):  # a muted or bypassed instance mutes or bypasses everything inside
             node["mode"] = mode
         nodes[node["id"]] = node
+
+
+def _promoted_values(instance: dict, definition: dict, inner_links: dict, outer_inputs: list) -> dict[str, dict]:
+    """Inner node id -> {widget: value} from the instance's promoted widgets (``properties.proxyWidgets``).
+
+    Each entry is ``[inner node id, widget name]``, or ``["-1", subgraph input name]`` for a widget-typed
+    subgraph input; the instance's ``widgets_values`` hold their values in the same order.
+    """
+    proxies = (instance.get("properties") or {}).get("proxyWidgets") or []
+    values = instance.get("widgets_values")
+    if not isinstance(values, list) or len(values) != len(proxies):
+        return {}  # no values saved on the instance: the inner widgets keep their own
+    inner_nodes = {str(n["id"]): n for n in definition.get("nodes") or []}
+    names = [entry.get("name") for entry in definition.get("inputs") or []]
+    out: dict[str, dict] = {}
+    for (target, widget), value in zip(proxies, values):
+        target = str(target)
+        if target != "-1":
+            out.setdefault(target, {})[widget] = value
+            continue
+        if widget not in names:
+            continue
+        slot = names.index(widget)
+        if slot < len(outer_inputs) and outer_inputs[slot] is not None:
+            continue  # a linked input wins over the widget value
+        for origin, origin_slot, inner_id, inner_slot, _ in inner_links.values():
+            if origin == INPUT_NODE and origin_slot == slot and inner_id in inner_nodes:
+                entries = inner_nodes[inner_id].get("inputs") or []
+                if inner_slot < len(entries):
+                    entry = entries[inner_slot]
+                    name = (entry.get("widget") or {}).get("name") or entry.get("name")
+                    out.setdefault(inner_id, {})[name] = value
+    return out

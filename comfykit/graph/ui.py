@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import ValidationError
 from .schema import Schema
-from .subgraphs import flatten, link_table
+from .subgraphs import OVERRIDES, flatten, link_table
 
 REROUTES = frozenset({"Reroute", "Reroute (rgthree)"})
 # Nodes that exist only in the page (they never reach the server).
@@ -122,6 +122,9 @@ def ui_to_api(data: dict, schema: Schema) -> dict[str, dict]:
                                   {"type": "invalid_prompt", "message": message, "details": f"Node ID '#{node_id}'",
                                    "extra_info": {}}, {})
         inputs = _widget_inputs(node, spec)
+        for name, value in (node.get(OVERRIDES) or {}).items():
+            if name in spec.inputs:
+                inputs[name] = _wrap(value)
         for entry in node.get("inputs") or []:
             if entry.get("link") is None:
                 continue

@@ -161,3 +161,24 @@ def test_save_and_load_files_and_post_bodies(tmp_path):
     assert ck.Workflow.load({"prompt": wf.to_api(), "client_id": "x"}).to_api() == wf.to_api()
     with pytest.raises(FileNotFoundError, match="nope.json"):
         ck.Workflow.load(tmp_path / "nope.json")
+
+
+def test_ui_subgraph_promoted_widgets_override_inner_values():
+    data = json.loads((GOLDEN / "subgraph_v1.json").read_text())
+    instance = next(n for n in data["nodes"] if n["id"] == 10)
+    sub = data["definitions"]["subgraphs"][0]
+    # A widget-typed subgraph input "negative_text" feeding inner node 2's text, left unlinked on the instance.
+    sub["inputs"].append({"id": "8a3d", "name": "negative_text", "type": "STRING", "linkIds": [5]})
+    sub["links"].append({"id": 5, "origin_id": -10, "origin_slot": 1, "target_id": 2, "target_slot": 1,
+                         "type": "STRING"})
+    sub["nodes"][1]["inputs"][1]["link"] = 5
+    instance["inputs"].append({"name": "negative_text", "type": "STRING", "widget": {"name": "negative_text"},
+                               "link": None})
+    instance["properties"]["proxyWidgets"] = [["1", "text"], ["-1", "negative_text"]]
+    instance["widgets_values"] = ["a lighthouse at noon", "cartoon"]
+    prompt = ck.Workflow.load(data).to_api()
+    assert prompt["10:1"]["inputs"]["text"] == "a lighthouse at noon"
+    assert prompt["10:2"]["inputs"]["text"] == "cartoon"
+    instance["widgets_values"] = []  # no saved values: the inner widgets keep theirs
+    prompt = ck.Workflow.load(data).to_api()
+    assert prompt["10:1"]["inputs"]["text"] == "a lighthouse in a storm, dramatic"
