@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -291,8 +292,9 @@ def kl_optimal_scheduler(n: int, sigma_min: float, sigma_max: float) -> torch.Te
 
 def calculate_sigmas(model_sampling: ModelSampling, name: str, steps: int) -> torch.Tensor:
     """The steps+1 sigmas ComfyUI's scheduler `name` gives for `model_sampling` (float32, last one 0)."""
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
     smin, smax = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
     if name == "simple":
         return simple_scheduler(model_sampling, steps)
