@@ -74,8 +74,13 @@ class CLIPEncoderLayer(nn.Module):
 class _Embeddings(nn.Module):
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.position_embedding = nn.Embedding(cfg.max_positions, cfg.width)
+        # why _weight: nn.Embedding's own normal_ init costs ~10 s on the meta device (the loader's path)
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width, _weight=torch.empty(cfg.vocab_size, cfg.width))
+        self.position_embedding = nn.Embedding(cfg.max_positions, cfg.width,
+                                               _weight=torch.empty(cfg.max_positions, cfg.width))
+        for emb, std in ((self.token_embedding, 0.02), (self.position_embedding, 0.01)):
+            if not emb.weight.is_meta:  # random init only for freshly made (demo) models
+                nn.init.normal_(emb.weight, std=std)
 
 
 class _Encoder(nn.Module):

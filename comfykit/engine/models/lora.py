@@ -67,6 +67,13 @@ def _delta(weight: torch.Tensor, parts: dict[str, torch.Tensor], strength: float
     return delta.reshape(weight.shape) * (scale * strength)
 
 
+def _check_shape(weight: torch.Tensor, parts: dict[str, torch.Tensor], name: str, path: Path) -> None:
+    down, up = parts["down"], parts["up"]
+    if up.shape[0] != weight.shape[0] or down[0].numel() != weight[0].numel():
+        raise ModelError(f"{path}: LoRA weight {name} fits a {up.shape[0]}x{down[0].numel()} layer but the model's "
+                         f"is {tuple(weight.shape)}: this LoRA was made for a different model family")
+
+
 def _patch(root: nn.Module, patches: dict[str, list[tuple[str, dict[str, torch.Tensor]]]], strength: float) -> nn.Module:
     """A shared copy of `root` with new tensors only for the patched weights (the original stays untouched)."""
     new_root = shared_copy(root)
@@ -100,9 +107,11 @@ def load_lora(model: DiffusionModel | None, clip: TextEncoder | None, path: str 
         elif "down" not in parts or "up" not in parts:
             unmatched.append(name)
         elif name in u_targets:
+            _check_shape(model.unet.get_submodule(u_targets[name]).weight, parts, name, path)
             unet_patches.setdefault(u_targets[name], []).append((name, parts))
         elif name in c_targets:
             clip_name, module_path = c_targets[name]
+            _check_shape(clip.clips[clip_name].get_submodule(module_path).weight, parts, name, path)
             clip_patches.setdefault(clip_name, {}).setdefault(module_path, []).append((name, parts))
         else:
             unmatched.append(name)
