@@ -157,7 +157,8 @@ class Node:
         return self.input(key)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # keep copy, pickle and IPython's probes working
+        # Keep copy, pickle and IPython's probes working; "spec"/"id"/"title" only miss on a half-built object.
+        if name.startswith("_") or name in ("spec", "id", "title"):
             raise AttributeError(name)
         if name in self.spec.inputs or name in self._inputs:
             return self.input(name)
