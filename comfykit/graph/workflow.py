@@ -394,6 +394,17 @@ class Workflow:
             data = data["prompt"]  # a POST /prompt body
         return cls.from_api(data, schema)
 
+    def diff(self, other: Workflow | dict) -> list[str]:
+        """What changed from ``other`` to this workflow, one line per node added/removed or input changed.
+
+        >>> new.diff(old)  # doctest: +SKIP
+        ['~ #5 KSampler.steps: 20 -> 30', '+ #8 PreviewImage']
+        """
+        from .diff import diff_prompts
+
+        before = other.to_api(validate=False) if isinstance(other, Workflow) else other
+        return diff_prompts(before, self.to_api(validate=False))
+
     def save(self, path: str | Path) -> Path:
         """Write the API-format prompt to a JSON file."""
         path = Path(path)

@@ -290,3 +290,20 @@ def test_jedi_completes_node_classes_input_names_and_outputs():
     assert [c.name for c in jedi.Interpreter("wf.KSampler(st", [ns]).complete()] == ["steps="]
     assert {"KSampler", "KSamplerAdvanced"} <= {c.name for c in jedi.Interpreter("wf.KSam", [ns]).complete()}
     assert {"MODEL", "CLIP", "VAE"} <= {c.name for c in jedi.Interpreter("ckpt.", [ns]).complete()}
+
+
+def test_diff_lists_structural_changes():
+    wf, ckpt, pos, neg, latent, out = build()
+    before = copy.deepcopy(wf)
+    out.steps = 30
+    out.model = wf.LoraLoaderModelOnly(model=ckpt.MODEL, lora_name="l.safetensors").MODEL
+    pos.title = "Positive"
+    wf.remove("7")
+    assert wf.diff(before) == [
+        "~ #2 CLIPTextEncode title: None -> 'Positive'",
+        "~ #5 KSampler.model: #1[0] -> #8[0]",
+        "~ #5 KSampler.steps: 20 -> 30",
+        "+ #8 LoraLoaderModelOnly",
+        "- #7 SaveImage",
+    ]
+    assert wf.diff(wf) == []
