@@ -22,6 +22,9 @@ def prepare_noise(latent: torch.Tensor, seed: int, batch_index: list[int] | None
     """
     # the same numbers as ComfyUI's torch.manual_seed(seed), without reseeding the process-wide generator
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    if batch_index is not None and len(batch_index) != latent.shape[0]:
+        raise ValueError(f"batch_index has {len(batch_index)} entries but the latent holds {latent.shape[0]} "
+                         "items; give one index per item or drop batch_index")
     if batch_index is None:
         return torch.randn(latent.size(), dtype=latent.dtype, layout=latent.layout, generator=generator,
                            device="cpu")

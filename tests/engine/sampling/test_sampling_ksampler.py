@@ -43,6 +43,8 @@ def test_batch_index_reproduces_one_item_of_a_batch():
     assert torch.equal(prepare_noise(torch.zeros(1, 4, 8, 8), 42, batch_index=[1]), batch[1:])
     three = prepare_noise(torch.zeros(3, 4, 8, 8), 42)
     assert torch.equal(prepare_noise(torch.zeros(2, 4, 8, 8), 42, batch_index=[2, 0]), three[[2, 0]])
+    with pytest.raises(ValueError, match="batch_index has 1 entries but the latent holds 2"):
+        prepare_noise(torch.zeros(2, 4, 8, 8), 42, batch_index=[3])
 
 
 def test_txt2img_converges_to_the_conditioned_mean(fake_unet):
