@@ -411,6 +411,12 @@ class Workflow:
         path.write_text(json.dumps(self.to_api(validate=False), indent=2))
         return path
 
+    def to_ui(self) -> dict[str, Any]:
+        """The UI format the ComfyUI page loads (version 0.4), laid out left to right by data flow."""
+        from .ui_export import to_ui
+
+        return to_ui(self)
+
     def to_python(self, name: str = "wf") -> str:
         """DSL source that rebuilds this graph (same ids, inputs and titles)."""
         from .codegen import to_python

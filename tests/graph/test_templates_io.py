@@ -182,3 +182,37 @@ def test_ui_subgraph_promoted_widgets_override_inner_values():
     instance["widgets_values"] = []  # no saved values: the inner widgets keep theirs
     prompt = ck.Workflow.load(data).to_api()
     assert prompt["10:1"]["inputs"]["text"] == "a lighthouse in a storm, dramatic"
+
+
+def _strip_meta(prompt: dict) -> dict:
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+
+
+@pytest.mark.parametrize("name", ["sd15_txt2img", "sd15_img2img", "sd15_lora", "sd15_hires_fix", "sdxl_txt2img"])
+def test_to_ui_round_trips_through_the_ui_import(name):
+    wf = templates.load(name)
+    ui = wf.to_ui()
+    assert ui["version"] == 0.4 and len(ui["nodes"]) == len(wf)
+    again = ck.Workflow.from_ui(json.loads(json.dumps(ui)))
+    assert _strip_meta(again.to_api()) == _strip_meta(wf.to_api())
+    assert again["6"].title == "Positive Prompt"  # a changed title survives
+    ksampler = next(n for n in ui["nodes"] if n["id"] == 3)
+    assert ksampler["widgets_values"][:2] == [8566257, "fixed"]  # the page's control_after_generate slot
+    xs = {n["id"]: n["pos"][0] for n in ui["nodes"]}
+    assert xs[4] < xs[3] < xs[8] < xs[9]  # laid out along the data flow
+
+
+def test_to_ui_of_a_dsl_workflow_with_a_converted_widget(reference_object_info):
+    wf = ck.Workflow(reference_object_info)
+    ckpt = wf.CheckpointLoaderSimple(ckpt_name="tiny-sd15.safetensors")
+    seed = wf.PrimitiveInt(value=7)
+    text = wf.CLIPTextEncode(text="a", clip=ckpt.CLIP)
+    latent = wf.EmptyLatentImage(width=64, height=64)
+    sampler = wf.KSampler(model=ckpt.MODEL, positive=text, negative=text, latent_image=latent, seed=seed)
+    wf.SaveImage(images=wf.VAEDecode(samples=sampler, vae=ckpt.VAE))
+    ui = wf.to_ui()
+    ksampler = next(n for n in ui["nodes"] if n["type"] == "KSampler")
+    entry = next(e for e in ksampler["inputs"] if e["name"] == "seed")
+    assert entry["widget"] == {"name": "seed"} and entry["link"] is not None  # a converted widget
+    again = ck.Workflow.from_ui(ui, reference_object_info)
+    assert _strip_meta(again.to_api()) == _strip_meta(wf.to_api())
