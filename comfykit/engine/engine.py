@@ -59,6 +59,8 @@ class Engine(Backend):
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
         self._running: str | None = None
+        self._run_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # guards _running/_cancelled against Job.interrupt() races
         self._cancelled: set[str] = set()
 
     def __repr__(self) -> str:
@@ -128,13 +130,21 @@ class Engine(Backend):
         """Validate and run one prompt in this thread; raises only ValidationError (failures are in the Result)."""
         validated = self.validate(prompt, outputs)
         targets = list(validated.outputs) if outputs is None else [o for o in outputs if o in validated.outputs]
-        self._running = prompt_id
-        try:
-            with torch.inference_mode():
-                return self._executor.execute(validated.prompt, prompt_id, outputs=targets,
-                                              extra_data=extra_data or {}, on_event=on_event)
-        finally:
-            self._running = None
+        with self._run_lock:  # one prompt at a time, whichever thread calls
+            with self._state_lock:
+                self._executor.interrupt_flag.clear()
+                self._running = prompt_id
+                if prompt_id in self._cancelled:  # interrupted between leaving the queue and starting
+                    self._cancelled.discard(prompt_id)
+                    self._executor.interrupt_flag.set()
+            try:
+                with torch.inference_mode():
+                    return self._executor.execute(validated.prompt, prompt_id, outputs=targets,
+                                                  extra_data=extra_data or {}, on_event=on_event,
+                                                  clear_interrupt=False)
+            finally:
+                with self._state_lock:
+                    self._running = None
 
     # -- queued execution --------------------------------------------------------------------------------
     def submit(self, workflow: Any, *, on_event: EventCallback | None = None, prompt_id: str | None = None,
@@ -169,8 +179,10 @@ class Engine(Backend):
             if item is _STOP:
                 return
             job, prompt, extra_data, outputs = item
-            if job.prompt_id in self._cancelled:
+            with self._state_lock:
+                cancelled = job.prompt_id in self._cancelled
                 self._cancelled.discard(job.prompt_id)
+            if cancelled:
                 data = {"prompt_id": job.prompt_id, "node_id": None, "node_type": None, "executed": [],
                         "timestamp": now_ms()}
                 job.emit(Event(EXECUTION_INTERRUPTED, data))
@@ -193,10 +205,11 @@ class Engine(Backend):
         self._executor.interrupt_flag.set()
 
     def _interrupt_job(self, prompt_id: str) -> None:
-        if self._running == prompt_id:
-            self._executor.interrupt_flag.set()
-        else:
-            self._cancelled.add(prompt_id)
+        with self._state_lock:
+            if self._running == prompt_id:
+                self._executor.interrupt_flag.set()
+            else:
+                self._cancelled.add(prompt_id)
 
     def shutdown(self) -> None:
         """Stop the worker thread after the queued jobs (the engine can still ``execute``)."""

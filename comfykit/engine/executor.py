@@ -180,9 +180,15 @@ class Executor:
     # -- the run -------------------------------------------------------------------------------------------
     def execute(self, prompt: dict[str, Any], prompt_id: str, *, outputs: list[str] | None = None,
                 extra_data: dict[str, Any] | None = None, on_event: Callable[[Event], None] | None = None,
-                original_prompt: dict[str, Any] | None = None) -> Result:
-        """Run the nodes ``outputs`` need (default: every output node) and return a filled :class:`Result`."""
+                original_prompt: dict[str, Any] | None = None, clear_interrupt: bool = True) -> Result:
+        """Run the nodes ``outputs`` need (default: every output node) and return a filled :class:`Result`.
+
+        ``clear_interrupt=False`` keeps an ``interrupt_flag`` set before the call (the Engine clears it itself,
+        earlier, so an interrupt racing with the start of a job is not lost).
+        """
         with self._lock:
+            if clear_interrupt:
+                self.interrupt_flag.clear()
             return self._execute(prompt, prompt_id, outputs, extra_data or {}, on_event, original_prompt)
 
     def _execute(self, prompt, prompt_id, outputs, extra_data, on_event, original_prompt) -> Result:
@@ -194,7 +200,6 @@ class Executor:
             if on_event is not None:
                 on_event(event)
 
-        self.interrupt_flag.clear()
         emit(Event(EXECUTION_START, {"prompt_id": prompt_id, "timestamp": now_ms()}))
         if outputs is None:
             outputs = [nid for nid in prompt if self._is_output(prompt, nid)]

@@ -130,7 +130,8 @@ def test_missing_input_file_is_a_validation_error(engine):
     with pytest.raises(ValidationError) as err:
         engine.execute(save_graph("nope.png"), prompt_id="x")
     errors = err.value.node_errors["1"]["errors"]
-    assert errors[0]["type"] == "value_not_in_list"
+    # like ComfyUI: LoadImage's own VALIDATE_INPUTS replaces the combo check for `image`
+    assert errors[0]["type"] == "custom_validation_failed" and "nope.png" in errors[0]["details"]
 
 
 def test_image_scale_keeps_aspect_with_zero_side(engine):
