@@ -61,7 +61,7 @@ def demo_ckpt(server_root, models_dir) -> str:
     return sorted((models_dir / "checkpoints").rglob("*.safetensors"))[0].name
 
 
-def t2i(ckpt: str, text: str = "a photo of a cat", *, seed: int = 42, steps: int = 2, size: int = 64,
+def t2i(ckpt: str, text: str = "a photo of a cat", *, seed: int = 42, steps: int = 2, size: int = 32,
         prefix: str = "tiny_t2i") -> dict[str, Any]:
     """The reference captures' text-to-image prompt (node ids 3-9)."""
     return {

@@ -11,7 +11,7 @@ import requests
 from conftest import wait_history
 from PIL import Image
 
-SMALL = {"steps": 2, "width": 64, "height": 64}
+SMALL = {"steps": 2, "width": 32, "height": 32}
 
 
 def test_generate_returns_the_png(server, demo_ckpt):
@@ -20,7 +20,7 @@ def test_generate_returns_the_png(server, demo_ckpt):
     assert answer.status_code == 200, answer.text
     assert answer.headers["Content-Type"] == "image/png"
     image = Image.open(io.BytesIO(answer.content))
-    assert image.size == (64, 64)
+    assert image.size == (32, 32)
     view = requests.get(server.url + answer.headers["X-Comfykit-View"], timeout=30)
     assert view.content == answer.content
     prompt = wait_history(server, answer.headers["X-Prompt-Id"])["prompt"][2]
@@ -92,7 +92,7 @@ def test_page_generates_into_the_gallery(server, demo_ckpt, tmp_path):
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#ckpt option")) >= 2)
         Select(browser.find_element(By.ID, "ckpt")).select_by_value(demo_ckpt)
         prompt = f"a lighthouse {uuid.uuid4().hex[:6]}"
-        for field, value in (("prompt", prompt), ("steps", "3"), ("width", "64"), ("height", "64")):
+        for field, value in (("prompt", prompt), ("steps", "3"), ("width", "32"), ("height", "32")):
             element = browser.find_element(By.ID, field)
             element.clear()
             element.send_keys(value)
@@ -101,7 +101,7 @@ def test_page_generates_into_the_gallery(server, demo_ckpt, tmp_path):
         wait.until(lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
         assert image.get_attribute("title") == prompt
         assert "/view?" in image.get_attribute("src")
-        assert browser.execute_script("return arguments[0].naturalWidth", image) == 64
+        assert browser.execute_script("return arguments[0].naturalWidth", image) == 32
         # the live preview arrived over the WebSocket as binary frames, and the bar reached the end
         assert browser.find_element(By.ID, "preview").get_attribute("src").startswith("blob:")
         assert browser.find_element(By.ID, "progress").get_attribute("value") == "3"

@@ -1,0 +1,160 @@
+"""How much the HTTP/WebSocket server adds on top of calling the engine directly.
+
+Runs a trivial model-free prompt (LoadImage -> ImageScale -> PreviewImage, a new width each time so it really
+runs) N times: directly through ``engine.execute``, then through POST /prompt + WebSocket "executing null" one at
+a time (latency), then N posted at once from 8 threads (throughput). Prints a table and appends it to
+docs/benchmarks.md.
+
+    python bench/bench_server.py [--n 200] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import websocket
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prompt(width: int) -> dict:
+    return {"1": {"class_type": "LoadImage", "inputs": {"image": "dot.png"}},
+            "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+                                                         "width": width, "height": 8, "crop": "disabled"}},
+            "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}
+
+
+def direct(engine, widths) -> list[float]:
+    times = []
+    for w in widths:
+        start = time.perf_counter()
+        result = engine.execute(prompt(w), prompt_id=str(uuid.uuid4()))
+        times.append(time.perf_counter() - start)
+        assert result.ok, result.error
+    return times
+
+
+class Client:
+    """A keep-alive http.client connection: requests costs ~3-4 ms per call itself, which is not the server's."""
+
+    def __init__(self, url: str):
+        host, port = url.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port))
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        self.conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        return json.loads(self.conn.getresponse().read() or b"{}")
+
+
+def http_latency(url: str, widths) -> list[float]:
+    client_id = uuid.uuid4().hex
+    ws = websocket.create_connection(url.replace("http://", "ws://") + f"/ws?clientId={client_id}", timeout=60)
+    ws.recv()  # the hello status
+    client = Client(url)
+    times = []
+    for w in widths:
+        start = time.perf_counter()
+        pid = client.call("POST", "/prompt", {"prompt": prompt(w), "client_id": client_id})["prompt_id"]
+        while True:
+            raw = ws.recv()
+            if isinstance(raw, str):
+                msg = json.loads(raw)
+                if msg["type"] == "executing" and msg["data"].get("node") is None \
+                        and msg["data"].get("prompt_id") == pid:
+                    break
+        times.append(time.perf_counter() - start)
+    ws.close()
+    return times
+
+
+def http_throughput(url: str, widths) -> float:
+    local = threading.local()
+
+    def post(w: int) -> str:
+        if not hasattr(local, "client"):
+            local.client = Client(url)
+        return local.client.call("POST", "/prompt", {"prompt": prompt(w)})["prompt_id"]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(post, widths))
+    client = Client(url)
+    while client.call("GET", "/prompt")["exec_info"]["queue_remaining"]:
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - start
+    history = client.call("GET", "/history")
+    assert all(pid in history for pid in ids)
+    return len(ids) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="prompts per phase")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    args = parser.parse_args()
+    import torch
+
+    from comfykit.engine import Engine
+    from comfykit.server import serve
+
+    torch.set_num_threads(1)
+    n = args.n
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "input").mkdir()
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "input" / "dot.png")
+        engine = Engine(tmp_path / "models", output_dir=tmp_path / "output", input_dir=tmp_path / "input",
+                        temp_dir=tmp_path / "temp", device="cpu")
+        direct(engine, range(8, 18))  # warm-up: imports, first LoadImage
+        direct_t = direct(engine, range(100, 100 + n))
+        server = serve(engine, port=0)
+        try:
+            http_latency(server.url, range(20, 30))  # warm-up: connections
+            http_t = http_latency(server.url, range(100 + n, 100 + 2 * n))
+            rate = http_throughput(server.url, range(100 + 2 * n, 100 + 3 * n))
+        finally:
+            server.stop()
+
+    d_ms, h_ms = statistics.median(direct_t) * 1000, statistics.median(http_t) * 1000
+    rows = [
+        ("engine.execute, one at a time", f"{d_ms:.2f}", f"{1000 / d_ms:.0f}", "1.00"),
+        ("POST /prompt -> WS done, one at a time", f"{h_ms:.2f}", f"{1000 / h_ms:.0f}", f"{h_ms / d_ms:.2f}"),
+        ("POST /prompt x N from 8 threads", "", f"{rate:.0f}", f"{(1000 / d_ms) / rate:.2f}"),
+    ]
+    added = h_ms - d_ms
+    header = "| path | median ms/prompt | prompts/s | ratio vs direct |\n|---|---|---|---|"
+    table = header + "\n" + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
+    summary = f"Added latency per prompt through HTTP + WebSocket: **{added:.2f} ms** (target < 5 ms)."
+    print(table)
+    print(summary)
+    if args.no_write:
+        return
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+               f"torch {torch.__version__}, load avg {load:.1f}")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc = ROOT / "docs" / "benchmarks.md"
+    if not doc.exists():
+        doc.write_text("# Benchmarks\n")
+    with doc.open("a") as fh:
+        fh.write(f"\n## Server overhead (bench/bench_server.py)\n\n{stamp}; {machine}; N={n} trivial prompts "
+                 f"(LoadImage -> ImageScale -> PreviewImage).\n\n{table}\n\n{summary}\n")
+
+
+if __name__ == "__main__":
+    main()
