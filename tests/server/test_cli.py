@@ -80,3 +80,27 @@ def test_server_process_starts_prints_url_serves_and_stops(tmp_path, server_root
             proc.kill()
             _, err = proc.communicate()
     assert "--disable-xformers" in err  # unknown ComfyUI flags: accepted with a warning
+
+
+def test_importing_the_server_package_stays_light():
+    code = ("import sys, comfykit, comfykit.server; "
+            "heavy = [m for m in ('aiohttp', 'torch', 'pyngrok') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip() == "[]"
+
+
+def test_serve_in_background_context_manager_and_port_clash(server_root, tmp_path):
+    import pytest
+
+    from comfykit.errors import ServerError
+    from comfykit.server import serve
+
+    with serve(port=0, models_dir=server_root / "models", output_dir=tmp_path / "o", input_dir=tmp_path / "i",
+               temp_dir=tmp_path / "t", device="cpu") as handle:
+        assert requests.get(handle.url + "/", timeout=30).headers["Content-Type"].startswith("text/html")
+        with pytest.raises(ServerError, match="port"):
+            serve(handle.engine, port=handle.port)
+        with pytest.raises(TypeError, match="Engine"):
+            serve(handle.engine, port=0, device="cpu")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(handle.url + "/features", timeout=5)
