@@ -42,6 +42,15 @@ class RunState:
         self.checks_missing = 0
         self._current: tuple[str, float] | None = None
         self._preview: tuple[str | None, Any] | None = None  # type-4 preview waiting for its progress
+        self._claim_lock = threading.Lock()
+
+    def claim(self) -> bool:
+        """Take the right to finish this run; False when another thread already took it."""
+        with self._claim_lock:
+            if self.finishing:
+                return False
+            self.finishing = True
+            return True
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
@@ -193,6 +202,5 @@ class Router:
                 run.emit(event)
             return
         run.handle(event, time.monotonic())
-        if run.done and not run.finishing:
-            run.finishing = True
+        if run.done and run.claim():
             self.on_done(run)

@@ -128,6 +128,8 @@ class ComfyServer(Backend):
         """
         import sys
 
+        if any(str(a) == "--port" or str(a).startswith("--port=") for a in args):
+            raise ValueError("pass the port as launch(port=...), not in args")
         if cmd is not None and port is None:
             argv0 = [cmd] if isinstance(cmd, str) else list(cmd)
             port = port_from_argv(" ".join(argv0).split())
@@ -331,9 +333,13 @@ class ComfyServer(Backend):
         run = self._router.runs.get(prompt_id)
         if run is not None:
             run.cancelled = True
-        # a pending prompt is deleted from the queue, a running one interrupted
+        pending = {entry[1] for entry in self.queue().get("queue_pending", [])}
+        # a pending prompt is deleted from the queue, a running one interrupted; the interrupt names the
+        # prompt, so it is harmless if the prompt started in between (and stops it then)
         self._json("POST", "/queue", json={"delete": [prompt_id]})
         self._json("POST", "/interrupt", json={"prompt_id": prompt_id})
+        if run is not None and prompt_id in pending:
+            self._end_cancelled(run)  # it will never run: no event will end it
 
     # -- following runs -----------------------------------------------------------------------------------
     def _ensure_listening(self) -> None:
@@ -378,16 +384,14 @@ class ComfyServer(Backend):
         return None  # a server without history: the events are all we have
 
     def _fail(self, run: RunState, error: Exception) -> None:
-        if run.finishing:
+        if not run.claim():
             return
-        run.finishing = True
         self._router.unregister(run.prompt_id)
         run.job.finish(None, error)
 
     def _end_cancelled(self, run: RunState) -> None:
-        if run.finishing:
+        if not run.claim():
             return
-        run.finishing = True
         self._router.unregister(run.prompt_id)
         data = {"prompt_id": run.prompt_id, "node_id": None, "node_type": None, "executed": [],
                 "timestamp": int(time.time() * 1000)}
@@ -417,7 +421,8 @@ class ComfyServer(Backend):
 
     def _check(self, run: RunState, now: float) -> None:
         try:
-            item = history_item(self._json("GET", f"/history/{run.prompt_id}", timeout=5), run.prompt_id)
+            item = history_item(self._json("GET", f"/history/{run.prompt_id}", timeout=min(5.0, self.request_timeout)),
+                                run.prompt_id)
         except ServerError as exc:
             self._unreachable_since = self._unreachable_since or now
             if now - self._unreachable_since > self.dead_after:
@@ -427,8 +432,7 @@ class ComfyServer(Backend):
         self._unreachable_since = None
         run.last_seen = now
         if item is not None:  # history is written once the prompt is over
-            if not run.finishing:
-                run.finishing = True
+            if run.claim():
                 self._router.flush()
                 threading.Thread(target=self._collect, args=(run, item), daemon=True).start()
             return

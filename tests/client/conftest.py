@@ -46,7 +46,7 @@ def server_cmd(models: Path, root: Path) -> list[str]:
             "--preview-method", "latent2rgb"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(client_models, tmp_path_factory):
     """comfykit's server launched with a command line of our own (``--port`` appended by launch)."""
     from comfykit.client import ComfyServer
@@ -57,14 +57,14 @@ def server(client_models, tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkout(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ComfyUI")
     (root / "main.py").write_text(FAKE_MAIN)
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def main_py_server(client_models, checkout):
     """comfykit's server started the way a ComfyUI checkout is: ``python main.py --listen ... --port ...``."""
     from comfykit.client import ComfyServer

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from client_workflows import STEPS, load_and_save, txt2img
+from client_workflows import SIZE, STEPS, load_and_save, txt2img
 from PIL import Image
 
 import comfykit as ck
@@ -34,10 +34,10 @@ def test_txt2img_images_and_previews(launched, ckpt_name, preview_format):
             client.close()
     assert result.ok and result.error is None
     assert list(result.images_by_node) == ["9"]
-    assert result.image.size == (64, 64) and result.image.mode == "RGB"
+    assert result.image.size == (SIZE, SIZE) and result.image.mode == "RGB"
     assert result.outputs["9"]["images"][0]["type"] == "output"
     assert len(result.files) == 1 and result.files[0].is_file()  # the server's output folder is local
-    assert Image.open(result.files[0]).size == (64, 64)
+    assert Image.open(result.files[0]).size == (SIZE, SIZE)
     assert sorted(result.executed + result.cached) == ["3", "4", "5", "6", "7", "8", "9"]
     assert "3" in result.executed  # a new seed always samples again
     assert set(result.timings) == set(result.executed) and all(t >= 0 for t in result.timings.values())
@@ -131,13 +131,13 @@ def test_upload_image_then_load_image(server, tmp_path):
 def test_workflow_dsl_with_the_servers_schema(server, ckpt_name):
     wf = ck.Workflow(schema=server)
     model, clip, vae = wf.CheckpointLoaderSimple(ckpt_name=ckpt_name)
-    latent = wf.EmptyLatentImage(width=64, height=64, batch_size=1)
+    latent = wf.EmptyLatentImage(width=SIZE, height=SIZE, batch_size=1)
     sampled = wf.KSampler(model=model, seed=3, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal",
                           positive=wf.CLIPTextEncode(text="a cat", clip=clip),
                           negative=wf.CLIPTextEncode(text="", clip=clip), latent_image=latent, denoise=1.0)
     wf.PreviewImage(images=wf.VAEDecode(samples=sampled, vae=vae))
     result = server.run(wf, timeout=60)
-    assert result.image.size == (64, 64)
+    assert result.image.size == (SIZE, SIZE)
     assert result.files == []  # PreviewImage writes to temp, not output
     with pytest.raises(ck.ValidationError):
         wf.KSampler(model=model, sampler_name="not-a-sampler")
@@ -154,6 +154,6 @@ def test_plain_http_api(server, ckpt_name):
     assert server.history("no-such-prompt") is None
     server.free()
     ref = done.outputs["9"]["images"][0]
-    assert server.view(ref["filename"], ref["subfolder"], ref["type"]).size == (64, 64)
+    assert server.view(ref["filename"], ref["subfolder"], ref["type"]).size == (SIZE, SIZE)
     with pytest.raises(ck.ServerError, match="404"):
         server.view("missing.png")
