@@ -130,6 +130,10 @@ class VAE:
                 i += batch
             except torch.OutOfMemoryError:
                 if batch == 1:
+                    if fn is self.module.decode:  # one image still too big: decode it in tiles
+                        outs.append(self.decode_tiled(x[i:i + 1], raw=True))
+                        i += 1
+                        continue
                     raise
                 batch = max(1, batch // 2)  # why: one 1024px SDXL decode alone can fill a small GPU
                 if torch.cuda.is_available():
@@ -141,6 +145,44 @@ class VAE:
         if raw_latent.ndim != 4 or raw_latent.shape[1] != self.latent_channels:
             raise ValueError(f"VAE.decode expects a [B,{self.latent_channels},h,w] latent, got {tuple(raw_latent.shape)}")
         pixels = self._batched(self.module.decode, raw_latent, batch)
+        return ((pixels + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+    def decode_tiled(self, raw_latent: torch.Tensor, tile: int = 64, overlap: int = 16,
+                     raw: bool = False) -> torch.Tensor:
+        """Decode in overlapping `tile`x`tile` latent tiles blended linearly (low memory, slightly different)."""
+        b, _, h, w = raw_latent.shape
+        f = self.downscale
+        out = torch.zeros(b, 3, h * f, w * f)
+        weight = torch.zeros(1, 1, h * f, w * f)
+        step = max(1, tile - overlap)
+        ys = list(range(0, max(h - tile, 0) + 1, step)) + ([h - tile] if h > tile and (h - tile) % step else [])
+        xs = list(range(0, max(w - tile, 0) + 1, step)) + ([w - tile] if w > tile and (w - tile) % step else [])
+        for y in ys:
+            for x in xs:
+                part = raw_latent[:, :, y:y + tile, x:x + tile]
+                with torch.inference_mode():
+                    pixels = self.module.decode(part.to(self.device, self.dtype)).float().cpu()
+                ph, pw = pixels.shape[2:]
+                # feather the edges that overlap a neighbour, so seams fade instead of cutting
+                ramp_y = torch.ones(ph)
+                ramp_x = torch.ones(pw)
+                edge = overlap * f
+                if edge:
+                    fade = torch.linspace(0, 1, edge + 2)[1:-1]
+                    if y > 0:
+                        ramp_y[:edge] = fade[: min(edge, ph)]
+                    if y + tile < h:
+                        ramp_y[-edge:] = fade.flip(0)[-min(edge, ph):]
+                    if x > 0:
+                        ramp_x[:edge] = fade[: min(edge, pw)]
+                    if x + tile < w:
+                        ramp_x[-edge:] = fade.flip(0)[-min(edge, pw):]
+                mask = (ramp_y[:, None] * ramp_x[None, :])[None, None]
+                out[:, :, y * f:y * f + ph, x * f:x * f + pw] += pixels * mask
+                weight[:, :, y * f:y * f + ph, x * f:x * f + pw] += mask
+        pixels = out / weight.clamp_min(1e-8)
+        if raw:
+            return pixels
         return ((pixels + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
 
     def encode(self, images: torch.Tensor, batch: int = 4) -> torch.Tensor:
