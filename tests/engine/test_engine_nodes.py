@@ -79,6 +79,7 @@ def test_every_node_in_one_graph(rich):
     assert json.loads(Image.open(r.files[0]).text["workflow"]) == {"x": 1}
     # KSamplerAdvanced from step 1 of 3: two progress steps
     assert [e.data["value"] for e in r.events if e.type == "progress" and e.data["node"] == "24"] == [1, 2]
+    assert all(e.preview is None for e in r.events)  # previews="none"
 
 
 def test_lora_at_zero_strength_is_a_passthrough(rich):

@@ -170,3 +170,40 @@ def test_object_info_lists_live_files(engine):
     assert engine.object_info()["LoadImage"]["input"]["required"]["image"][0] == ["new.png"]
     stats = engine.system_stats()
     assert set(stats) == {"system", "devices"} and stats["devices"][0]["type"] == "cpu"
+
+
+def test_folders_list_models_like_comfyui(tmp_path):
+    from comfykit.engine import Folders
+
+    f = Folders(tmp_path / "models", output=tmp_path / "o", input=tmp_path / "i", temp=tmp_path / "t")
+    for rel in ("checkpoints/b.safetensors", "checkpoints/sub/a.ckpt", "checkpoints/notes.txt", "loras/x.pt"):
+        (f.models / rel).parent.mkdir(parents=True, exist_ok=True)
+        (f.models / rel).write_bytes(b"")
+    assert f.list_files("checkpoints") == ["b.safetensors", "sub/a.ckpt"]
+    assert f.files()["loras"] == ["x.pt"] and f.files()["vae"] == []
+    assert f.get_full_path("checkpoints", "sub/a.ckpt") == f.models / "checkpoints" / "sub" / "a.ckpt"
+    with pytest.raises(ValueError, match="not inside"):
+        f.get_full_path("checkpoints", "../loras/x.pt")
+    with pytest.raises(FileNotFoundError, match="b.safetensors"):
+        f.get_full_path("checkpoints", "missing.safetensors")
+    with pytest.raises(ValueError, match="unknown folder"):
+        f.list_files("upscalers")
+
+
+@pytest.mark.parametrize("mode, reruns", [("lru", []), ("none", ["1", "2"])])
+def test_engine_cache_modes(tmp_path, mode, reruns):
+    eng = Engine(tmp_path / "m", output_dir=tmp_path / "o", input_dir=tmp_path / "i", temp_dir=tmp_path / "t",
+                 device="cpu", cache=mode, cache_size=10)
+    (tmp_path / "i").mkdir()
+    put_image(eng, "a.png")
+    put_image(eng, "b.png", color=(0, 9, 9))
+    eng.execute(save_graph("a.png"), prompt_id="a")
+    eng.execute(save_graph("b.png"), prompt_id="b")
+    assert eng.execute(save_graph("a.png"), prompt_id="a2").executed == reruns
+
+
+def test_bad_engine_options_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="cache mode"):
+        Engine(tmp_path, cache="fifo")
+    with pytest.raises(ValueError, match="preview mode"):
+        Engine(tmp_path, previews="fast")
