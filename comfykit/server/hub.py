@@ -18,8 +18,10 @@ PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 _JPEG = 1
 
-#: Client messages are tiny; a socket whose outbox grows past this is too slow and loses its previews.
+#: A socket whose outbox grows past this is too slow and loses its previews...
 _MAX_OUTBOX = 256
+#: ...and past this it is not reading at all: it is dropped so that it cannot grow the server's memory forever.
+_MAX_BACKLOG = 8192
 
 
 def encode_preview(image: Any, max_size: int) -> bytes:
@@ -108,6 +110,10 @@ class Hub:
     def _deliver(self, legacy: list[tuple[str, Any]], modern: list[tuple[str, Any]], sid: str | None) -> None:
         targets = list(self.clients.values()) if sid is None else [c for c in [self.clients.get(sid)] if c]
         for client in targets:
+            if client.outbox.qsize() > _MAX_BACKLOG:
+                log.warning("websocket %s stopped reading; dropping it", client.sid)
+                self._drop(client)
+                continue
             frames = modern if client.wants_metadata else legacy
             for kind, payload in frames:
                 if kind == "preview" and client.outbox.qsize() > _MAX_OUTBOX:
@@ -172,6 +178,13 @@ class Hub:
             if self.clients.get(client.sid) is client:
                 del self.clients[client.sid]
             await client.ws.close()
+
+    def _drop(self, client: _Client) -> None:
+        if self.clients.get(client.sid) is client:
+            del self.clients[client.sid]
+        if client.writer is not None:
+            client.writer.cancel()
+        asyncio.ensure_future(client.ws.close())
 
     async def close_all(self) -> None:
         for client in list(self.clients.values()):
