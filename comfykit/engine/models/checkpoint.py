@@ -217,7 +217,11 @@ def _text_encoder(parts: dict[str, dict[str, Any]], arch: str, path: Path, heads
             raise ModelError(f"{path}: no {name} text encoder weights found; this {arch} checkpoint is incomplete "
                              "(load a full checkpoint, or a separate CLIP file)")
         default_act = "quick_gelu" if name == "clip_l" else "gelu"
-        cfg = infer_clip_config(sd, activations.get(name, default_act), heads.get(name))
+        try:
+            cfg = infer_clip_config(sd, activations.get(name, default_act), heads.get(name))
+        except KeyError as e:
+            raise ModelError(f"{path}: the {name} text encoder weights are incomplete (missing {e.args[0]}); "
+                             "re-download the file") from None
         clips[name] = _load_module(lambda cfg=cfg: CLIPTextModel(cfg), sd, name, path)
     if arch == "sd1":
         slots = [ClipSlot("clip_l")]
@@ -247,7 +251,11 @@ def _diffusers_folder(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, 
     unet, vae = read("unet"), read("vae")
     if unet is None:
         raise ModelError(f"{path}: a folder without unet/; pass a checkpoint file or a diffusers-format folder")
-    parts: dict[str, dict[str, Any]] = {"unet": keys.unet_diffusers_to_ldm(unet[0])}
+    try:
+        parts: dict[str, dict[str, Any]] = {"unet": keys.unet_diffusers_to_ldm(unet[0])}
+    except (KeyError, ValueError) as e:
+        raise ModelError(f"{path / 'unet'}: not a UNet2DConditionModel this loader knows ({e}); "
+                         "SD1/SD2/SDXL diffusers folders are supported") from None
     parts["vae"] = keys.vae_state_dict(vae[0]) if vae else {}
     heads, acts = {}, {}
     te, te2 = read("text_encoder"), read("text_encoder_2")

@@ -58,7 +58,7 @@ class DiffusionModel:
         """Raw UNet output (eps or v, per `.prediction`) in float32."""
         device, dtype = self.device, self.dtype
         timesteps = torch.as_tensor(timesteps, device=device).float().reshape(-1).expand(x.shape[0])
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: callers may update the outputs in place
             out = self.unet(x.to(device, dtype), timesteps, context.to(device, dtype),
                             None if y is None else y.to(device, dtype))
         return out.float()
@@ -125,7 +125,7 @@ class VAE:
         outs, i = [], 0
         while i < x.shape[0]:
             try:
-                with torch.inference_mode():
+                with torch.no_grad():
                     outs.append(fn(x[i:i + batch].to(self.device, self.dtype)).float().cpu())
                 i += batch
             except torch.OutOfMemoryError:
@@ -160,7 +160,7 @@ class VAE:
         for y in ys:
             for x in xs:
                 part = raw_latent[:, :, y:y + tile, x:x + tile]
-                with torch.inference_mode():
+                with torch.no_grad():
                     pixels = self.module.decode(part.to(self.device, self.dtype)).float().cpu()
                 ph, pw = pixels.shape[2:]
                 # feather the edges that overlap a neighbour, so seams fade instead of cutting

@@ -204,7 +204,7 @@ class TextEncoder:
                     ids[b, i] = tok
             eos[b] = len(chunk) - 1
         ids = ids.to(device)
-        with torch.inference_mode():
+        with torch.no_grad():
             embeds = None
             if extra:
                 embeds = clip.text_model.embeddings.token_embedding(ids).clone()

@@ -83,3 +83,21 @@ def test_lora_for_another_model_family(make_ckpt, sd1, tmp_path):
     save_file(lora, str(tmp_path / "partial.safetensors"))
     with pytest.warns(UserWarning, match="1 of .* match nothing"):
         load_lora(model, clip, tmp_path / "partial.safetensors", 1.0, 1.0)
+
+
+@pytest.mark.parametrize("down_key, up_key", [
+    ("lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_down.weight",  # kohya, LDM names
+     "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_up.weight"),
+    (f"unet.{Q_DIFFUSERS}.lora.down.weight", f"unet.{Q_DIFFUSERS}.lora.up.weight"),  # older diffusers
+    (f"unet.{Q_DIFFUSERS.replace('to_q', 'processor.to_q_lora')}.down.weight",  # attention-processor LoRA
+     f"unet.{Q_DIFFUSERS.replace('to_q', 'processor.to_q_lora')}.up.weight"),
+    (f"unet.{Q_DIFFUSERS}.lora_A.weight", f"unet.{Q_DIFFUSERS}.lora_B.weight"),  # PEFT
+], ids=["kohya-ldm", "diffusers-lora.down", "processor", "peft"])
+def test_lora_key_variants(down_key, up_key, sd1, tmp_path):
+    model, clip, _ = sd1
+    gen = torch.Generator().manual_seed(1)
+    w = model.unet.get_submodule(Q).weight
+    down, up = torch.randn(2, w.shape[1], generator=gen), torch.randn(w.shape[0], 2, generator=gen)
+    save_file({down_key: down, up_key: up}, str(tmp_path / "v.safetensors"))
+    m2, _ = load_lora(model, clip, tmp_path / "v.safetensors", 1.0, 1.0)
+    torch.testing.assert_close(m2.unet.get_submodule(Q).weight - w, up @ down, atol=1e-5, rtol=1e-4)
