@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 STEPS = 2
 SIZE = 32  # pixels: a 4x4 latent keeps every sampler step in the tens of milliseconds
 
@@ -26,3 +29,9 @@ def load_and_save(image: str, prefix: str = "upload") -> dict:
     """LoadImage -> SaveImage: needs no model, runs in milliseconds."""
     return {"1": {"class_type": "LoadImage", "inputs": {"image": image}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}}}
+
+
+def server_cmd(models: Path, root: Path) -> list[str]:
+    return [sys.executable, "-m", "comfykit.server", "--cpu", "--models-dir", str(models),
+            "--output-directory", str(root / "output"), "--input-directory", str(root / "input"),
+            "--preview-method", "latent2rgb"]

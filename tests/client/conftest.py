@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from client_workflows import server_cmd
 
 #: main.py of a fake ComfyUI checkout: it runs comfykit's server with exactly the argv ComfyUI's main.py gets.
 FAKE_MAIN = """\
@@ -38,12 +38,6 @@ def ckpt_name(client_models) -> str:
     from comfykit import demo
 
     return demo.DEMO_CHECKPOINT
-
-
-def server_cmd(models: Path, root: Path) -> list[str]:
-    return [sys.executable, "-m", "comfykit.server", "--cpu", "--models-dir", str(models),
-            "--output-directory", str(root / "output"), "--input-directory", str(root / "input"),
-            "--preview-method", "latent2rgb"]
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,7 @@ import signal
 import time
 
 import pytest
-from client_workflows import load_and_save, txt2img
-from conftest import server_cmd
+from client_workflows import load_and_save, server_cmd, txt2img
 from PIL import Image
 
 import comfykit as ck
