@@ -29,7 +29,8 @@ def split_checkpoint(sd: dict[str, Any]) -> dict[str, dict[str, Any]]:
             continue
         for prefix in VAE_PREFIXES:
             if key.startswith(prefix):
-                parts["vae"][key[len(prefix):]] = value
+                if not key.startswith(prefix + "loss."):  # old training checkpoints keep the VAE's GAN loss
+                    parts["vae"][key[len(prefix):]] = value
                 break
         else:
             for prefix in CLIP_L_PREFIXES:

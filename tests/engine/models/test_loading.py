@@ -173,3 +173,20 @@ def test_tiled_decode(sd1):
     assert tiled.min() >= 0 and tiled.max() <= 1
     # tiles see less context (the mid attention is global) but the picture stays the same one
     assert torch.corrcoef(torch.stack([tiled.flatten(), full.flatten()]))[0, 1] > 0.8
+
+
+def test_manager_retries_once_after_out_of_memory(monkeypatch):
+    manager = ModelManager(device="cpu")
+    offloaded = []
+    monkeypatch.setattr(manager, "offload", lambda keep=(): offloaded.append(keep))
+    attempts = iter([torch.OutOfMemoryError("CUDA out of memory"), "ok"])
+
+    def flaky():
+        result = next(attempts)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    assert manager.call(flaky) == "ok" and len(offloaded) == 1
+    with pytest.raises(torch.OutOfMemoryError):  # a second failure is the caller's to handle (engine.free)
+        manager.call(lambda: (_ for _ in ()).throw(torch.OutOfMemoryError("again")))
