@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--scheduler", default=None, help="scheduler name, e.g. normal, karras")
     gen.add_argument("--width", type=int, default=None)
     gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--demo", action="store_true", help="use (and create if needed) a tiny random demo model")
+    gen.add_argument("--demo", action="store_true",
+                     help="use (and create if needed) a tiny random demo model; unless set, 256x256 and 10 steps")
     gen.add_argument("-o", "--output", default=None, help="PNG file to write (default: the output folder)")
     _engine_flags(gen)
     gen.set_defaults(func=_generate)
@@ -173,6 +174,9 @@ def _generate(args: argparse.Namespace) -> int:
               "try a tiny random demo model (no download; its picture is noise).", file=sys.stderr)
         return NO_CHECKPOINT
     seed = args.seed if args.seed is not None else random.randrange(2**32)
+    if args.demo:  # the demo picture is noise anyway: keep the CPU run short unless asked otherwise
+        args.width, args.height = args.width or 256, args.height or 256
+        args.steps = args.steps or 10
     prompt = templates.fill("sd15_txt2img", prompt=args.prompt, negative=args.negative, seed=seed,
                             steps=args.steps, cfg=args.cfg, width=args.width, height=args.height,
                             ckpt_name=ckpt, sampler_name=args.sampler, scheduler=args.scheduler)
