@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import io
 import logging
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import requests
 
@@ -37,10 +40,27 @@ log = logging.getLogger(__name__)
 
 
 def _normalize_url(url: str) -> str:
-    url = url.strip().rstrip("/")
+    return split_url(url)[0]
+
+
+def split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The base URL, and the auth headers its ``user:password@`` part or ``?token=`` query stood for.
+
+    A link from ``ck.share`` (``https://x.ngrok.app/?token=...``) thus works as it is.
+    """
+    url = url.strip()
     if "://" not in url:
         url = "http://" + url
-    return url
+    parts = urlsplit(url)
+    headers: dict[str, str] = {}
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    token = parse_qs(parts.query).get("token")
+    if token:
+        headers["Authorization"] = f"Bearer {token[0]}"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), headers
 
 
 def to_prompt(workflow: Any, schema: Any = None) -> tuple[dict[str, Any], Any]:
@@ -78,10 +98,11 @@ class ComfyServer(Backend):
 
     def __init__(self, url: str, *, process: ServerProcess | None = None, preview_format: str = "metadata",
                  output_dir: str | Path | None = None, request_timeout: float = 30.0,
-                 heartbeat: float = 3.0, dead_after: float = 20.0):
+                 heartbeat: float = 3.0, dead_after: float = 20.0, headers: dict[str, str] | None = None):
         if preview_format not in ("metadata", "legacy"):
             raise ValueError(f"preview_format must be 'metadata' or 'legacy', not {preview_format!r}")
-        self.url = _normalize_url(url)
+        self.url, url_headers = split_url(url)
+        self.headers = {**url_headers, **(headers or {})}  # e.g. Authorization for a shared server
         self.process = process
         self.preview_format = preview_format
         self.output_dir = Path(output_dir) if output_dir else None
@@ -90,10 +111,12 @@ class ComfyServer(Backend):
         self.dead_after = dead_after
         self.client_id = uuid.uuid4().hex
         self._http = requests.Session()
+        self._http.headers.update(self.headers)
         self._router = Router(self._on_done, lambda: not self._socket.uses_metadata_previews)
         self._socket = EventSocket(self.url, self.client_id, preview_format=preview_format,
                                    on_text=self._router.on_text, on_binary=self._router.on_binary,
-                                   on_idle=self._router.flush, on_reconnect=self._on_reconnect)
+                                   on_idle=self._router.flush, on_reconnect=self._on_reconnect,
+                                   headers=self.headers)
         self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
         self._closed = threading.Event()
@@ -103,16 +126,18 @@ class ComfyServer(Backend):
     @classmethod
     def connect(cls, url: str = "http://127.0.0.1:8188", *, timeout: float = 10.0, **options: Any) -> ComfyServer:
         """Attach to a running server; raises ServerError when ``GET /system_stats`` does not answer."""
-        url = _normalize_url(url)
+        base, url_headers = split_url(url)
+        headers = {**url_headers, **(options.get("headers") or {})}
         try:
-            answer = requests.get(f"{url}/system_stats", timeout=timeout)
+            answer = requests.get(f"{base}/system_stats", timeout=timeout, headers=headers)
             answer.raise_for_status()
             answer.json()
         except (requests.RequestException, ValueError) as exc:
-            raise ServerError(f"no ComfyUI server answers at {url}/system_stats ({exc}); check the address, "
-                              f"or start one with ComfyServer.launch(...)") from exc
+            hint = " (it needs credentials: headers={'Authorization': ...})" if "401" in str(exc) else ""
+            raise ServerError(f"no ComfyUI server answers at {base}/system_stats ({exc}){hint}; check the "
+                              f"address, or start one with ComfyServer.launch(...)") from exc
         if "output_dir" not in options:
-            options["output_dir"] = _local_output_dir(url, answer.json())
+            options["output_dir"] = _local_output_dir(base, answer.json())
         return cls(url, **options)
 
     @classmethod
@@ -126,8 +151,6 @@ class ComfyServer(Backend):
         appended. The log goes to ``log_file`` (a temp file by default); a failed start raises ServerError
         with its tail. Stop the server with ``stop()``, a ``with`` block, or at interpreter exit.
         """
-        import sys
-
         if any(str(a) == "--port" or str(a).startswith("--port=") for a in args):
             raise ValueError("pass the port as launch(port=...), not in args")
         if cmd is not None and port is None:
@@ -233,7 +256,7 @@ class ComfyServer(Backend):
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """``POST /interrupt``: stop the running prompt (only ``prompt_id`` if given and running)."""
-        self._json("POST", "/interrupt", json={"prompt_id": prompt_id} if prompt_id else None)
+        self._json("POST", "/interrupt", json={"prompt_id": prompt_id} if prompt_id else {})
 
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> Any:  # noqa: A002
         """``GET /view``: one image of the server's output/input/temp folder as a PIL image."""

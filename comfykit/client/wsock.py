@@ -29,7 +29,7 @@ class EventSocket:
     def __init__(self, url: str, client_id: str, *, preview_format: str = "metadata",
                  on_text: Callable[[dict[str, Any]], None], on_binary: Callable[[bytes], None],
                  on_idle: Callable[[], None] = lambda: None, on_reconnect: Callable[[], None] = lambda: None,
-                 idle: float = 0.2, connect_timeout: float = 10.0):
+                 idle: float = 0.2, connect_timeout: float = 10.0, headers: dict[str, str] | None = None):
         base = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         self.ws_url = f"{base}/ws?clientId={client_id}"
         self.client_id = client_id
@@ -38,6 +38,7 @@ class EventSocket:
         self.on_idle, self.on_reconnect = on_idle, on_reconnect
         self.idle = idle
         self.connect_timeout = connect_timeout
+        self.headers = [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.connected = threading.Event()
         self.reconnects = 0
         self.server_flags: dict[str, Any] = {}
@@ -88,7 +89,8 @@ class EventSocket:
     # -- internals ----------------------------------------------------------------------------------------
     def _open(self) -> None:
         ws = websocket.WebSocket(enable_multithread=True)
-        ws.connect(self.ws_url, timeout=self.connect_timeout)
+        # no Origin header: ComfyUI's origin check only has to judge what browsers send
+        ws.connect(self.ws_url, timeout=self.connect_timeout, header=self.headers, suppress_origin=True)
         if self.preview_format == "metadata":
             # ComfyUI only honours feature flags sent as the very first client message
             ws.send(json.dumps(FEATURE_FLAGS))
