@@ -109,6 +109,7 @@ class _Task:
     index: int = 0
     overrides: Any = None
     on_done: Callable[[_Task], None] | None = None
+    stream: bool = True  # forward events as they happen (off for map() jobs nobody listens to)
     attempts: int = 0
     state: str = "pending"  # pending | running | done
     slot: _Slot | None = None
@@ -278,8 +279,8 @@ class RayPool(Backend):
         if len(tags) != len(prompts):
             raise ValueError(f"{len(prompts)} workflows but {len(tags)} overrides")
         done: queue.Queue[_Task] = queue.Queue()
-        tasks = [self._submit(p, on_event=on_event, options=options, index=i, overrides=tags[i], on_done=done.put)
-                 for i, p in enumerate(prompts)]
+        tasks = [self._submit(p, on_event=on_event, options=options, index=i, overrides=tags[i], on_done=done.put,
+                              stream=on_event is not None) for i, p in enumerate(prompts)]
         return self._collect(tasks, done, return_exceptions, ordered, progress)
 
     def run_many(self, workflow: Any, overrides: Sequence[Mapping[Any, Any]], **kwargs: Any) -> Iterator[PoolResult]:
@@ -356,7 +357,7 @@ class RayPool(Backend):
             return {s.name: s.task.job.prompt_id for s in self._slots if s.alive and s.task is not None}
 
     def stats(self) -> list[dict[str, Any]]:
-        """Per worker: name, alive, jobs run, models loaded now, and ``loads`` (model -> times actually loaded)."""
+        """Per worker: name, alive, jobs, models held, ``loads`` (model -> times loaded), ``busy_s`` (backend time)."""
         import ray
 
         rows = []
@@ -366,7 +367,8 @@ class RayPool(Backend):
             if slot.alive:
                 try:
                     info = ray.get(slot.actor.info.remote(), timeout=30)
-                    row.update(pid=info["pid"], host=info["host"], gpu_ids=info["gpu_ids"], loads=info["loads"])
+                    row.update(pid=info["pid"], host=info["host"], gpu_ids=info["gpu_ids"], loads=info["loads"],
+                               busy_s=info["busy_s"])
                 except ray.exceptions.RayError:
                     row["alive"] = False
             rows.append(row)
@@ -414,11 +416,12 @@ class RayPool(Backend):
         return alive
 
     def _submit(self, prompt: dict[str, Any], *, on_event: EventCallback | None, options: Mapping[str, Any],
-                index: int = 0, overrides: Any = None, on_done: Callable[[_Task], None] | None = None) -> _Task:
+                index: int = 0, overrides: Any = None, on_done: Callable[[_Task], None] | None = None,
+                stream: bool = True) -> _Task:
         holder: list[_Task] = []
         job = Job(str(uuid.uuid4()), callbacks=[on_event],
                   interrupt=lambda: self._cancel(holder[0], interrupt_running=True))
-        task = _Task(job, prompt, dict(options), models_of(prompt), index, overrides, on_done)
+        task = _Task(job, prompt, dict(options), models_of(prompt), index, overrides, on_done, stream)
         holder.append(task)
         with self._cond:
             if self._closed:
@@ -483,7 +486,7 @@ class RayPool(Backend):
         import ray
 
         try:
-            for ref in slot.actor.run.remote(task.prompt, task.options, task.job.prompt_id):
+            for ref in slot.actor.run.remote(task.prompt, task.options, task.job.prompt_id, task.stream):
                 kind, payload = ray.get(ref)
                 if kind == "event":
                     task.job.emit(payload)

@@ -6,6 +6,7 @@ import builtins
 import dataclasses
 import inspect
 import os
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -63,6 +64,7 @@ class PoolWorker:
         self.backend = factory(**dict(options))
         self.loads: Counter[str] = Counter()  # model name -> times a node loading it actually executed
         self.jobs = 0
+        self.busy_s = 0.0  # seconds spent inside the backend: wall time minus this is the pool's own cost
         try:  # a backend that takes prompt_id= (Engine does) reports under the pool's id from the start
             self._takes_prompt_id = "prompt_id" in inspect.signature(self.backend.submit).parameters
         except (TypeError, ValueError):
@@ -75,25 +77,32 @@ class PoolWorker:
         import ray
 
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
-                "gpu_ids": list(ray.get_gpu_ids()), "jobs": self.jobs, "loads": dict(self.loads)}
+                "gpu_ids": list(ray.get_gpu_ids()), "jobs": self.jobs, "loads": dict(self.loads),
+                "busy_s": self.busy_s}
 
-    def run(self, prompt: dict[str, Any], options: dict[str, Any], prompt_id: str) -> Iterator[tuple[str, Any]]:
-        """Run one prompt; yield ("event", Event)... then ("result", Result) or ("error", encoded error)."""
+    def run(self, prompt: dict[str, Any], options: dict[str, Any], prompt_id: str,
+            stream: bool = True) -> Iterator[tuple[str, Any]]:
+        """Run one prompt; yield ("event", Event)... (if ``stream``) then ("result", Result) or ("error", ...)."""
         def relabel(data: dict[str, Any]) -> dict[str, Any]:
             # the caller knows the job by the pool's prompt id, whatever id the backend chose
             return {**data, "prompt_id": prompt_id} if "prompt_id" in data else data
 
         self.jobs += 1
+        start = time.perf_counter()
         try:
             if self._takes_prompt_id:
                 options = {**options, "prompt_id": prompt_id}
             job = self.backend.submit(prompt, **options)
             for event in job:
-                yield "event", dataclasses.replace(event, data=relabel(event.data))
+                # each streamed item is a Ray object: skipping them when nobody listens saves a round trip each
+                if stream:
+                    yield "event", dataclasses.replace(event, data=relabel(event.data))
             result = job.result()
         except Exception as exc:  # sent back as data: exceptions with extra fields do not pickle faithfully
+            self.busy_s += time.perf_counter() - start
             yield "error", encode_error(exc)
             return
+        self.busy_s += time.perf_counter() - start
         for node_id in result.executed:
             inputs = prompt.get(node_id, {}).get("inputs", {})
             self.loads.update(v for k, v in inputs.items() if k in MODEL_INPUTS and isinstance(v, str))
