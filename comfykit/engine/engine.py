@@ -162,6 +162,13 @@ class Engine(Backend):
             raise ValidationError(format_validation_message(error, validated.node_errors), error,
                                   validated.node_errors)
         prompt_id = prompt_id or str(uuid.uuid4())
+        extra_data = dict(extra_data or {})
+        if "extra_pnginfo" not in extra_data and hasattr(workflow, "to_ui"):
+            # like ComfyUI's page: embed the UI graph so a saved PNG opens in ComfyUI
+            try:
+                extra_data["extra_pnginfo"] = {"workflow": workflow.to_ui()}
+            except Exception:  # noqa: BLE001 - metadata is a nicety, never a reason to fail a run
+                log.debug("could not export the UI workflow for PNG metadata", exc_info=True)
         job = Job(prompt_id, [on_event], interrupt=lambda: self._interrupt_job(prompt_id))
         self._ensure_worker()
         self._queue.put((job, prompt, extra_data, outputs))

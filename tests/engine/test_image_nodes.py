@@ -207,3 +207,16 @@ def test_bad_engine_options_are_clear(tmp_path):
         Engine(tmp_path, cache="fifo")
     with pytest.raises(ValueError, match="preview mode"):
         Engine(tmp_path, previews="fast")
+
+
+def test_workflow_objects_run_and_embed_their_ui_graph(engine):
+    from comfykit.graph import Workflow
+
+    put_image(engine, "w.png")
+    wf = Workflow()
+    image, _mask = wf.LoadImage(image="w.png")
+    wf.SaveImage(images=image, filename_prefix="dsl")
+    r = engine.run(wf)
+    assert r.ok and r.outputs
+    with Image.open(r.files[0]) as im:
+        assert "nodes" in json.loads(im.text["workflow"])
