@@ -347,6 +347,19 @@ class ComfyServer(Backend):
                                                        "node_errors": reply["node_errors"]}))
         return job
 
+    def run(self, workflow: Any, *, on_event: EventCallback | None = None, timeout: float | None = None,
+            **options: Any) -> Result:
+        """Run to the end and return the Result (raises its error); Ctrl-C also interrupts it on the server."""
+        job = self.submit(workflow, on_event=on_event, **options)
+        try:
+            return job.result(timeout)
+        except KeyboardInterrupt:  # a notebook's stop button must not leave the server busy for minutes
+            try:
+                job.interrupt()
+            except Exception:  # noqa: BLE001 - the user asked to stop; a dead server must not mask that
+                log.debug("interrupting %s after Ctrl-C failed", job.prompt_id, exc_info=True)
+            raise
+
     async def arun(self, workflow: Any, **options: Any) -> Result:
         """``await srv.arun(wf)``: run() in a worker thread so the event loop stays free."""
         loop = asyncio.get_running_loop()

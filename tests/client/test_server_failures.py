@@ -70,6 +70,24 @@ def test_interrupt_ends_the_run_and_the_server_goes_on(server, ckpt_name):
     assert server.run(txt2img(ckpt_name, steps=1, prefix="after"), timeout=60).ok
 
 
+def test_ctrl_c_in_run_also_stops_the_prompt_on_the_server(server, ckpt_name):
+    seen = []
+
+    def press_ctrl_c(event):
+        seen.append(event)
+        if event.type == "progress" and event.data["value"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # what a notebook's stop button does to the kernel
+
+    with pytest.raises(KeyboardInterrupt):
+        server.run(txt2img(ckpt_name, seed=11, steps=LONG, prefix="ctrlc"), on_event=press_ctrl_c, timeout=60)
+    prompt_id = seen[0].prompt_id
+    deadline = time.monotonic() + 60
+    while (item := server.history(prompt_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert item is not None, "the prompt kept running after Ctrl-C"
+    assert item["status"]["messages"][-1][0] == "execution_interrupted"
+
+
 def test_job_interrupt_of_a_pending_prompt(server, ckpt_name):
     running = server.submit(txt2img(ckpt_name, steps=LONG, prefix="blocker"))
     pending = server.submit(txt2img(ckpt_name, seed=2, steps=LONG, prefix="pending"))
