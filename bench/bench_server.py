@@ -1,8 +1,8 @@
 """How much the HTTP/WebSocket server adds on top of calling the engine directly.
 
 Runs a trivial model-free prompt (LoadImage -> ImageScale -> PreviewImage, a new width each time so it really
-runs) N times: directly through ``engine.execute``, then through POST /prompt + WebSocket "executing null" one at
-a time (latency), then N posted at once from 8 threads (throughput). Prints a table and appends it to
+runs) N times directly through ``engine.execute`` and N times through POST /prompt + WebSocket "executing null",
+interleaved one at a time (latency), then N posted at once from 8 threads (throughput). Prints a table and appends it to
 docs/benchmarks.md.
 
     python bench/bench_server.py [--n 200] [--no-write]
@@ -37,14 +37,12 @@ def prompt(width: int) -> dict:
             "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}
 
 
-def direct(engine, widths) -> list[float]:
-    times = []
-    for w in widths:
-        start = time.perf_counter()
-        result = engine.execute(prompt(w), prompt_id=str(uuid.uuid4()))
-        times.append(time.perf_counter() - start)
-        assert result.ok, result.error
-    return times
+def direct(engine, width: int) -> float:
+    start = time.perf_counter()
+    result = engine.execute(prompt(width), prompt_id=str(uuid.uuid4()))
+    elapsed = time.perf_counter() - start
+    assert result.ok, result.error
+    return elapsed
 
 
 class Client:
@@ -60,25 +58,27 @@ class Client:
         return json.loads(self.conn.getresponse().read() or b"{}")
 
 
-def http_latency(url: str, widths) -> list[float]:
-    client_id = uuid.uuid4().hex
-    ws = websocket.create_connection(url.replace("http://", "ws://") + f"/ws?clientId={client_id}", timeout=60)
-    ws.recv()  # the hello status
-    client = Client(url)
-    times = []
-    for w in widths:
+class Watcher:
+    """POST /prompt one at a time and wait for its ``executing {node: null}`` on the WebSocket."""
+
+    def __init__(self, url: str):
+        self.client_id = uuid.uuid4().hex
+        self.ws = websocket.create_connection(url.replace("http://", "ws://") + f"/ws?clientId={self.client_id}",
+                                              timeout=60)
+        self.ws.recv()  # the hello status
+        self.client = Client(url)
+
+    def run(self, width: int) -> float:
         start = time.perf_counter()
-        pid = client.call("POST", "/prompt", {"prompt": prompt(w), "client_id": client_id})["prompt_id"]
+        pid = self.client.call("POST", "/prompt", {"prompt": prompt(width), "client_id": self.client_id})
+        pid = pid["prompt_id"]
         while True:
-            raw = ws.recv()
+            raw = self.ws.recv()
             if isinstance(raw, str):
                 msg = json.loads(raw)
                 if msg["type"] == "executing" and msg["data"].get("node") is None \
                         and msg["data"].get("prompt_id") == pid:
-                    break
-        times.append(time.perf_counter() - start)
-    ws.close()
-    return times
+                    return time.perf_counter() - start
 
 
 def http_throughput(url: str, widths) -> float:
@@ -119,12 +119,18 @@ def main() -> None:
         Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "input" / "dot.png")
         engine = Engine(tmp_path / "models", output_dir=tmp_path / "output", input_dir=tmp_path / "input",
                         temp_dir=tmp_path / "temp", device="cpu")
-        direct(engine, range(8, 18))  # warm-up: imports, first LoadImage
-        direct_t = direct(engine, range(100, 100 + n))
         server = serve(engine, port=0)
         try:
-            http_latency(server.url, range(20, 30))  # warm-up: connections
-            http_t = http_latency(server.url, range(100 + n, 100 + 2 * n))
+            watcher = Watcher(server.url)
+            for w in range(8, 18):  # warm-up: imports, first LoadImage, connections
+                direct(engine, w)
+                watcher.run(w + 1000)
+            # Interleaved, so that both paths see the same background load on a shared machine.
+            direct_t, http_t = [], []
+            for w in range(100, 100 + 2 * n, 2):
+                direct_t.append(direct(engine, w))
+                http_t.append(watcher.run(w + 1))
+            watcher.ws.close()
             rate = http_throughput(server.url, range(100 + 2 * n, 100 + 3 * n))
         finally:
             server.stop()

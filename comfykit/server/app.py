@@ -81,7 +81,11 @@ class ServerState:
                                   {"type": "invalid_prompt", "message": "Prompt must be a JSON object",
                                    "details": f"got {type(prompt).__name__}", "extra_info": {}})
         valid = self.engine.validate(prompt, partial_targets)
-        self.queue.put([number, prompt_id, valid.prompt, dict(extra_data or {}), list(valid.outputs)])
+        item = [number, prompt_id, valid.prompt, dict(extra_data or {}), list(valid.outputs)]
+        # Queue it right after this handler's response is written: once the worker wakes it holds the GIL for
+        # milliseconds at a time, and the answer would wait for it. Later requests still see the item, since
+        # this callback runs before the loop reads another request.
+        asyncio.get_running_loop().call_soon(self.queue.put, item)
         return {"prompt_id": prompt_id, "number": number, "node_errors": valid.node_errors}
 
 

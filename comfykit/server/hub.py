@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import json
 import logging
 import struct
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -70,6 +72,9 @@ class Hub:
         self._queue_remaining = queue_remaining
         self._executing_for = executing_for  # sid -> last executing node id (or a sentinel) of its prompt
         self.clients: dict[str, _Client] = {}
+        self._lock = threading.Lock()
+        self._pending: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
+        self._scheduled = False
 
     # -- thread-safe senders ------------------------------------------------------------------------------
     def send(self, type_: str, data: dict[str, Any], sid: str | None = None) -> None:
@@ -100,12 +105,28 @@ class Hub:
         except RuntimeError:
             running = None
         if running is self.loop:
+            self._flush()  # whatever other threads sent earlier goes out first
             fn(*args)
-        else:
-            try:
-                self.loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # the loop closed between the check and the call: the server is stopping
-                pass
+            return
+        # Messages from the worker are batched: one wake-up of the loop per burst rather than per message, which
+        # matters because every wake-up has to win the GIL back from the running prompt.
+        with self._lock:
+            self._pending.append((fn, args))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:  # the loop closed between the check and the call: the server is stopping
+            pass
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch = list(self._pending)
+            self._pending.clear()
+            self._scheduled = False
+        for fn, args in batch:
+            fn(*args)
 
     def _deliver(self, legacy: list[tuple[str, Any]], modern: list[tuple[str, Any]], sid: str | None) -> None:
         targets = list(self.clients.values()) if sid is None else [c for c in [self.clients.get(sid)] if c]
