@@ -85,7 +85,7 @@ def build_result(server: ComfyServer, run: RunState, item: dict[str, Any] | None
         refs = [r for r in (ui or {}).get("images") or [] if isinstance(r, dict) and r.get("filename")]
         if not refs:
             continue
-        if getattr(run, "fetch_images", True):
+        if run.fetch_images:
             images_by_node[node] = [server.view(r["filename"], r.get("subfolder", ""), r.get("type", "output"))
                                     for r in refs]
         if server.output_dir is not None:

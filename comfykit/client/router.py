@@ -25,10 +25,11 @@ _MAX_ORPHANS = 32  # prompt ids whose messages we keep until their run registers
 class RunState:
     """What one prompt has reported so far: events, executed/cached nodes, timings, outputs, the end."""
 
-    def __init__(self, prompt_id: str, prompt: dict[str, Any], job: Job):
+    def __init__(self, prompt_id: str, prompt: dict[str, Any], job: Job, *, fetch_images: bool = True):
         self.prompt_id = prompt_id
         self.prompt = prompt
         self.job = job
+        self.fetch_images = fetch_images
         self.events: list[Event] = []
         self.executed: list[str] = []
         self.cached: list[str] = []

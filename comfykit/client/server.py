@@ -324,8 +324,7 @@ class ComfyServer(Backend):
         if front:
             body["front"] = True
         job = Job(prompt_id, [on_event], interrupt=lambda: self._cancel(prompt_id))
-        run = RunState(prompt_id, prompt, job)
-        run.fetch_images = fetch_images  # type: ignore[attr-defined]
+        run = RunState(prompt_id, prompt, job, fetch_images=fetch_images)
         self._router.register(run)  # before the POST: the first events can beat its answer
         try:
             answer = self._request("POST", "/prompt", json=body)
@@ -413,11 +412,14 @@ class ComfyServer(Backend):
 
     def _history_when_written(self, run: RunState) -> dict[str, Any] | None:
         for _ in range(10):
-            item = self.history(run.prompt_id)
+            try:
+                item = self.history(run.prompt_id)
+            except ServerError:
+                break
             if item is not None:
                 return item
             time.sleep(0.1)
-        return None  # a server without history: the events are all we have
+        return None  # no history (an old or minimal server): the events are all we have
 
     def _fail(self, run: RunState, error: Exception) -> None:
         if not run.claim():
