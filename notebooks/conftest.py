@@ -11,7 +11,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # The kernels inherit this process's environment: offline, `hub.ensure_checkpoint` makes the demo checkpoint
     # at once instead of trying a 2 GB download. HF_HUB_OFFLINE=0 in the environment tests the real download.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")  # no GUI backend in CI; figures still render inline
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars go to stderr and only add noise to CI logs
 
 
