@@ -236,14 +236,14 @@ class Executor:
                 continue
             inputs: dict[str, Any] = {}
             try:
-                if self.interrupt_flag.is_set():
-                    raise Interrupted()
                 cls = self._cls(prompt, node_id)
                 for name, value in prompt[node_id].get("inputs", {}).items():
                     inputs[name] = self.outputs.get(value[0])[value[1]] if is_link(value) else value
                 for name, kind in getattr(cls, "HIDDEN", {}).items():
                     inputs[name] = node_id if kind == "UNIQUE_ID" else hidden.get(kind)
                 emit(Event(EXECUTING, {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}))
+                if self.interrupt_flag.is_set():  # ComfyUI checks right before calling the node
+                    raise Interrupted()
                 obj = self.objects.get(node_id, class_type, lambda cls=cls: self.make_node(cls))
                 obj.ctx = RunContext(self, prompt_id, node_id, emit)
                 start = time.perf_counter()

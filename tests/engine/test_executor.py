@@ -258,3 +258,18 @@ def test_progress_events_have_comfyui_shape(ex):
     r = ex.execute(g, "p")
     prog = [e.data for e in r.events if e.type == "progress"]
     assert prog == [{"value": i, "max": 3, "prompt_id": "p", "node": "1"} for i in (1, 2, 3)]
+
+
+def test_interrupt_between_nodes_names_the_next_node(ex):
+    class Stopper(Const):
+        def run(self, value):
+            ex.interrupt_flag.set()  # as if interrupt() arrived while this node ran
+            return (value,)
+
+    ex.nodes = {**NODES, "Stopper": Stopper}
+    g = {"1": {"class_type": "Stopper", "inputs": {"value": 1}},
+         "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    r = ex.execute(g, "p")
+    assert [e.type for e in r.events][-2:] == ["executing", "execution_interrupted"]
+    assert r.events[-1].data["node_id"] == "2" and r.events[-1].data["executed"] == ["1"]
+    assert r.executed == ["1"] and CALLS == []
