@@ -37,6 +37,8 @@ def test_messages_match_comfyui_transcript(engine, ckpt_name, reference_dir):
     assert first.ok, first.error
     assert [e.type for e in first.events] == golden_types(runs["t2i_0"])
     assert first.executed == runs["t2i_0"]["executed_nodes"] == ["4", "5", "7", "6", "3", "8", "9"]
+    history = runs["t2i_0"]["history"][runs["t2i_0"]["prompt_id"]]
+    assert first.outputs == history["outputs"]  # {"9": {"images": [{"filename": "tiny_t2i_00001_.png", ...}]}}
     golden_progress = [m["data"] for m in runs["t2i_0"]["messages"] if m["type"] == "progress"]
     ours = [e.data for e in first.events if e.type == "progress"]
     assert [(d["value"], d["max"], d["node"]) for d in ours] == \
