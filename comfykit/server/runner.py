@@ -103,7 +103,7 @@ async def _start(app: Any, hosts: list[str], port: int) -> tuple[Any, int]:
     except OSError as exc:
         await runner.cleanup()
         raise ServerError(f"cannot listen on {', '.join(hosts)} port {port}: {exc.strerror or exc}; "
-                          "pick another --port (0 picks a free one)") from exc
+                          "pick another port (port=0, or --port 0, picks a free one)") from exc
     return runner, port
 
 

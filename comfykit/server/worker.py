@@ -88,11 +88,14 @@ class Worker:
         client_id = extra_data.get("client_id")
         self.current, self.last_node = (prompt_id, client_id), None
         messages: list[list[Any]] = []
+        progress = _ProgressState(prompt_id, lambda data: self._send_state(data, client_id))
 
         def on_event(event: Event) -> None:
             if event.type in _RECORDED:
                 messages.append([event.type, event.data])
+            progress.before(event)
             self._forward(event, client_id)
+            progress.after(event)
 
         result = None
         try:
@@ -120,6 +123,11 @@ class Worker:
         if self.on_done is not None:
             self.on_done(prompt_id, history)
 
+    def _send_state(self, data: dict[str, Any], client_id: str | None) -> None:
+        # Like progress, ComfyUI broadcasts it when the prompt has no client id.
+        if self.hub.has_listeners(client_id):
+            self.hub.send("progress_state", data, client_id)
+
     def _forward(self, event: Event, client_id: str | None) -> None:
         if event.type == "executing":
             self.last_node = event.data.get("node")
@@ -141,6 +149,51 @@ class Worker:
             self.hub.send(event.type, event.data, client_id)  # broadcast when no client id, as ComfyUI
         elif client_id is not None:
             self.hub.send(event.type, event.data, client_id)
+
+
+class _ProgressState:
+    """ComfyUI's ``progress_state`` messages (every node started so far: value, max, running/finished/error)."""
+
+    def __init__(self, prompt_id: str, send: Callable[[dict[str, Any]], None]):
+        self.prompt_id = prompt_id
+        self.send = send
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.running: str | None = None
+
+    def _set(self, node: str, value: float, maximum: float, state: str) -> None:
+        self.nodes[node] = {"value": value, "max": maximum, "state": state, "node_id": node,
+                            "prompt_id": self.prompt_id, "display_node_id": node, "parent_node_id": None,
+                            "real_node_id": node}
+        self.send({"prompt_id": self.prompt_id, "nodes": self.nodes})
+
+    def _finish_running(self) -> None:
+        if self.running is not None:
+            entry = self.nodes[self.running]
+            self._set(self.running, entry["max"], entry["max"], "finished")
+            self.running = None
+
+    def before(self, event: Event) -> None:
+        """Called before ``event`` is forwarded (ComfyUI sends the state first for these)."""
+        node = event.data.get("node")
+        if event.type == "executing" and node is not None:
+            self._finish_running()
+            self.running = str(node)
+            self._set(self.running, 0.0, 1.0, "running")
+        elif event.type == "progress" and node is not None:
+            self._set(str(node), event.data.get("value", 0), event.data.get("max", 1), "running")
+        elif event.type == "execution_success":
+            self._finish_running()
+        elif event.type in ("execution_error", "execution_interrupted"):
+            self.running = None  # ComfyUI sends no state for the failed node
+
+    def after(self, event: Event) -> None:
+        """Called after ``event`` is forwarded: an output node's ``executed`` finishes it."""
+        if event.type == "executed":
+            node = str(event.data.get("node"))
+            if node == self.running:
+                self._finish_running()
+            elif node not in self.nodes:  # a cached output replayed
+                self._set(node, 1, 1, "finished")
 
 
 def _error_data(prompt_id: str, exc: BaseException, exc_type: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 
 import pytest
@@ -17,12 +18,8 @@ def _types(frames):
 
 
 def _shape(types):
-    """Message types with progress_state (not sent by comfykit) dropped and runs of progress collapsed."""
-    out = []
-    for t in types:
-        if t != "progress_state" and not (t == "progress" and out and out[-1] == "progress"):
-            out.append(t)
-    return out
+    """Message types with the per-step (progress_state, progress) pairs collapsed: step counts differ."""
+    return re.sub(r"(progress_state,progress,)+", "progress_state,progress,", ",".join(types) + ",").split(",")
 
 
 def _reference_run(reference_dir, label):
@@ -54,6 +51,12 @@ def test_text_to_image_message_order_history_and_view(server, demo_ckpt, referen
     assert executing == ["4", "5", "7", "6", "3", "8", "9", None]
     progress = [m["data"] for m in msgs if m["type"] == "progress"]
     assert [(p["value"], p["max"], p["node"]) for p in progress] == [(1, 2, "3"), (2, 2, "3")]
+    states = [m["data"] for m in msgs if m["type"] == "progress_state"]
+    final = states[-1]["nodes"]
+    ref_state = next(m["data"] for m in reversed(_reference_run(reference_dir, "t2i_0")["messages"])
+                     if m["type"] == "progress_state")
+    assert set(final) == set(ref_state["nodes"]) and all(n["state"] == "finished" for n in final.values())
+    assert set(final["3"]) == set(ref_state["nodes"]["3"]) and final["3"]["max"] == 2
     executed = [m["data"] for m in msgs if m["type"] == "executed"]
     assert len(executed) == 1 and executed[0]["node"] == "9"
     image_ref = executed[0]["output"]["images"][0]
@@ -105,7 +108,7 @@ def test_previews_in_both_binary_formats_when_broadcast(server, demo_ckpt):
     legacy.close()
     modern.close()
     for frames in (got_legacy, got_modern):  # no execution messages without a client id, only progress
-        assert set(_types(frames)) == {"status", "progress"}
+        assert set(_types(frames)) == {"status", "progress_state", "progress"}
 
     # legacy: progress JSON, then >I 1, >I 1 (JPEG), image
     kinds = [k if k == "binary" else v["type"] for k, v in got_legacy if k == "binary" or v["type"] == "progress"]
