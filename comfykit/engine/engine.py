@@ -138,7 +138,9 @@ class Engine(Backend):
                     self._cancelled.discard(prompt_id)
                     self._executor.interrupt_flag.set()
             try:
-                with torch.inference_mode():
+                # no_grad, not ComfyUI's inference_mode: models loaded here and the tensors the nodes return
+                # stay usable (and patchable in place) by notebook code running outside the engine
+                with torch.no_grad():
                     return self._executor.execute(validated.prompt, prompt_id, outputs=targets,
                                                   extra_data=extra_data or {}, on_event=on_event,
                                                   clear_interrupt=False)
