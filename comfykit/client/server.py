@@ -150,6 +150,8 @@ class ComfyServer(Backend):
         ``cmd`` is a command line of your own; ``{port}``/``{host}`` in it are substituted, else ``--port P`` is
         appended. The log goes to ``log_file`` (a temp file by default); a failed start raises ServerError
         with its tail. Stop the server with ``stop()``, a ``with`` block, or at interpreter exit.
+        On a CPU-only torch ComfyUI needs ``args=["--cpu"]``; add ``"--preview-method", "auto"`` for step
+        previews (ComfyUI's default is none).
         """
         if any(str(a) == "--port" or str(a).startswith("--port=") for a in args):
             raise ValueError("pass the port as launch(port=...), not in args")
