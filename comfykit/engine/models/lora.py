@@ -16,6 +16,10 @@ from .diffusion import DiffusionModel, shared_copy
 from .text_encoder import TextEncoder
 
 
+_TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder")
+_UNET_PREFIXES = ("lora_unet_", "unet.", "diffusion_model.", "model.diffusion_model.")
+
+
 def _weighted(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Conv2d))
 
@@ -113,6 +117,10 @@ def load_lora(model: DiffusionModel | None, clip: TextEncoder | None, path: str 
             clip_name, module_path = c_targets[name]
             _check_shape(clip.clips[clip_name].get_submodule(module_path).weight, parts, name, path)
             clip_patches.setdefault(clip_name, {}).setdefault(module_path, []).append((name, parts))
+        elif clip is None and name.startswith(_TEXT_ENCODER_PREFIXES):
+            continue  # LoraLoaderModelOnly: the text-encoder half of the file is not asked for
+        elif model is None and name.startswith(_UNET_PREFIXES):
+            continue
         else:
             unmatched.append(name)
     if not unet_patches and not clip_patches:
