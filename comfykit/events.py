@@ -7,8 +7,9 @@ A ``progress`` event may carry ``preview``, a PIL image of the current denoised 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 EXECUTION_START = "execution_start"
 EXECUTION_CACHED = "execution_cached"
