@@ -15,7 +15,6 @@ from .checkpoint import read_state_dict
 from .diffusion import DiffusionModel, shared_copy
 from .text_encoder import TextEncoder
 
-
 _TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder")
 _UNET_PREFIXES = ("lora_unet_", "unet.", "diffusion_model.", "model.diffusion_model.")
 
