@@ -17,7 +17,7 @@ import pytest
 from comfykit.errors import ComfykitError, ExecutionError, ServerError, ValidationError
 from comfykit.events import Event
 from comfykit.job import Backend, Job
-from comfykit.pool import PoolResult, apply_overrides, models_of, pick_task
+from comfykit.pool import PoolResult, apply_overrides, gpu_share, models_of, pick_task
 from comfykit.result import Result
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,6 +75,12 @@ def test_routing_prefers_a_worker_that_holds_the_model():
     assert pick_task(pending, frozenset({"c"}), [frozenset({"a"})]) == 1  # leave 'a' jobs to the 'a' worker
     assert pick_task([T("a")], frozenset({"c"}), [frozenset({"a"})]) == 0  # but never idle
     assert pick_task([], frozenset(), []) is None
+
+
+def test_gpus_per_worker_never_blocks_a_machine_without_gpus():
+    assert gpu_share(None, 0, 4) == 0 and gpu_share(1, 0, 4) == 0  # CPU-only: run anyway
+    assert gpu_share(None, 2, 4) == 0.5 and gpu_share(None, 8, 4) == 1.0
+    assert gpu_share(0.25, 1, 4) == 0.25
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,6 +275,10 @@ def test_bad_pool_arguments_are_refused(ray_cluster):
         RayPool(workers=1, backend=FakeBackend())
     with pytest.raises(TypeError, match="either servers"):
         RayPool(servers=["http://x:8188"], backend=FakeBackend)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        RayPool(workers=0, backend=FakeBackend)
+    with pytest.raises(ValueError, match="servers=\\[\\] is empty"):
+        RayPool(servers=[])
     with pytest.raises(ComfykitError, match="failed to start"):
         RayPool(workers=1, backend=FakeBackend, cpus_per_worker=0, no_such_option=1)
 
@@ -364,6 +374,8 @@ def test_engine_pool_forwards_progress_events_and_works_with_sweep(engine_pool, 
 
     wf, sampler = txt2img(demo_ckpt)
     sampler.seed = 2
+    engine_pool.free()  # a worker may hold seed 2's outputs in its cache from the test before: drop them
+    assert all(row["loaded"] == [] for row in engine_pool.stats())
     job = engine_pool.submit(wf)
     events = list(job)
     types = [e.type for e in events]

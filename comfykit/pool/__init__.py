@@ -30,8 +30,8 @@ from ..result import Result
 from .prompts import MODEL_INPUTS, apply_overrides, models_of, to_prompt
 from .worker import PoolWorker, _connect_server, _default_engine, decode_error
 
-__all__ = ["RayPool", "PoolResult", "PoolWorker", "MODEL_INPUTS", "apply_overrides", "models_of", "pick_task",
-           "to_prompt"]
+__all__ = ["RayPool", "PoolResult", "PoolWorker", "MODEL_INPUTS", "apply_overrides", "gpu_share", "models_of",
+           "pick_task", "to_prompt"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,20 @@ def pick_task(pending: Sequence[Any], loaded: frozenset[str], others_loaded: Seq
             return i
     return 0
 
+
+
+def gpu_share(requested: float | None, available: float, workers: int) -> float:
+    """GPUs each worker asks Ray for: ``requested``, or a fair share (at most 1); 0 when the cluster has none."""
+    if available <= 0:
+        if requested:
+            log.warning("gpus_per_worker=%s but the Ray cluster has no GPU: workers run on the CPU", requested)
+        return 0
+    if requested is None:
+        return min(1.0, available / workers)
+    if requested * workers > available:
+        log.warning("%d workers x %s GPUs exceed the cluster's %s GPUs: the pool waits startup_timeout for more",
+                    workers, requested, available)
+    return requested
 
 
 def _error_event(prompt_id: str, exc: BaseException) -> Event:
@@ -160,6 +174,10 @@ class RayPool(Backend):
             raise TypeError(f"backend must be a class or factory such as ck.Engine, got {backend!r}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if servers is not None and not list(servers):
+            raise ValueError("servers=[] is empty: give at least one ComfyUI URL such as 'http://127.0.0.1:8188'")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.max_retries = max_retries
         self._cond = threading.Condition()
         self._pending: list[_Task] = []
@@ -181,18 +199,14 @@ class RayPool(Backend):
         gpus_total = float(ray.cluster_resources().get("GPU", 0))
         if servers is not None:
             urls = [str(u).rstrip("/") for u in servers]
-            if not urls:
-                raise ValueError("servers=[] is empty: give at least one ComfyUI URL such as 'http://127.0.0.1:8188'")
             specs = [(f"server-{i}:{u}", _connect_server, {"url": u}) for i, u in enumerate(urls)]
             # a server worker only forwards HTTP: it needs neither a CPU slot nor a GPU of the Ray cluster
             resources = {"num_cpus": 0, "num_gpus": 0}
         else:
-            count = workers if workers is not None else max(1, int(gpus_total))
-            if count < 1:
-                raise ValueError(f"workers must be >= 1, got {count}")
+            count = workers if workers is not None else max(1, int(gpus_total))  # default: one per GPU
             factory = backend or _default_engine
             specs = [(f"worker-{i}", factory, backend_options) for i in range(count)]
-            resources = {"num_cpus": cpus_per_worker, "num_gpus": self._gpus(gpus_per_worker, gpus_total, count)}
+            resources = {"num_cpus": cpus_per_worker, "num_gpus": gpu_share(gpus_per_worker, gpus_total, count)}
         self.gpus_per_worker = resources["num_gpus"]
         # max_concurrency > 1 lets interrupt()/info() reach a worker while it runs a job
         actor_cls = ray.remote(max_concurrency=4, **resources)(PoolWorker)
@@ -202,19 +216,6 @@ class RayPool(Backend):
             slot.thread = threading.Thread(target=self._serve, args=(slot,), name=f"comfykit-pool-{slot.name}",
                                            daemon=True)
             slot.thread.start()
-
-    @staticmethod
-    def _gpus(requested: float | None, available: float, count: int) -> float:
-        if available <= 0:
-            if requested:
-                log.warning("gpus_per_worker=%s but the Ray cluster has no GPU: workers run on the CPU", requested)
-            return 0
-        if requested is None:
-            return min(1.0, available / count)
-        if requested * count > available:
-            log.warning("%d workers x %s GPUs exceed the cluster's %s GPUs: some workers will wait for one",
-                        count, requested, available)
-        return requested
 
     def _wait_ready(self, ray: Any, timeout: float, resources: Mapping[str, Any]) -> None:
         refs = {slot.actor.info.remote(): slot for slot in self._slots}
@@ -485,8 +486,9 @@ class RayPool(Backend):
     def _run_on(self, slot: _Slot, task: _Task) -> None:
         import ray
 
+        call = slot.actor.run.options(num_returns="streaming")  # explicit: older Ray needs it for generators
         try:
-            for ref in slot.actor.run.remote(task.prompt, task.options, task.job.prompt_id, task.stream):
+            for ref in call.remote(task.prompt, task.options, task.job.prompt_id, task.stream):
                 kind, payload = ray.get(ref)
                 if kind == "event":
                     task.job.emit(payload)
@@ -506,7 +508,7 @@ class RayPool(Backend):
                     return
             self._finish(task, None, ComfykitError(f"worker {slot.name} ended the job without a result"))
         except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError,
-                ray.exceptions.ActorUnavailableError) as exc:
+                getattr(ray.exceptions, "ActorUnavailableError", ray.exceptions.RayActorError)) as exc:
             self._worker_lost(slot, task, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
         except ray.exceptions.RayTaskError as exc:
             self._finish(task, None, ComfykitError(f"worker {slot.name} raised: {exc}"))
