@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# what the notebooks write (models, images, logs) is not a test
+collect_ignore = ["_out"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # The kernels inherit this process's environment: offline, `hub.ensure_checkpoint` makes the demo checkpoint
