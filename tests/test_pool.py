@@ -234,13 +234,18 @@ def test_jobs_sharing_a_checkpoint_stay_on_the_worker_that_loaded_it(fake_pool):
     assert new_loads <= 4
 
 
-def test_interrupt_stops_the_whole_pool(fake_pool):
-    jobs = [fake_pool.submit(api_prompt(seed=s, delay=0.2)) for s in range(6)]
-    next(iter(jobs[0]))  # wait until something runs
-    fake_pool.interrupt()
+def test_interrupt_stops_one_job_or_the_whole_pool(fake_pool):
     from comfykit.errors import InterruptedError
 
-    for job in jobs:
+    jobs = [fake_pool.submit(api_prompt(seed=s, delay=0.5)) for s in range(5)]
+    next(iter(jobs[0]))  # wait until something runs
+    jobs[0].interrupt()  # running: stopped on its worker
+    jobs[4].interrupt()  # queued: never starts
+    for job in (jobs[0], jobs[4]):
+        with pytest.raises(InterruptedError):
+            job.result(timeout=60)
+    fake_pool.interrupt()
+    for job in jobs[1:4]:
         with pytest.raises(InterruptedError):
             job.result(timeout=60)
     assert fake_pool.run(api_prompt(seed=1)).ok  # the pool keeps working afterwards

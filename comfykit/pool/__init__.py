@@ -242,11 +242,11 @@ class RayPool(Backend):
         """Stop the whole pool: cancel every queued job and interrupt every running one."""
         with self._cond:
             cancelled, self._pending = self._pending, []
-            slots = [s for s in self._slots if s.alive and s.task is not None]
+            running = [(s.actor, s.task.job.prompt_id) for s in self._slots if s.alive and s.task is not None]
         for task in cancelled:
             self._finish_cancelled(task)
-        for slot in slots:
-            slot.actor.interrupt.remote()
+        for actor, prompt_id in running:
+            actor.interrupt.remote(prompt_id)  # by id: a job that is only just starting is stopped too
 
     def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
         """Ask every worker to drop its caches and models."""
@@ -437,7 +437,7 @@ class RayPool(Backend):
             if task.state == "pending" and task in self._pending:
                 self._pending.remove(task)
             elif task.state == "running" and interrupt_running and task.slot is not None:
-                task.slot.actor.interrupt.remote()
+                task.slot.actor.interrupt.remote(task.job.prompt_id)
                 return
             else:
                 return

@@ -6,9 +6,10 @@ import builtins
 import dataclasses
 import inspect
 import os
+import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -65,6 +66,11 @@ class PoolWorker:
         self.loads: Counter[str] = Counter()  # model name -> times a node loading it actually executed
         self.jobs = 0
         self.busy_s = 0.0  # seconds spent inside the backend: wall time minus this is the pool's own cost
+        # per-job interrupts: one may arrive before its job reaches run(); remember it until then
+        self._lock = threading.Lock()
+        self._running: dict[str, Any] = {}
+        self._stop: set[str] = set()
+        self._finished: deque[str] = deque(maxlen=256)
         try:  # a backend that takes prompt_id= (Engine does) reports under the pool's id from the start
             self._takes_prompt_id = "prompt_id" in inspect.signature(self.backend.submit).parameters
         except (TypeError, ValueError):
@@ -90,9 +96,18 @@ class PoolWorker:
         self.jobs += 1
         start = time.perf_counter()
         try:
+            with self._lock:
+                if prompt_id in self._stop:
+                    raise InterruptedError({"prompt_id": prompt_id, "node_id": None, "node_type": None,
+                                            "executed": []})
             if self._takes_prompt_id:
                 options = {**options, "prompt_id": prompt_id}
             job = self.backend.submit(prompt, **options)
+            with self._lock:
+                self._running[prompt_id] = job
+                stop = prompt_id in self._stop
+            if stop:
+                job.interrupt()
             for event in job:
                 # each streamed item is a Ray object: skipping them when nobody listens saves a round trip each
                 if stream:
@@ -102,6 +117,11 @@ class PoolWorker:
             self.busy_s += time.perf_counter() - start
             yield "error", encode_error(exc)
             return
+        finally:
+            with self._lock:
+                self._running.pop(prompt_id, None)
+                self._stop.discard(prompt_id)
+                self._finished.append(prompt_id)
         self.busy_s += time.perf_counter() - start
         for node_id in result.executed:
             inputs = prompt.get(node_id, {}).get("inputs", {})
@@ -111,8 +131,17 @@ class PoolWorker:
         error, result.error = result.error, None
         yield "result", (result, encode_error(error) if error is not None else None)
 
-    def interrupt(self) -> None:
-        self.backend.interrupt()
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """Stop the job ``prompt_id`` (even if it has not started yet), or whatever runs now."""
+        if prompt_id is None:
+            self.backend.interrupt()
+            return
+        with self._lock:
+            job = self._running.get(prompt_id)
+            if job is None and prompt_id not in self._finished:
+                self._stop.add(prompt_id)
+        if job is not None:
+            job.interrupt()
 
     def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
         self.backend.free(unload_models=unload_models, free_memory=free_memory)
