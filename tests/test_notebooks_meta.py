@@ -60,8 +60,9 @@ def test_outputs_are_stripped(path):
             assert all(o["output_type"] == "stream" for o in cell["outputs"]), \
                 f"{path.name} code cell {i}: expected outputs must be plain printed text (no images, no reprs)"
             continue
-        assert cell["outputs"] == [], f"{path.name} code cell {i} has stored outputs; run python notebooks/strip_outputs.py"
-        assert cell["execution_count"] is None, f"{path.name} code cell {i} has an execution_count; run python notebooks/strip_outputs.py"
+        fix = "run python notebooks/strip_outputs.py"
+        assert cell["outputs"] == [], f"{path.name} code cell {i} has stored outputs; {fix}"
+        assert cell["execution_count"] is None, f"{path.name} code cell {i} has an execution_count; {fix}"
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
