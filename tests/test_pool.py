@@ -222,6 +222,13 @@ def test_a_bad_workflow_fails_alone(fake_pool):
     with pytest.raises(ValidationError):
         list(fake_pool.map(prompts[:2], progress=False))
 
+    import comfykit as ck
+
+    unfinished = ck.Workflow()
+    unfinished.PreviewImage()  # its required 'images' input is missing: the graph layer refuses to compile it
+    got = {r.index: r for r in fake_pool.map([prompts[0], unfinished], return_exceptions=True, progress=False)}
+    assert got[0].ok and isinstance(got[1].error, ValidationError) and "images" in str(got[1].error)
+
 
 def test_jobs_sharing_a_checkpoint_stay_on_the_worker_that_loaded_it(fake_pool):
     prompts = [api_prompt(seed=s, ckpt="a.safetensors" if s % 2 else "b.safetensors", delay=0.01)

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ..errors import ComfykitError, InterruptedError, ServerError
+from ..errors import ComfykitError, InterruptedError, ServerError, ValidationError
 from ..events import EXECUTION_ERROR, EXECUTION_INTERRUPTED, Event, EventCallback
 from ..job import Backend, Job
 from ..result import Result
@@ -252,11 +252,12 @@ class RayPool(Backend):
         """Ask every worker to drop its caches and models."""
         import ray
 
-        alive = [s for s in self._slots if s.alive]
-        ray.get([s.actor.free.remote(unload_models, free_memory) for s in alive])
-        if unload_models:
-            for slot in alive:
-                slot.loaded = frozenset()
+        for slot in [s for s in self._slots if s.alive]:
+            try:
+                ray.get(slot.actor.free.remote(unload_models, free_memory))
+            except ray.exceptions.RayActorError:
+                continue  # died meanwhile: its driver thread retires it with its next job
+            slot.loaded = frozenset()
 
     def object_info(self) -> dict[str, Any]:
         """The node schemas of the first live worker's backend (workers are assumed alike)."""
@@ -275,13 +276,27 @@ class RayPool(Backend):
         A failed job raises its error when reached unless ``return_exceptions=True``, which yields it as
         ``PoolResult.error`` instead. Leaving the loop early cancels the jobs that have not started.
         """
-        prompts = [to_prompt(wf) for wf in workflows]
-        tags = list(overrides) if overrides is not None else [None] * len(prompts)
-        if len(tags) != len(prompts):
-            raise ValueError(f"{len(prompts)} workflows but {len(tags)} overrides")
+        workflows = list(workflows)
+        tags = list(overrides) if overrides is not None else [None] * len(workflows)
+        if len(tags) != len(workflows):
+            raise ValueError(f"{len(workflows)} workflows but {len(tags)} overrides")
         done: queue.Queue[_Task] = queue.Queue()
-        tasks = [self._submit(p, on_event=on_event, options=options, index=i, overrides=tags[i], on_done=done.put,
-                              stream=on_event is not None) for i, p in enumerate(prompts)]
+        tasks: list[_Task] = []
+        try:
+            for i, wf in enumerate(workflows):
+                try:
+                    prompt = to_prompt(wf)
+                except ValidationError as exc:  # an invalid Workflow fails as its own job, not the whole batch
+                    task = _Task(Job(str(uuid.uuid4())), {}, {}, frozenset(), i, tags[i], done.put)
+                    tasks.append(task)
+                    self._finish(task, None, exc)
+                    continue
+                tasks.append(self._submit(prompt, on_event=on_event, options=options, index=i, overrides=tags[i],
+                                          on_done=done.put, stream=on_event is not None))
+        except BaseException:
+            for task in tasks:
+                self._cancel(task)
+            raise
         return self._collect(tasks, done, return_exceptions, ordered, progress)
 
     def run_many(self, workflow: Any, overrides: Sequence[Mapping[Any, Any]], **kwargs: Any) -> Iterator[PoolResult]:
