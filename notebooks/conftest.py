@@ -1,4 +1,4 @@
-"""nbval settings for the example notebooks: model cells stay offline, and volatile outputs are not compared."""
+"""nbval settings for the example notebooks: model cells stay offline; volatile outputs are not compared."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ collect_ignore = ["_out"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # The kernels inherit this process's environment: offline, `hub.ensure_checkpoint` makes the demo checkpoint
-    # at once instead of trying a 2 GB download. HF_HUB_OFFLINE=0 in the environment tests the real download.
+    # The kernels inherit this process's environment: offline, `hub.ensure_checkpoint` makes the demo
+    # checkpoint at once instead of trying a 2 GB download. HF_HUB_OFFLINE=0 in the environment tests the
+    # real download.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars go to stderr and only add noise to CI logs
 
 
 def pytest_collectstart(collector: pytest.Collector) -> None:
-    # Widget views, HTML tables and stderr (warnings, progress) differ between runs; text/plain is still checked
-    # in the cells marked NBVAL_CHECK_OUTPUT.
+    # Widget views, HTML tables and stderr (warnings, progress) differ between runs; text/plain is still
+    # checked in the cells marked NBVAL_CHECK_OUTPUT.
     path = getattr(collector, "path", None)
     if path is not None and path.suffix == ".ipynb" and hasattr(collector, "skip_compare"):
         collector.skip_compare = (*collector.skip_compare, "text/html", "application/javascript", "stderr",

@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def strip(path: Path) -> bool:
-    """Remove outputs and execution counts, except the printed text nbval compares; True when the file changed."""
+    """Remove outputs and execution counts, except the text nbval compares; True when the file changed."""
     before = path.read_text(encoding="utf-8")
     nb = json.loads(before)
     for cell in nb["cells"]:
@@ -23,7 +23,8 @@ def strip(path: Path) -> bool:
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         if "# NBVAL_CHECK_OUTPUT" in source:
             # nbval compares only cells stored as executed, so these keep a count and their printed text
-            cell["outputs"] = [o for o in cell["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"]
+            cell["outputs"] = [o for o in cell["outputs"]
+                               if o["output_type"] == "stream" and o["name"] == "stdout"]
             cell["execution_count"] = 1
         else:
             cell["outputs"], cell["execution_count"] = [], None
@@ -39,6 +40,7 @@ def strip(path: Path) -> bool:
 
 
 if __name__ == "__main__":
-    paths = [HERE / a if not Path(a).exists() else Path(a) for a in sys.argv[1:]] or sorted(HERE.glob("*.ipynb"))
+    paths = [Path(a) if Path(a).exists() else HERE / a for a in sys.argv[1:]]
+    paths = paths or sorted(HERE.glob("*.ipynb"))
     for p in paths:
         print(("stripped " if strip(p) else "clean    ") + p.name)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-EXPECTED = ["01_quickstart", "02_prompt_box", "03_server_backend", "04_import_and_convert", "05_sweeps_and_grids",
-            "06_serve_and_share", "07_img2img_lora_hires", "08_scale_out"]
+EXPECTED = ["01_quickstart", "02_prompt_box", "03_server_backend", "04_import_and_convert",
+            "05_sweeps_and_grids", "06_serve_and_share", "07_img2img_lora_hires", "08_scale_out"]
 BADGE_URL = "https://colab.research.google.com/github/comfykit/comfykit/blob/main/notebooks/{name}.ipynb"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 
@@ -43,7 +43,7 @@ def test_opens_with_a_colab_badge_for_itself(path):
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_first_code_cell_installs_only_when_comfykit_is_missing(path):
     src = _source(_code_cells(_load(path))[0])
-    assert 'find_spec("comfykit") is None' in src, f"{path.name}: the install cell must check for comfykit first"
+    assert 'find_spec("comfykit") is None' in src, f"{path.name}: the install cell must look for comfykit"
     guarded = [line for line in src.splitlines() if "pip install" in line]
     assert guarded, f"{path.name}: the first code cell should %pip install comfykit"
     assert all(line.startswith("    %pip install") for line in guarded), \
@@ -56,9 +56,9 @@ def test_outputs_are_stripped(path):
         src = _source(cell)
         if "# NBVAL_CHECK_OUTPUT" in src:
             # nbval compares only cells stored as executed: these keep their expected text and nothing else
-            assert cell["outputs"], f"{path.name} code cell {i}: a NBVAL_CHECK_OUTPUT cell needs its expected output"
+            assert cell["outputs"], f"{path.name} code cell {i}: a NBVAL_CHECK_OUTPUT cell needs its output"
             assert all(o["output_type"] == "stream" for o in cell["outputs"]), \
-                f"{path.name} code cell {i}: expected outputs must be plain printed text (no images, no reprs)"
+                f"{path.name} code cell {i}: expected outputs must be printed text (no images, no reprs)"
             continue
         fix = "run python notebooks/strip_outputs.py"
         assert cell["outputs"] == [], f"{path.name} code cell {i} has stored outputs; {fix}"
@@ -75,8 +75,8 @@ def test_kernelspec_is_python3(path):
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_writes_only_under_out_and_skips_the_network_cells(path):
     text = "\n".join(_source(c) for c in _code_cells(_load(path)))
-    assert 'WORK = Path("_out")' in text, f"{path.name}: write files under _out/ (gitignored), not the repo tree"
+    assert 'WORK = Path("_out")' in text, f"{path.name}: write under _out/ (gitignored), not the repo tree"
     for cell in _code_cells(_load(path)):
         src = _source(cell)
         if "ck.share(" in src or "ngrok" in src.lower():
-            assert src.startswith("# NBVAL_SKIP"), f"{path.name}: a share cell needs a token: mark it NBVAL_SKIP"
+            assert src.startswith("# NBVAL_SKIP"), f"{path.name}: a share cell needs a token: NBVAL_SKIP it"
