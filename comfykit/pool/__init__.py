@@ -92,14 +92,17 @@ class PoolResult:
 
     @property
     def ok(self) -> bool:
+        """True when the job ran to success."""
         return self.error is None and self.result is not None and self.result.ok
 
     @property
     def images(self) -> list[Any]:
+        """The job's output images (PIL), empty for a failed job."""
         return self.result.images if self.result is not None else []
 
     @property
     def image(self) -> Any:
+        """The job's first output image, or None."""
         return self.result.image if self.result is not None else None
 
     def __repr__(self) -> str:
@@ -186,7 +189,6 @@ class RayPool(Backend):
         self._object_info: dict[str, Any] | None = None
 
         if not ray.is_initialized():
-            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
             opts: dict[str, Any] = {"include_dashboard": False, **dict(init_options or {})}
             if address is not None:
                 opts["address"] = address

@@ -144,9 +144,11 @@ class PoolWorker:
             job.interrupt()
 
     def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """Drop the backend's caches and models."""
         self.backend.free(unload_models=unload_models, free_memory=free_memory)
 
     def object_info(self) -> dict[str, Any]:
+        """The backend's node schemas."""
         return self.backend.object_info()
 
 
