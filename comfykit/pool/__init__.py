@@ -470,6 +470,10 @@ class RayPool(Backend):
             if task.state == "done":
                 return
             task.state = "done"
+            slot = task.slot
+            if slot is not None and slot.task is task:  # free the worker before the caller wakes up
+                slot.task = None
+                slot.jobs += 1
         if error is not None and result is None:
             task.job.emit(_error_event(task.job.prompt_id, error))
         if result is not None:
@@ -497,8 +501,8 @@ class RayPool(Backend):
                 self._finish(task, None, exc)
             finally:
                 with self._cond:
-                    slot.task = None
-                    slot.jobs += 1
+                    if slot.task is task:  # still set when the job went back to the queue
+                        slot.task = None
 
     def _run_on(self, slot: _Slot, task: _Task) -> None:
         import ray
