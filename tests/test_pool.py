@@ -280,6 +280,26 @@ def test_a_killed_worker_has_its_job_retried_elsewhere(ray_cluster):
             pool.run(api_prompt(seed=1), timeout=60)
 
 
+def test_a_dead_worker_is_replaced_when_restarts_are_allowed(ray_cluster):
+    from comfykit.pool import RayPool
+
+    with RayPool(workers=1, backend=FakeBackend, cpus_per_worker=0, restart_workers=1) as pool:
+        first_actor = pool.workers["worker-0"]
+        killed = []
+
+        def kill_mid_job(event):
+            if event.type == "progress" and not killed:
+                killed.append(event.prompt_id)
+                ray_cluster.kill(first_actor)
+
+        got = list(pool.map([api_prompt(seed=s, delay=0.1) for s in range(3)], progress=False,
+                            on_event=kill_mid_job))
+        assert sorted(r.index for r in got) == [0, 1, 2] and all(r.ok for r in got)
+        assert [r.attempts for r in sorted(got, key=lambda r: r.index)].count(2) == 1
+        (row,) = pool.stats()
+        assert row["alive"] and row["restarts"] == 1 and pool.workers["worker-0"] != first_actor
+
+
 def test_bad_pool_arguments_are_refused(ray_cluster):
     from comfykit.pool import RayPool
 

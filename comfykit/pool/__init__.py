@@ -28,45 +28,13 @@ from ..events import EXECUTION_ERROR, EXECUTION_INTERRUPTED, Event, EventCallbac
 from ..job import Backend, Job
 from ..result import Result
 from .prompts import MODEL_INPUTS, apply_overrides, models_of, to_prompt
+from .routing import gpu_share, pick_task
 from .worker import PoolWorker, _connect_server, _default_engine, decode_error
 
 __all__ = ["RayPool", "PoolResult", "PoolWorker", "MODEL_INPUTS", "apply_overrides", "gpu_share", "models_of",
            "pick_task", "to_prompt"]
 
 log = logging.getLogger(__name__)
-
-
-def pick_task(pending: Sequence[Any], loaded: frozenset[str], others_loaded: Sequence[frozenset[str]]) -> int | None:
-    """Index of the pending task a free worker should take next, or None when nothing is pending.
-
-    Prefer the oldest task whose models this worker already holds; else the oldest one no other worker holds
-    the models for (so it does not steal work another worker could do without loading); else the oldest task,
-    so a free worker never idles while work waits.
-    """
-    if not pending:
-        return None
-    for i, task in enumerate(pending):
-        if task.models <= loaded:
-            return i
-    for i, task in enumerate(pending):
-        if not any(task.models <= other for other in others_loaded):
-            return i
-    return 0
-
-
-
-def gpu_share(requested: float | None, available: float, workers: int) -> float:
-    """GPUs each worker asks Ray for: ``requested``, or a fair share (at most 1); 0 when the cluster has none."""
-    if available <= 0:
-        if requested:
-            log.warning("gpus_per_worker=%s but the Ray cluster has no GPU: workers run on the CPU", requested)
-        return 0
-    if requested is None:
-        return min(1.0, available / workers)
-    if requested * workers > available:
-        log.warning("%d workers x %s GPUs exceed the cluster's %s GPUs: the pool waits startup_timeout for more",
-                    workers, requested, available)
-    return requested
 
 
 def _error_event(prompt_id: str, exc: BaseException) -> Event:
@@ -139,8 +107,10 @@ class _Slot:
     actor: Any
     alive: bool = True
     task: _Task | None = None
+    spec: tuple[Any, Any] = (None, None)  # (factory, options) to build a replacement
     loaded: frozenset[str] = frozenset()
     jobs: int = 0
+    restarts: int = 0
     thread: threading.Thread | None = None
 
 
@@ -160,8 +130,8 @@ class RayPool(Backend):
     def __init__(self, workers: int | None = None, *, backend: Callable[..., Any] | None = None,
                  servers: Sequence[str] | None = None, address: str | None = None,
                  gpus_per_worker: float | None = None, cpus_per_worker: float = 1,
-                 num_cpus: int | None = None, max_retries: int = 2, startup_timeout: float = 300.0,
-                 init_options: Mapping[str, Any] | None = None, **backend_options: Any):
+                 num_cpus: int | None = None, max_retries: int = 2, restart_workers: int = 0,
+                 startup_timeout: float = 300.0, init_options: Mapping[str, Any] | None = None, **backend_options: Any):
         try:
             import ray
         except ImportError:
@@ -182,6 +152,8 @@ class RayPool(Backend):
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.max_retries = max_retries
+        self._restarts_left = restart_workers  # replacements of dead workers the pool may still start
+        self._startup_timeout = startup_timeout
         self._cond = threading.Condition()
         self._pending: list[_Task] = []
         self._closed = False
@@ -212,7 +184,8 @@ class RayPool(Backend):
         self.gpus_per_worker = resources["num_gpus"]
         # max_concurrency > 1 lets interrupt()/info() reach a worker while it runs a job
         actor_cls = ray.remote(max_concurrency=4, **resources)(PoolWorker)
-        self._slots = [_Slot(name, actor_cls.remote(name, fn, opts)) for name, fn, opts in specs]
+        self._actor_cls = actor_cls
+        self._slots = [_Slot(name, actor_cls.remote(name, fn, opts), spec=(fn, opts)) for name, fn, opts in specs]
         self._wait_ready(ray, startup_timeout, resources)
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._serve, args=(slot,), name=f"comfykit-pool-{slot.name}",
@@ -381,7 +354,7 @@ class RayPool(Backend):
         rows = []
         for slot in self._slots:
             row = {"name": slot.name, "alive": slot.alive, "jobs": slot.jobs, "loaded": sorted(slot.loaded),
-                   "busy": slot.task is not None}
+                   "busy": slot.task is not None, "restarts": slot.restarts}
             if slot.alive:
                 try:
                     info = ray.get(slot.actor.info.remote(), timeout=30)
@@ -535,15 +508,47 @@ class RayPool(Backend):
             self._finish(task, None, ComfykitError(f"worker {slot.name} raised: {exc}"))
 
     def _worker_lost(self, slot: _Slot, task: _Task, why: str) -> None:
-        """Retire a dead worker and put its job back at the head of the queue while retries remain."""
+        """Replace (while ``restart_workers`` allow) or retire a dead worker; requeue its job while retries remain."""
         import ray
 
         log.warning("pool worker %s lost (%s)", slot.name, why)
         task.failures.append(f"{slot.name}: {why}")
+        try:
+            ray.kill(slot.actor)  # a server worker may still live: free its resources
+        except Exception:  # already gone
+            pass
         with self._cond:
-            was_alive, slot.alive = slot.alive, False
+            restart = not self._closed and slot.alive and self._restarts_left > 0
+            if restart:
+                self._restarts_left -= 1
+                slot.loaded = frozenset()
+                if task.attempts <= self.max_retries:
+                    task.state, task.slot = "pending", None
+                    self._pending.insert(0, task)
+                    self._cond.notify_all()
+        if not restart:
+            self._retire(slot, task, why)
+            return
+        if task.state != "pending":
+            self._finish(task, None, ServerError(f"job {task.index} was lost: it failed on {task.attempts} "
+                                                 f"worker(s) (max_retries={self.max_retries}); "
+                                                 + "; ".join(task.failures)))
+        actor = self._actor_cls.remote(slot.name, *slot.spec)
+        try:
+            ray.get(actor.info.remote(), timeout=self._startup_timeout)
+        except Exception as exc:  # the replacement did not come up: run on with the others
+            self._retire(slot, None, f"{why}; its replacement failed: {_last_line(exc)}")
+            return
+        slot.actor = actor
+        slot.restarts += 1
+        log.warning("pool worker %s replaced (restart %d)", slot.name, slot.restarts)
+
+    def _retire(self, slot: _Slot, task: _Task | None, why: str) -> None:
+        """Take a worker out of the pool; its job (if any) goes back to the queue while retries remain."""
+        with self._cond:
+            slot.alive = False
             alive = [s for s in self._slots if s.alive]
-            retry = not self._closed and alive and task.attempts <= self.max_retries
+            retry = task is not None and not self._closed and alive and task.attempts <= self.max_retries
             if retry:
                 task.state, task.slot = "pending", None
                 self._pending.insert(0, task)
@@ -551,20 +556,15 @@ class RayPool(Backend):
             if orphans:
                 self._pending = []
             self._cond.notify_all()
-        if was_alive:
-            try:
-                ray.kill(slot.actor)  # a server worker may still live: free its resources
-            except Exception:  # already gone
-                pass
-        if retry:
-            return
-        if self._closed:
-            reason = "the pool was shut down while the job ran"
-        elif not alive:
-            reason = "every worker of the pool has died"
-        else:
-            reason = f"it failed on {task.attempts} worker(s) (max_retries={self.max_retries})"
-        self._finish(task, None, ServerError(f"job {task.index} was lost: {reason}; " + "; ".join(task.failures)))
+        if task is not None and not retry:
+            if self._closed:
+                reason = "the pool was shut down while the job ran"
+            elif not alive:
+                reason = "every worker of the pool has died"
+            else:
+                reason = f"it failed on {task.attempts} worker(s) (max_retries={self.max_retries})"
+            self._finish(task, None, ServerError(f"job {task.index} was lost: {reason}; "
+                                                 + "; ".join(task.failures)))
         for other in orphans:
             self._finish(other, None, ServerError("job could not run: every worker of the pool has died; "
                                                   f"last failure {slot.name}: {why}"))
