@@ -124,7 +124,8 @@ class RayPool(Backend):
     ``RayPool(workers=4, backend=ck.Engine, models_dir=..., gpus_per_worker=1)`` starts four engine actors
     (extra keywords go to the backend); ``RayPool(servers=["http://a:8188", ...])`` drives existing ComfyUI
     servers, one actor each. ``address`` joins a running Ray cluster; without it (and without ``ray.init``
-    done already) a local one is started and stopped again by ``shutdown()``.
+    done already) a local one is started and stopped again by ``shutdown()``. A job whose worker dies runs again
+    elsewhere up to ``max_retries`` times; ``restart_workers`` dead workers in all are replaced by fresh ones.
     """
 
     def __init__(self, workers: int | None = None, *, backend: Callable[..., Any] | None = None,
