@@ -221,6 +221,8 @@ def test_a_bad_workflow_fails_alone(fake_pool):
     assert isinstance(got[2].error, ExecutionError) and got[2].error.exception_message == "boom"
     with pytest.raises(ValidationError):
         list(fake_pool.map(prompts[:2], progress=False))
+    failing = fake_pool.submit(prompts[2])
+    assert [e.type for e in failing][-2:] == ["progress", "execution_error"]  # one terminal event, no duplicate
 
     import comfykit as ck
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import ComfykitError, InterruptedError, ServerError, ValidationError
-from ..events import EXECUTION_ERROR, EXECUTION_INTERRUPTED, Event, EventCallback
+from ..events import EXECUTION_ERROR, EXECUTION_INTERRUPTED, TERMINAL, Event, EventCallback
 from ..job import Backend, Job
 from ..result import Result
 from .prompts import MODEL_INPUTS, apply_overrides, models_of, to_prompt
@@ -95,6 +95,7 @@ class _Task:
     overrides: Any = None
     on_done: Callable[[_Task], None] | None = None
     stream: bool = True  # forward events as they happen (off for map() jobs nobody listens to)
+    ended: bool = False  # a terminal event (success/error/interrupted) was forwarded
     attempts: int = 0
     state: str = "pending"  # pending | running | done
     slot: _Slot | None = None
@@ -448,7 +449,7 @@ class RayPool(Backend):
             if slot is not None and slot.task is task:  # free the worker before the caller wakes up
                 slot.task = None
                 slot.jobs += 1
-        if error is not None and result is None:
+        if error is not None and result is None and not task.ended:  # one terminal event per job, always
             task.job.emit(_error_event(task.job.prompt_id, error))
         if result is not None:
             result.error = error
@@ -486,6 +487,7 @@ class RayPool(Backend):
             for ref in call.remote(task.prompt, task.options, task.job.prompt_id, task.stream):
                 kind, payload = ray.get(ref)
                 if kind == "event":
+                    task.ended = task.ended or payload.type in TERMINAL
                     task.job.emit(payload)
                 elif kind == "result":
                     result, error = payload
