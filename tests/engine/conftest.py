@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import tiny_graphs
 
 from comfykit import demo
 
@@ -32,16 +33,5 @@ def t2i_graph():
 def t2i(ckpt, *, steps=2, seed=42, text="a photo of a cat", sampler="euler", scheduler="normal", size=64,
         prefix="tiny_t2i", save=True):
     """ComfyUI's default text-to-image graph (node ids 3-9) at a tiny size."""
-    return {
-        "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": sampler,
-                                                   "scheduler": scheduler, "denoise": 1.0, "model": ["4", 0],
-                                                   "positive": ["6", 0], "negative": ["7", 0],
-                                                   "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", "clip": ["4", 1]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": ({"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["8", 0]}} if save else
-              {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}),
-    }
+    return tiny_graphs.t2i(ckpt, steps=steps, seed=seed, text=text, sampler=sampler, scheduler=scheduler, size=size,
+                           prefix=prefix, save=save)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tiny_graphs
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("torch")
@@ -64,18 +65,7 @@ def demo_ckpt(server_root, models_dir) -> str:
 def t2i(ckpt: str, text: str = "a photo of a cat", *, seed: int = 42, steps: int = 2, size: int = 32,
         prefix: str = "tiny_t2i") -> dict[str, Any]:
     """The reference captures' text-to-image prompt (node ids 3-9)."""
-    return {
-        "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-                                                   "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
-                                                   "positive": ["6", 0], "negative": ["7", 0],
-                                                   "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", "clip": ["4", 1]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["8", 0]}},
-    }
+    return tiny_graphs.t2i(ckpt, text=text, seed=seed, steps=steps, size=size, prefix=prefix)
 
 
 def scale(width: int, height: int = 8, *, save: bool = False) -> dict[str, Any]:
