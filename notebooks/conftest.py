@@ -14,8 +14,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # The kernels inherit this process's environment: offline, `hub.ensure_checkpoint` makes the demo
     # checkpoint at once instead of trying a 2 GB download. HF_HUB_OFFLINE=0 in the environment tests the
     # real download.
+    # (Only settings that are right for the unit tests too: this runs for the whole session.)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars go to stderr and only add noise to CI logs
 
 
 def pytest_collectstart(collector: pytest.Collector) -> None:
