@@ -260,6 +260,27 @@ def test_interrupt_stops_one_job_or_the_whole_pool(fake_pool):
     assert fake_pool.run(api_prompt(seed=1)).ok  # the pool keeps working afterwards
 
 
+def long_prompt(seed: int, delay: float) -> dict:
+    """A job of 20 steps: a worker killed at its first step is still running it when the kill lands, however
+    loaded the machine (3 steps left too little time: the job could end first, and nothing was retried)."""
+    prompt = api_prompt(seed=seed, delay=delay)
+    prompt["2"]["inputs"]["steps"] = 20
+    return prompt
+
+
+def kill_and_wait(ray, actor, timeout: float = 60) -> None:
+    """ray.kill returns at once; wait until the actor is really gone, so the next job cannot still run on it."""
+    ray.kill(actor)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.info.remote(), timeout=timeout)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"actor {actor} still answers {timeout}s after ray.kill")
+
+
 def test_a_killed_worker_has_its_job_retried_elsewhere(ray_cluster):
     from comfykit.pool import RayPool
 
@@ -267,17 +288,19 @@ def test_a_killed_worker_has_its_job_retried_elsewhere(ray_cluster):
         killed = []
 
         def kill_mid_job(event):
-            if event.type == "progress" and not killed:  # the job is half done on this worker
+            # the long job is at its first step on this worker: kill the worker under it
+            if event.type == "progress" and event.data["max"] == 20 and not killed:
                 killed.append(next(w for w, pid in pool.running().items() if pid == event.prompt_id))
                 ray_cluster.kill(pool.workers[killed[0]])
 
-        prompts = [api_prompt(seed=s, delay=0.15) for s in range(6)]
+        prompts = [long_prompt(0, 0.15)] + [api_prompt(seed=s, delay=0.15) for s in range(1, 6)]
         got = list(pool.map(prompts, progress=False, on_event=kill_mid_job))
+        assert killed
         assert sorted(r.index for r in got) == list(range(6)) and all(r.ok for r in got)
         retried = [r for r in got if r.attempts == 2]
-        assert len(retried) == 1 and retried[0].worker != killed[0]  # the dead worker's job ran elsewhere
+        assert [r.index for r in retried] == [0] and retried[0].worker != killed[0]  # it ran elsewhere
         assert [row["alive"] for row in pool.stats()].count(True) == 1
-        ray_cluster.kill(pool.actors[0])
+        kill_and_wait(ray_cluster, pool.actors[0])
         with pytest.raises(ServerError, match="every worker"):
             pool.run(api_prompt(seed=1), timeout=60)
 
@@ -290,16 +313,44 @@ def test_a_dead_worker_is_replaced_when_restarts_are_allowed(ray_cluster):
         killed = []
 
         def kill_mid_job(event):
-            if event.type == "progress" and not killed:
+            if event.type == "progress" and event.data["max"] == 20 and not killed:
                 killed.append(event.prompt_id)
                 ray_cluster.kill(first_actor)
 
-        got = list(pool.map([api_prompt(seed=s, delay=0.1) for s in range(3)], progress=False,
-                            on_event=kill_mid_job))
+        prompts = [api_prompt(seed=0, delay=0.1), long_prompt(1, 0.1), api_prompt(seed=2, delay=0.1)]
+        got = list(pool.map(prompts, progress=False, on_event=kill_mid_job))
+        assert killed
         assert sorted(r.index for r in got) == [0, 1, 2] and all(r.ok for r in got)
-        assert [r.attempts for r in sorted(got, key=lambda r: r.index)].count(2) == 1
+        assert [r.attempts for r in sorted(got, key=lambda r: r.index)] == [1, 2, 1]  # only the killed job twice
         (row,) = pool.stats()
         assert row["alive"] and row["restarts"] == 1 and pool.workers["worker-0"] != first_actor
+        assert row["jobs"] == 3 and row["busy"] is False
+
+
+def test_a_replaced_worker_leaves_its_requeued_job_to_another_worker(ray_cluster):
+    from comfykit.pool import RayPool
+
+    # two workers: the idle one takes the requeued job at once, while the dead one's thread starts a replacement
+    with RayPool(workers=2, backend=FakeBackend, cpus_per_worker=0, restart_workers=1) as pool:
+        killed = []
+
+        def kill_mid_job(event):
+            if event.type == "progress" and event.data["max"] == 20 and not killed:
+                killed.append(next(w for w, pid in pool.running().items() if pid == event.prompt_id))
+                ray_cluster.kill(pool.workers[killed[0]])
+
+        prompts = [long_prompt(0, 0.05), api_prompt(seed=1, delay=0.05)]
+        got = {r.index: r for r in pool.map(prompts, progress=False, on_event=kill_mid_job,
+                                             return_exceptions=True)}
+        assert killed and got[0].error is None and got[0].ok and got[0].attempts == 2 and got[1].ok
+        # the replacement starts in the dead worker's thread, maybe after the batch ended: give it time
+        deadline = time.monotonic() + 120
+        while True:
+            rows = {row["name"]: row for row in pool.stats()}
+            if rows[killed[0]]["restarts"] == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert all(row["alive"] for row in rows.values()) and rows[killed[0]]["restarts"] == 1
 
 
 def test_bad_pool_arguments_are_refused(ray_cluster):

@@ -102,13 +102,13 @@ class _Task:
     failures: list[str] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)  # keywords only: a positional slip cannot land in the wrong field
 class _Slot:
     name: str
     actor: Any
+    spec: tuple[Callable[..., Any], Mapping[str, Any]]  # (factory, options) to build a replacement: no default
     alive: bool = True
     task: _Task | None = None
-    spec: tuple[Any, Any] = (None, None)  # (factory, options) to build a replacement
     loaded: frozenset[str] = frozenset()
     jobs: int = 0
     restarts: int = 0
@@ -187,7 +187,8 @@ class RayPool(Backend):
         # max_concurrency > 1 lets interrupt()/info() reach a worker while it runs a job
         actor_cls = ray.remote(max_concurrency=4, **resources)(PoolWorker)
         self._actor_cls = actor_cls
-        self._slots = [_Slot(name, actor_cls.remote(name, fn, opts), spec=(fn, opts)) for name, fn, opts in specs]
+        self._slots = [_Slot(name=name, actor=actor_cls.remote(name, fn, opts), spec=(fn, opts))
+                       for name, fn, opts in specs]
         self._wait_ready(ray, startup_timeout, resources)
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._serve, args=(slot,), name=f"comfykit-pool-{slot.name}",
@@ -516,35 +517,51 @@ class RayPool(Backend):
 
         log.warning("pool worker %s lost (%s)", slot.name, why)
         task.failures.append(f"{slot.name}: {why}")
-        try:
-            ray.kill(slot.actor)  # a server worker may still live: free its resources
-        except Exception:  # already gone
-            pass
+        self._kill(slot.actor)  # a server worker may still live: free its resources
         with self._cond:
             restart = not self._closed and slot.alive and self._restarts_left > 0
+            requeued = restart and task.attempts <= self.max_retries
             if restart:
                 self._restarts_left -= 1
                 slot.loaded = frozenset()
-                if task.attempts <= self.max_retries:
-                    task.state, task.slot = "pending", None
-                    self._pending.insert(0, task)
-                    self._cond.notify_all()
+            if requeued:
+                task.state, task.slot = "pending", None
+                self._pending.insert(0, task)
+                self._cond.notify_all()
         if not restart:
             self._retire(slot, task, why)
             return
-        if task.state != "pending":
+        # decided under the lock: once requeued, another worker may already have taken the task (state running)
+        if not requeued:
             self._finish(task, None, ServerError(f"job {task.index} was lost: it failed on {task.attempts} "
                                                  f"worker(s) (max_retries={self.max_retries}); "
                                                  + "; ".join(task.failures)))
-        actor = self._actor_cls.remote(slot.name, *slot.spec)
+        factory, options = slot.spec
+        actor = self._actor_cls.remote(slot.name, factory, options)
         try:
             ray.get(actor.info.remote(), timeout=self._startup_timeout)
         except Exception as exc:  # the replacement did not come up: run on with the others
+            self._kill(actor)
             self._retire(slot, None, f"{why}; its replacement failed: {_last_line(exc)}")
             return
-        slot.actor = actor
-        slot.restarts += 1
+        with self._cond:
+            keep = not self._closed and slot.alive  # shutdown() may have run while the replacement started
+            if keep:
+                slot.actor = actor
+                slot.restarts += 1
+        if not keep:
+            self._kill(actor)
+            return
         log.warning("pool worker %s replaced (restart %d)", slot.name, slot.restarts)
+
+    @staticmethod
+    def _kill(actor: Any) -> None:
+        import ray
+
+        try:
+            ray.kill(actor)
+        except Exception:  # already gone
+            pass
 
     def _retire(self, slot: _Slot, task: _Task | None, why: str) -> None:
         """Take a worker out of the pool; its job (if any) goes back to the queue while retries remain."""
