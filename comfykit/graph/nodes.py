@@ -104,7 +104,13 @@ class Node:
 
     def __init__(self, workflow: Workflow, node_id: str, spec: NodeSpec, title: str | None = None):
         # __setattr__ is the input setter, so fill the instance dict directly
-        self.__dict__.update(_wf=workflow, _inputs={}, id=node_id, spec=spec, title=title, _extra={})
+        attrs = self.__dict__
+        attrs["_wf"] = workflow
+        attrs["_inputs"] = {}
+        attrs["id"] = node_id
+        attrs["spec"] = spec
+        attrs["title"] = title
+        attrs["_extra"] = {}
 
     @property
     def class_type(self) -> str:
@@ -201,7 +207,10 @@ class Node:
 
     def to_api(self) -> dict:
         """This node as API format: ``{"class_type", "inputs", "_meta"?}``."""
-        inputs = {k: ([v.node.id, v.index] if v.__class__ is Output else v) for k, v in self._inputs.items()}
+        inputs = self._inputs.copy()
+        for name, value in inputs.items():
+            if value.__class__ is Output:
+                inputs[name] = [value.node.id, value.index]  # replacing a value while iterating is allowed
         data: dict[str, Any] = {"inputs": inputs, "class_type": self.spec.name}
         if self._extra:
             data.update(self._extra)

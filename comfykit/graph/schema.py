@@ -118,6 +118,18 @@ class NodeSpec:
         self.defaults = tuple((n, i.default) for n, i in self.inputs.items()
                               if i.is_widget and i.has_default and not i.any_value)
         self.default_of = dict(self.defaults)
+        # For fill_defaults: every input in schema order (with its default, or None), and those without a default
+        self._template = {n: self.default_of.get(n) for n in self.inputs}
+        self._no_default = tuple(n for n in self.inputs if n not in self.default_of)
+
+    def fill_defaults(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The inputs ``given`` (declared names only) in schema order, plus the default of each one left out."""
+        filled = self._template.copy()
+        filled.update(given)
+        for name in self._no_default:
+            if name not in given:
+                del filled[name]
+        return filled
 
     @classmethod
     def parse(cls, name: str, info: dict) -> NodeSpec:
@@ -216,7 +228,9 @@ class Schema:
 
     def get(self, class_type: str) -> NodeSpec | None:
         """The spec of a class, or None when the schema lacks it."""
-        return self[class_type] if class_type in self.object_info else None
+        if class_type not in self.object_info:
+            return None
+        return self._specs.get(class_type) or self[class_type]
 
     def names(self) -> list[str]:
         """Every node class name."""

@@ -70,7 +70,7 @@ _ANNOTATIONS = (" [input]", " [output]", " [temp]")
 
 def check_input(class_type: str, spec: InputSpec, value: Any) -> tuple[Any, dict | None]:
     """:func:`check_value` plus the custom file check ComfyUI runs for LoadImage-like nodes."""
-    if _FILE_VALIDATED.get(class_type) != spec.name or not spec.list_combo:
+    if not spec.list_combo or _FILE_VALIDATED.get(class_type) != spec.name:
         return check_value(spec, value)
     if isinstance(value, dict) and "__value__" in value:
         value = value["__value__"]
@@ -204,11 +204,12 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
             _fail({"type": "invalid_prompt", "message": "Cannot execute because a node is missing the class_type "
                    "property.", "details": f"Node ID '#{node_id}'", "extra_info": {}})
         class_type = node["class_type"]
-        if class_type not in schema:
+        spec = schema.get(class_type)
+        if spec is None:
             hint = _suggest(class_type, schema.names())
             _fail({"type": "invalid_prompt", "message": f"Cannot execute because node {class_type} does not exist.",
                    "details": f"Node ID '#{node_id}'", "extra_info": {}}, hint)
-        if schema[class_type].output_node and (partial_targets is None or node_id in partial_targets):
+        if spec.output_node and (partial_targets is None or node_id in partial_targets):
             outputs.append(node_id)
     if not outputs:
         _fail({"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},

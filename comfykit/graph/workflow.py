@@ -54,13 +54,18 @@ class Workflow:
     # ---- building -------------------------------------------------------------------------------------------
     def add(self, class_type: str, /, **inputs: Any) -> Node:
         """Add a node by class name (for names that are not identifiers): ``wf.add("KSampler", seed=1)``."""
+        return self._add(class_type, inputs)
+
+    def _add(self, class_type: str, inputs: dict[str, Any]) -> Node:
+        """``add`` with the keyword arguments as a dict this call may consume (the factories call it directly)."""
         node_id = inputs.pop("_id", None)
         title = inputs.pop("_title", None)
         spec = self._spec(class_type)
         before = self._next_id
         node_id = self._claim_id(node_id)
         node = Node(self, node_id, spec, title)
-        self._nodes[node_id] = node
+        nodes = self._nodes
+        nodes[node_id] = node
         given = node._inputs
         declared = spec.inputs
         try:
@@ -74,7 +79,7 @@ class Workflow:
                 if ispec is not None:
                     if kind is Output:
                         source = value.node
-                        if source._wf is self and self._nodes.get(source.id) is source \
+                        if source._wf is self and nodes.get(source.id) is source \
                                 and source.spec.outputs[value.index] == ispec.type:
                             given[name] = value
                             continue
@@ -89,21 +94,11 @@ class Workflow:
                         continue
                 self._set_input(node, name, value, new=True)
         except BaseException:
-            del self._nodes[node_id]
+            del nodes[node_id]
             self._next_id = before  # a failed call must not shift the ids of later nodes
             raise
         # Unset widgets take the schema default, as ComfyUI's page fills them in; keep the schema's order.
-        if given:
-            ordered = {}
-            defaults = spec.default_of
-            for name in spec.inputs:
-                if name in given:
-                    ordered[name] = given[name]
-                elif name in defaults:
-                    ordered[name] = defaults[name]
-            object.__setattr__(node, "_inputs", ordered)
-        else:
-            given.update(spec.defaults)
+        object.__setattr__(node, "_inputs", spec.fill_defaults(given))
         return node
 
     def _spec(self, class_type: str) -> NodeSpec:
@@ -119,10 +114,12 @@ class Workflow:
     def _claim_id(self, node_id: Any) -> str:
         nodes = self._nodes
         if node_id is None:
-            while str(self._next_id) in nodes:
-                self._next_id += 1
-            node_id = str(self._next_id)
-            self._next_id += 1
+            next_id = self._next_id
+            node_id = str(next_id)
+            while node_id in nodes:
+                next_id += 1
+                node_id = str(next_id)
+            self._next_id = next_id + 1
             return node_id
         node_id = str(node_id)
         if node_id in nodes:
@@ -223,7 +220,7 @@ class Workflow:
         spec = self._spec(class_type)
 
         def factory(**inputs: Any) -> Node:
-            return self.add(class_type, **inputs)
+            return self._add(class_type, inputs)
 
         params = []
         for name, ispec in spec.inputs.items():
