@@ -24,6 +24,12 @@ _JPEG = 1
 _MAX_OUTBOX = 256
 #: ...and past this it is not reading at all: it is dropped so that it cannot grow the server's memory forever.
 _MAX_BACKLOG = 8192
+#: Bytes a socket may have waiting in its transport before its writer stops taking more from the outbox.
+_HIGH_WATER = 64 * 1024
+#: WebSocket opcodes of the frames the hub writes itself.
+_OP_TEXT, _OP_BINARY = 0x1, 0x2
+#: Longest a message from the worker waits for the loop while messages are flowing (see Hub._call).
+FLUSH_INTERVAL = 0.01
 
 
 def encode_preview(image: Any, max_size: int) -> bytes:
@@ -38,6 +44,18 @@ def encode_preview(image: Any, max_size: int) -> bytes:
     return buf.getvalue()
 
 
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, uncompressed, final WebSocket frame (RFC 6455 section 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return header + payload
+
+
 def legacy_frame(jpeg: bytes) -> bytes:
     """Binary frame type 1: ``>I 1`` + ``>I 1`` (JPEG) + the image bytes."""
     return struct.pack(">II", PREVIEW_IMAGE, _JPEG) + jpeg
@@ -50,9 +68,12 @@ def metadata_frame(jpeg: bytes, metadata: dict[str, Any]) -> bytes:
 
 
 class _Client:
-    def __init__(self, sid: str, ws: Any):
+    def __init__(self, sid: str, ws: Any, transport: Any = None):
         self.sid = sid
         self.ws = ws
+        # Set when the socket has no compression: the writer then frames a whole burst itself and hands it to the
+        # transport in one write (one send() and one wake-up of the reader) instead of one per message.
+        self.transport = transport
         self.flags: dict[str, Any] = {}
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.writer: asyncio.Task[None] | None = None
@@ -60,6 +81,10 @@ class _Client:
     @property
     def wants_metadata(self) -> bool:
         return bool(self.flags.get("supports_preview_metadata"))
+
+
+def _frame(kind: str, payload: Any) -> bytes:
+    return ws_frame(_OP_TEXT, payload.encode()) if kind == "text" else ws_frame(_OP_BINARY, payload)
 
 
 class Hub:
@@ -75,6 +100,7 @@ class Hub:
         self._lock = threading.Lock()
         self._pending: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
         self._scheduled = False
+        self._ticker: asyncio.TimerHandle | None = None  # armed while messages flow; see _call
 
     # -- thread-safe senders ------------------------------------------------------------------------------
     def send(self, type_: str, data: dict[str, Any], sid: str | None = None) -> None:
@@ -107,18 +133,45 @@ class Hub:
         if running is self.loop:
             self._flush()  # whatever other threads sent earlier goes out first
             fn(*args)
+            self._arm()
             return
-        # Messages from the worker are batched: one wake-up of the loop per burst rather than per message, which
-        # matters because every wake-up has to win the GIL back from the running prompt.
+        # Messages from the worker are batched. Every wake-up of the loop has to win the GIL back from the running
+        # prompt (it made a trivial prompt twice as slow), so while messages flow the loop collects them on a
+        # short timer instead of being woken for each burst; the worker wakes it at once at the end of a prompt
+        # (flush_now). Only the timing changes: messages keep their order and leave within FLUSH_INTERVAL.
         with self._lock:
             self._pending.append((fn, args))
-            if self._scheduled:
+            if self._scheduled or self._ticker is not None:
                 return
             self._scheduled = True
+        self._wake()
+
+    def flush_now(self) -> None:
+        """Send what other threads queued without waiting for the timer (the worker, when a prompt ends)."""
+        with self._lock:
+            if self._scheduled or not self._pending:
+                return
+            self._scheduled = True
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             self.loop.call_soon_threadsafe(self._flush)
         except RuntimeError:  # the loop closed between the check and the call: the server is stopping
             pass
+
+    def _arm(self) -> None:
+        """Loop thread: keep collecting other threads' messages on the timer for the next FLUSH_INTERVAL."""
+        with self._lock:
+            if self._ticker is None and not self.loop.is_closed():
+                self._ticker = self.loop.call_later(FLUSH_INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        with self._lock:
+            self._ticker = None  # if nothing came for a whole interval the timer stops: the next message wakes us
+            idle = not self._pending
+        if not idle:
+            self._flush()  # re-arms the timer
 
     def _flush(self) -> None:
         with self._lock:
@@ -127,6 +180,8 @@ class Hub:
             self._scheduled = False
         for fn, args in batch:
             fn(*args)
+        if batch:
+            self._arm()
 
     def _deliver(self, legacy: list[tuple[str, Any]], modern: list[tuple[str, Any]], sid: str | None) -> None:
         targets = list(self.clients.values()) if sid is None else [c for c in [self.clients.get(sid)] if c]
@@ -152,7 +207,8 @@ class Hub:
         old = self.clients.pop(sid, None)
         if old is not None and old.writer is not None:
             old.writer.cancel()
-        client = _Client(sid, ws)
+        # permessage-deflate (browsers ask for it) keeps aiohttp's own per-message writer
+        client = _Client(sid, ws, None if ws.compress else request.transport)
         self.clients[sid] = client
         client.writer = asyncio.ensure_future(self._writer(client))
         try:
@@ -188,10 +244,24 @@ class Hub:
         try:
             while True:
                 kind, payload = await client.outbox.get()
-                if kind == "text":
-                    await client.ws.send_str(payload)
-                else:
-                    await client.ws.send_bytes(payload)
+                transport = client.transport
+                if transport is None:
+                    if kind == "text":
+                        await client.ws.send_str(payload)
+                    else:
+                        await client.ws.send_bytes(payload)
+                    continue
+                # Everything delivered by the same flush is in the outbox by now: frame it all, write it once.
+                frames = [_frame(kind, payload)]
+                while not client.outbox.empty():
+                    frames.append(_frame(*client.outbox.get_nowait()))
+                if transport.is_closing() or client.ws.closed:
+                    raise ConnectionResetError("the socket is closing")
+                transport.write(b"".join(frames))
+                # A reader that falls behind: stop taking from the outbox (whose length is what previews are
+                # skipped and stuck sockets dropped by) until the kernel takes the data.
+                while transport.get_write_buffer_size() > _HIGH_WATER and not transport.is_closing():
+                    await asyncio.sleep(0.01)
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # a client that went away mid-send harms nobody else
@@ -208,6 +278,10 @@ class Hub:
         asyncio.ensure_future(client.ws.close())
 
     async def close_all(self) -> None:
+        with self._lock:
+            ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
         for client in list(self.clients.values()):
             if client.writer is not None:
                 client.writer.cancel()

@@ -120,6 +120,7 @@ class Worker:
         self.queue.task_done(task_id, history)
         if client_id is not None:
             self.hub.send("executing", {"node": None, "prompt_id": prompt_id}, client_id)
+        self.hub.flush_now()  # the end of a prompt goes out at once, not on the hub's timer
         if self.on_done is not None:
             self.on_done(prompt_id, history)
 
