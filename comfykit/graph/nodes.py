@@ -110,7 +110,7 @@ class Node:
         attrs["id"] = node_id
         attrs["spec"] = spec
         attrs["title"] = title
-        attrs["_extra"] = {}
+        attrs["_extra"] = None  # API-format keys besides class_type and inputs (from_api); a dict when any
 
     @property
     def class_type(self) -> str:

@@ -353,7 +353,8 @@ class Workflow:
             extra = {k: v for k, v in data.items() if k not in ("class_type", "inputs", "_meta")}
             if meta:
                 extra["_meta"] = meta
-            node._extra.update(extra)
+            if extra:
+                object.__setattr__(node, "_extra", extra)
         # A prompt exported by the page titles every node; keep only the titles a person changed.
         if wf._nodes and all(node.title is not None for node in wf._nodes.values()):
             wf.meta_titles = True
