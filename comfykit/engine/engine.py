@@ -269,7 +269,7 @@ class Engine(Backend):
 
 
 def _node_classes() -> dict[str, type]:
-    from .nodes import NODE_CLASS_MAPPINGS
+    from ..nodes import NODE_CLASS_MAPPINGS
 
     return dict(NODE_CLASS_MAPPINGS)
 

@@ -237,7 +237,10 @@ class Executor:
             inputs: dict[str, Any] = {}
             try:
                 cls = self._cls(prompt, node_id)
+                declared = _declared(cls)
                 for name, value in prompt[node_id].get("inputs", {}).items():
+                    if declared is not None and name not in declared:
+                        continue  # ComfyUI passes only the inputs a node declares
                     inputs[name] = self.outputs.get(value[0])[value[1]] if is_link(value) else value
                 for name, kind in getattr(cls, "HIDDEN", {}).items():
                     inputs[name] = node_id if kind == "UNIQUE_ID" else hidden.get(kind)
@@ -310,6 +313,13 @@ def _split_output(out: Any) -> tuple[dict[str, Any] | None, tuple, dict[str, Any
     if out is None:
         return None, (), {}
     return None, tuple(out), {}
+
+
+def _declared(cls: type) -> set[str] | None:
+    """The input names a declared comfykit node takes; None for an undeclared test node (it gets everything)."""
+    if not hasattr(cls, "INPUTS"):
+        return None
+    return {*cls.INPUTS, *getattr(cls, "OPTIONAL", {}), *getattr(cls, "HIDDEN", {})}
 
 
 def _is_oom(exc: BaseException) -> bool:

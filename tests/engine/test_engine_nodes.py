@@ -83,7 +83,7 @@ def test_every_node_in_one_graph(rich):
 
 
 def test_lora_at_zero_strength_is_a_passthrough(rich):
-    from comfykit.engine.nodes import LoraLoader
+    from comfykit.nodes import LoraLoader
 
     node = LoraLoader(rich)
     model, clip = object(), object()
@@ -122,7 +122,7 @@ def test_wrong_model_type_names_the_problem(rich, t2i_graph):
 
 
 def test_memory_error_frees_models_and_next_run_works(rich, t2i_graph, monkeypatch):
-    from comfykit.engine.nodes import sampling
+    from comfykit.nodes import sampling
 
     rich.execute(t2i_graph(rich.ckpt, save=False), prompt_id="warm")
     assert rich.models.loaded()

@@ -18,7 +18,7 @@ def golden_types(run):
 
 
 def test_node_set_equals_builtin_schema():
-    from comfykit.engine.nodes import NODE_CLASS_MAPPINGS
+    from comfykit.nodes import NODE_CLASS_MAPPINGS
 
     assert set(NODE_CLASS_MAPPINGS) == set(builtin.BUILTIN_NODES)
     for name, cls in NODE_CLASS_MAPPINGS.items():

@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 
 from comfykit.engine import Engine
-from comfykit.engine.nodes import LatentUpscale, LatentUpscaleBy
-from comfykit.engine.nodes.latent import EmptyLatentImage
 from comfykit.errors import ValidationError
+from comfykit.nodes.latent import EmptyLatentImage, LatentUpscale, LatentUpscaleBy
 
 
 @pytest.fixture

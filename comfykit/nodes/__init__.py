@@ -1,0 +1,35 @@
+"""ComfyUI's nodes as comfykit declares and implements them: one class per node, importable without torch.
+
+``object_info(files)`` is the graph layer's built-in schema and ``NODE_CLASS_MAPPINGS`` the engine's registry;
+both come from the same classes (see :mod:`comfykit.nodes.base` for how to declare one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import ANY_FILE, Node, declared_inputs, node_info
+from .conditioning import CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea
+from .image import ImageScale, LoadImage, PreviewImage, SaveImage
+from .latent import EmptyLatentImage, LatentUpscale, LatentUpscaleBy
+from .loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
+from .sampling import KSampler, KSamplerAdvanced, VAEDecode, VAEEncode
+
+NODE_CLASSES: tuple[type[Node], ...] = (
+    CheckpointLoaderSimple, VAELoader, LoraLoader, LoraLoaderModelOnly,
+    CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningSetArea,
+    EmptyLatentImage, LatentUpscale, LatentUpscaleBy,
+    KSampler, KSamplerAdvanced, VAEDecode, VAEEncode,
+    LoadImage, SaveImage, PreviewImage, ImageScale,
+)
+
+#: class_type -> node class, like ComfyUI's ``nodes.NODE_CLASS_MAPPINGS``.
+NODE_CLASS_MAPPINGS: dict[str, type[Node]] = {cls.__name__: cls for cls in NODE_CLASSES}
+
+
+def object_info(files: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """The ``/object_info`` dict of every node; file-name combos list ``files`` (None: any name passes)."""
+    return {cls.__name__: node_info(cls, files) for cls in NODE_CLASSES}
+
+
+__all__ = ["ANY_FILE", "NODE_CLASSES", "NODE_CLASS_MAPPINGS", "Node", "declared_inputs", "node_info", "object_info"]
