@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_CHECKPOINT = "comfykit-demo-sd15.safetensors"
-ARCHES = ("sd1", "sd2", "sd2-v", "sdxl")
+ARCHES = ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner")
 
 # tiny shapes: 32-channel GroupNorms (the `norm_groups` rule gives 32 groups), the full 49408-token vocabulary
 _WIDTH = 32
@@ -35,6 +35,12 @@ def _configs(arch: str) -> tuple[Any, Any, dict[str, Any]]:
         unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
                           context_dim=_WIDTH, num_head_channels=64, use_linear=True)
         clips = {"clip_h": CLIPConfig(width=_WIDTH, layers=2, heads=2, intermediate=64, projection_dim=_WIDTH,
+                                      activation="gelu")}
+    elif arch == "sdxl-refiner":  # OpenCLIP-G only; the adm vector ends in 5 embedded numbers, not 6
+        unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(0, 1),
+                          context_dim=_WIDTH, num_head_channels=64, use_linear=True,
+                          adm_in_channels=_WIDTH + 5 * 256)
+        clips = {"clip_g": CLIPConfig(width=_WIDTH, layers=2, heads=2, intermediate=64, projection_dim=_WIDTH,
                                       activation="gelu")}
     else:
         unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(0, 1),
@@ -95,6 +101,10 @@ def make_checkpoint(path: str | Path, *, arch: str = "sd1", seed: int = 0) -> Pa
     elif arch in ("sd2", "sd2-v"):
         clip = parts["clip_h"]
         sd.update({"cond_stage_model.model." + k: v
+                   for k, v in keys.hf_to_openclip(clip.state_dict(), clip.config.layers).items()})
+    elif arch == "sdxl-refiner":
+        clip = parts["clip_g"]
+        sd.update({"conditioner.embedders.0.model." + k: v
                    for k, v in keys.hf_to_openclip(clip.state_dict(), clip.config.layers).items()})
     else:
         sd.update({"conditioner.embedders.0.transformer." + k: v for k, v in parts["clip_l"].state_dict().items()})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -14,23 +13,23 @@ from torch import nn
 from ...errors import ModelError
 from . import keys
 from .clip import CLIPConfig, CLIPTextModel, _heads_for
-from .diffusion import VAE, DiffusionModel
+from .diffusion import VAE
+from .family import DiffusionModel, ModelFamily
+from .sd import UNET_FAMILIES, count_indices, infer_unet_config
 from .text_encoder import ClipSlot, TextEncoder
 from .tokenizer import EOS
-from .unet import UNetConfig, UNetModel
 from .vae import AutoencoderKL, VAEConfig
 
-try:
-    from ..sampling import latent_formats as _lf
-except ImportError:  # pragma: no cover - the sampling package is written in parallel
-    _lf = None
+#: Every family the engine loads, most specific first: detection takes the first whose ``detect`` says yes.
+FAMILIES: tuple[ModelFamily, ...] = UNET_FAMILIES
+
+__all__ = ["FAMILIES", "detect_family", "infer_unet_config", "infer_vae_config", "load_checkpoint", "load_vae",
+           "read_state_dict"]
 
 
-def latent_format_for(arch: str) -> Any:
-    """SD1/SD2 share the SD15 latent space; SDXL has its own scale."""
-    if _lf is None:
-        return None
-    return _lf.SDXL if arch == "sdxl" else _lf.SD15
+def detect_family(parts: dict[str, dict[str, Any]]) -> ModelFamily | None:
+    """The family of a split checkpoint (``keys.split_checkpoint``), or None when no family knows it."""
+    return next((f for f in FAMILIES if parts.get("unet") and f.detect(parts)), None)
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
@@ -95,54 +94,16 @@ def _unknown(path: Path, sd: dict[str, Any]) -> ModelError:
 
 
 # -- shape inference --------------------------------------------------------------------------------------------
-def _count(sd: dict[str, Any], pattern: str) -> int:
-    found = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
-    return max(found) + 1 if found else 0
-
-
-def infer_unet_config(sd: dict[str, Any], arch: str) -> UNetConfig:
-    """UNetConfig from LDM UNet tensor shapes (levels, res blocks, depths, context, linear proj, adm)."""
-    w = sd["input_blocks.0.0.weight"]
-    mc = w.shape[0]
-    mults, res_blocks, depths = [], [], []
-    level_blocks, level_depth, mult = 0, 0, None
-    for n in range(1, _count(sd, r"input_blocks\.(\d+)\.")):
-        if f"input_blocks.{n}.0.op.weight" in sd:
-            mults.append(mult)
-            res_blocks.append(level_blocks)
-            depths.append(level_depth)
-            level_blocks, level_depth = 0, 0
-            continue
-        mult = sd[f"input_blocks.{n}.0.in_layers.2.weight"].shape[0] // mc
-        level_blocks += 1
-        level_depth = _count(sd, rf"input_blocks\.{n}\.1\.transformer_blocks\.(\d+)\.")
-    mults.append(mult)
-    res_blocks.append(level_blocks)
-    depths.append(level_depth)
-    out_depths = tuple(_count(sd, rf"output_blocks\.{n}\.1\.transformer_blocks\.(\d+)\.")
-                       for n in range(_count(sd, r"output_blocks\.(\d+)\.")))
-    ctx = next((v.shape[1] for k, v in sd.items() if k.endswith("attn2.to_k.weight")), 768)
-    proj = next((v for k, v in sd.items() if k.endswith("proj_in.weight")), None)
-    adm = sd["label_emb.0.0.weight"].shape[1] if "label_emb.0.0.weight" in sd else None
-    return UNetConfig(
-        in_channels=w.shape[1], out_channels=sd["out.2.weight"].shape[0], model_channels=mc,
-        channel_mult=tuple(mults), num_res_blocks=tuple(res_blocks), transformer_depth=tuple(depths),
-        transformer_depth_output=out_depths,
-        transformer_depth_middle=_count(sd, r"middle_block\.1\.transformer_blocks\.(\d+)\."),
-        context_dim=ctx, num_heads=8, num_head_channels=-1 if arch == "sd1" else 64,
-        use_linear=proj is not None and proj.ndim == 2, adm_in_channels=adm)
-
-
 def infer_vae_config(sd: dict[str, Any]) -> VAEConfig:
     """VAEConfig from LDM autoencoder tensor shapes."""
     try:
         ch = sd["encoder.conv_in.weight"].shape[0]
-        levels = _count(sd, r"encoder\.down\.(\d+)\.")
+        levels = count_indices(sd, r"encoder\.down\.(\d+)\.")
         mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels))
-        return VAEConfig(ch=ch, ch_mult=mult, num_res_blocks=_count(sd, r"encoder\.down\.0\.block\.(\d+)\."),
+        return VAEConfig(ch=ch, ch_mult=mult, num_res_blocks=count_indices(sd, r"encoder\.down\.0\.block\.(\d+)\."),
                          z_channels=sd["decoder.conv_in.weight"].shape[1],
                          in_channels=sd["encoder.conv_in.weight"].shape[1],
-                         out_ch=sd["decoder.conv_out.weight"].shape[0])
+                         out_ch=sd["decoder.conv_out.weight"].shape[0], quant_conv="quant_conv.weight" in sd)
     except KeyError as e:
         raise ModelError(f"VAE weights are incomplete (missing {e.args[0]}); re-download the file") from None
 
@@ -153,7 +114,7 @@ def infer_clip_config(sd: dict[str, Any], activation: str, heads: int | None = N
     proj = sd.get("text_projection.weight")
     return CLIPConfig(
         vocab_size=tok.shape[0], width=tok.shape[1],
-        layers=_count(sd, r"text_model\.encoder\.layers\.(\d+)\."), heads=heads or _heads_for(tok.shape[1]),
+        layers=count_indices(sd, r"text_model\.encoder\.layers\.(\d+)\."), heads=heads or _heads_for(tok.shape[1]),
         max_positions=sd["text_model.embeddings.position_embedding.weight"].shape[0],
         intermediate=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
         projection_dim=None if proj is None else proj.shape[0], activation=activation)
@@ -182,40 +143,23 @@ def default_dtypes(device: torch.device, dtype: torch.dtype | None) -> tuple[tor
     return dtype or torch.float16, torch.float16, vae
 
 
-def _detect_arch(parts: dict[str, dict[str, Any]]) -> str:
-    unet = parts["unet"]
-    if "clip_g" in parts or "label_emb.0.0.weight" in unet:
-        return "sdxl"
-    if "clip_h" in parts:
-        return "sd2"
-    proj = next((v for k, v in unet.items() if k.endswith("proj_in.weight")), None)
-    if "clip_l" not in parts and proj is not None and proj.ndim == 2:
-        return "sd2"
-    return "sd1"
+#: How ComfyUI reads each UNet family's text encoders: the slots (layer, final norm, pad token) and the pooled one.
+_CLIP_SLOTS: dict[str, tuple[list[ClipSlot], str]] = {
+    "sd1": ([ClipSlot("clip_l")], "clip_l"),
+    "sd2": ([ClipSlot("clip_h", layer_idx=-2, pad_token=0)], "clip_h"),
+    "sdxl": ([ClipSlot("clip_l", -2, False, EOS), ClipSlot("clip_g", -2, False, 0)], "clip_g"),
+    "sdxl_refiner": ([ClipSlot("clip_g", -2, False, 0)], "clip_g"),
+}
 
 
-def _detect_prediction(arch: str, full: dict[str, Any], unet: dict[str, Any]) -> str:
-    if "v_pred" in full or "edm_vpred.sigma_max" in full:
-        return "v"
-    if arch == "sd2":
-        # ComfyUI's heuristic: v-prediction SD2 models have widely spread norm1 biases in the last attention block
-        last = [k for k in unet if re.match(r"output_blocks\.\d+\.1\.transformer_blocks\.0\.norm1\.bias$", k)]
-        if last:
-            key = max(last, key=lambda k: int(k.split(".")[1]))
-            if unet[key].float().std() > 0.09:
-                return "v"
-    return "eps"
-
-
-def _text_encoder(parts: dict[str, dict[str, Any]], arch: str, path: Path, heads: dict[str, int],
+def _text_encoder(parts: dict[str, dict[str, Any]], family: ModelFamily, path: Path, heads: dict[str, int],
                   activations: dict[str, str], embeddings_dir) -> TextEncoder:
-    names = {"sd1": ["clip_l"], "sd2": ["clip_h"], "sdxl": ["clip_l", "clip_g"]}[arch]
     clips = {}
-    for name in names:
+    for name in family.text_encoders:
         sd = parts.get(name)
         if not sd:
-            raise ModelError(f"{path}: no {name} text encoder weights found; this {arch} checkpoint is incomplete "
-                             "(load a full checkpoint, or a separate CLIP file)")
+            raise ModelError(f"{path}: no {name} text encoder weights found; this {family.name} checkpoint is "
+                             "incomplete (load a full checkpoint, or a separate CLIP file)")
         default_act = "quick_gelu" if name == "clip_l" else "gelu"
         try:
             cfg = infer_clip_config(sd, activations.get(name, default_act), heads.get(name))
@@ -223,13 +167,7 @@ def _text_encoder(parts: dict[str, dict[str, Any]], arch: str, path: Path, heads
             raise ModelError(f"{path}: the {name} text encoder weights are incomplete (missing {e.args[0]}); "
                              "re-download the file") from None
         clips[name] = _load_module(lambda cfg=cfg: CLIPTextModel(cfg), sd, name, path)
-    if arch == "sd1":
-        slots = [ClipSlot("clip_l")]
-    elif arch == "sd2":
-        slots = [ClipSlot("clip_h", layer_idx=-2, pad_token=0)]
-    else:
-        slots = [ClipSlot("clip_l", -2, False, EOS), ClipSlot("clip_g", -2, False, 0)]
-    pooled = {"sd1": "clip_l", "sd2": "clip_h", "sdxl": "clip_g"}[arch]
+    slots, pooled = _CLIP_SLOTS[family.name]
     return TextEncoder(clips, slots, pooled, embeddings_dir, name=path.name)
 
 
@@ -296,20 +234,23 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
     if not parts["vae"]:
         raise ModelError(f"{path}: has a UNet but no VAE weights (first_stage_model.*); load the VAE separately "
                          "with load_vae() / VAELoader")
-    arch = _detect_arch(parts)
+    family = detect_family(parts)
+    if family is None:
+        raise _unknown(path, full)
     try:
-        ucfg = infer_unet_config(parts["unet"], arch)
+        config = family.config(parts["unet"], parts)
         vcfg = infer_vae_config(parts["vae"])
     except (KeyError, IndexError, TypeError) as e:
-        raise ModelError(f"{path}: UNet/VAE weights are incomplete ({e!r}); re-download the file") from None
-    if unet_heads is not None and arch == "sd1":  # diffusers folders name their head count
-        ucfg.num_heads = unet_heads if isinstance(unet_heads, int) else unet_heads[0]
+        raise ModelError(f"{path}: diffusion model/VAE weights are incomplete ({e!r}); re-download the file") from None
+    if unet_heads is not None and family.name == "sd1":  # diffusers folders name their head count
+        config.num_heads = unet_heads if isinstance(unet_heads, int) else unet_heads[0]
     unet_dtype, te_dtype, vae_dtype = default_dtypes(device, dtype)
-    unet = _load_module(lambda: UNetModel(ucfg), parts["unet"], "UNet", path).to(device, unet_dtype)
+    network = _load_module(lambda: family.build(config), family.convert(parts["unet"], config), "UNet", path)
+    network = network.to(device, unet_dtype)
     vae = _load_module(lambda: AutoencoderKL(vcfg), parts["vae"], "VAE", path).to(device, vae_dtype)
-    te = _text_encoder(parts, arch, path, heads, acts, embeddings_dir).to(device, te_dtype)
-    prediction = _detect_prediction(arch, full, parts["unet"])
-    model = DiffusionModel(unet.eval(), arch, prediction, latent_format_for(arch), name=path.name)
+    te = _text_encoder(parts, family, path, heads, acts, embeddings_dir).to(device, te_dtype)
+    model = DiffusionModel(network.eval(), family, config, family.model_sampling(config, full, parts),
+                           name=path.name)
     return model, te, VAE(vae.eval(), name=path.name)
 
 

@@ -1,4 +1,4 @@
-"""`DiffusionModel` and `VAE`: the engine-facing wrappers around the UNet and the autoencoder modules."""
+"""`VAE`, the engine-facing wrapper around the autoencoder (``DiffusionModel`` lives with the family seam)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .unet import UNetModel, timestep_embedding
+from .family import DiffusionModel, module_device, module_dtype
 from .vae import AutoencoderKL
 
-
-def module_device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def module_dtype(module: nn.Module) -> torch.dtype:
-    return next(module.parameters()).dtype
+__all__ = ["VAE", "DiffusionModel", "module_device", "module_dtype", "shared_copy"]
 
 
 def shared_copy(module: nn.Module) -> nn.Module:
@@ -25,75 +19,6 @@ def shared_copy(module: nn.Module) -> nn.Module:
     memo: dict[int, Any] = {id(p): p for p in module.parameters()}
     memo.update({id(b): b for b in module.buffers()})
     return copy.deepcopy(module, memo)
-
-
-class DiffusionModel:
-    """The UNet as the samplers see it: `model(x, timesteps, context, y)` -> raw eps/v output in float32."""
-
-    def __init__(self, unet: UNetModel, arch: str, prediction: str, latent_format: Any, name: str = ""):
-        self.unet = unet
-        self.arch = arch
-        self.prediction = prediction
-        self.latent_format = latent_format
-        self.name = name
-        self.patches: dict[str, Any] = {}  # LoRA provenance, for repr and cache keys
-
-    @property
-    def device(self) -> torch.device:
-        """Where the weights are now."""
-        return module_device(self.unet)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The weight dtype; inputs are cast to it."""
-        return module_dtype(self.unet)
-
-    @property
-    def config(self):
-        """The `UNetConfig` read off the checkpoint."""
-        return self.unet.config
-
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 y: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw UNet output (eps or v, per `.prediction`) in float32."""
-        device, dtype = self.device, self.dtype
-        timesteps = torch.as_tensor(timesteps, device=device).float().reshape(-1).expand(x.shape[0])
-        with torch.no_grad():  # not inference_mode: callers may update the outputs in place
-            out = self.unet(x.to(device, dtype), timesteps, context.to(device, dtype),
-                            None if y is None else y.to(device, dtype))
-        return out.float()
-
-    def encode_adm(self, pooled: torch.Tensor | None, width: int, height: int, crop_w: int = 0, crop_h: int = 0,
-                   target_width: int | None = None, target_height: int | None = None) -> torch.Tensor | None:
-        """SDXL's `y`: pooled text embedding + 256-dim embeddings of the size/crop/target numbers; else None."""
-        adm = self.unet.config.adm_in_channels
-        if not adm or self.arch != "sdxl":
-            return None
-        pooled_dim = adm - 6 * 256
-        if pooled is None:
-            pooled = torch.zeros(1, pooled_dim)
-        pooled = pooled.float().reshape(-1, pooled.shape[-1]).cpu()
-        if pooled.shape[-1] != pooled_dim:
-            raise ValueError(f"pooled output has {pooled.shape[-1]} values but this SDXL model expects {pooled_dim}")
-        numbers = [height, width, crop_h, crop_w, target_height or height, target_width or width]
-        sizes = timestep_embedding(torch.tensor(numbers, dtype=torch.float32), 256).reshape(1, -1)
-        return torch.cat([pooled, sizes.expand(pooled.shape[0], -1)], dim=1)
-
-    def clone(self) -> DiffusionModel:
-        """A new wrapper sharing the same weights (patch it without touching the original)."""
-        other = copy.copy(self)
-        other.patches = dict(self.patches)
-        return other
-
-    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> DiffusionModel:
-        """Move the weights (in place, shared with clones) and return self."""
-        self.unet.to(device=device, dtype=dtype)
-        return self
-
-    def __repr__(self) -> str:
-        c = self.unet.config
-        return (f"DiffusionModel({self.arch}, {self.prediction}, channels={c.model_channels}, "
-                f"mult={c.channel_mult}, {self.dtype}, {self.device}{', lora' if self.patches else ''})")
 
 
 class VAE:

@@ -7,8 +7,14 @@ from typing import Any
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
-CLIP_L_PREFIXES = ("cond_stage_model.transformer.", "conditioner.embedders.0.transformer.")
-OPENCLIP_PREFIXES = {"cond_stage_model.model.": "clip_h", "conditioner.embedders.1.model.": "clip_g"}
+#: Text encoders stored in Hugging Face layout, by checkpoint prefix (ComfyUI saves FLUX/SD3 ones as text_encoders.*)
+HF_TEXT_PREFIXES = {"cond_stage_model.transformer.": "clip_l", "conditioner.embedders.0.transformer.": "clip_l",
+                    "text_encoders.clip_l.transformer.": "clip_l", "text_encoders.clip_g.transformer.": "clip_g"}
+#: Text encoders stored in OpenCLIP layout (the SDXL refiner keeps its OpenCLIP-G at embedders.0)
+OPENCLIP_PREFIXES = {"cond_stage_model.model.": "clip_h", "conditioner.embedders.1.model.": "clip_g",
+                     "conditioner.embedders.0.model.": "clip_g"}
+#: T5 encoders, kept in their own (transformers) key names
+T5_PREFIXES = {"text_encoders.t5xxl.transformer.": "t5xxl"}
 
 # diffusers ResnetBlock2D -> LDM ResBlock
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -21,7 +27,10 @@ _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_ou
 
 
 def split_checkpoint(sd: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A single-file checkpoint -> {"unet", "vae", "clip_l", "clip_g" | "clip_h"} state dicts in our names."""
+    """A single-file checkpoint -> {"unet", "vae", "clip_l", "clip_g" | "clip_h", "t5xxl"} state dicts in our names.
+
+    "unet" is the diffusion model (UNet or transformer) with ``model.diffusion_model.`` removed.
+    """
     parts: dict[str, dict[str, Any]] = {"unet": {}, "vae": {}}
     for key, value in sd.items():
         if key.startswith(UNET_PREFIX):
@@ -33,19 +42,16 @@ def split_checkpoint(sd: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     parts["vae"][key[len(prefix):]] = value
                 break
         else:
-            for prefix in CLIP_L_PREFIXES:
-                if key.startswith(prefix):
-                    parts.setdefault("clip_l", {})[key[len(prefix):]] = value
+            for prefixes in (HF_TEXT_PREFIXES, OPENCLIP_PREFIXES, T5_PREFIXES):
+                prefix = next((p for p in prefixes if key.startswith(p)), None)
+                if prefix is not None:
+                    parts.setdefault(prefixes[prefix], {})[key[len(prefix):]] = value
                     break
-            else:
-                for prefix, name in OPENCLIP_PREFIXES.items():
-                    if key.startswith(prefix):
-                        parts.setdefault(name, {})[key[len(prefix):]] = value
-    if "clip_l" in parts:
-        parts["clip_l"] = hf_clip_keys(parts["clip_l"])
-    for name in ("clip_h", "clip_g"):
+    for name in ("clip_l", "clip_h", "clip_g"):
         if name in parts:
-            parts[name] = openclip_to_hf(parts[name])
+            sd_part = parts[name]
+            in_openclip = any(k.startswith(("transformer.resblocks.", "token_embedding")) for k in sd_part)
+            parts[name] = openclip_to_hf(sd_part) if in_openclip else hf_clip_keys(sd_part)
     return parts
 
 

@@ -1,4 +1,8 @@
-"""The LDM KL autoencoder (`encoder`, `decoder`, `quant_conv`, `post_quant_conv`) named like the checkpoints."""
+"""The LDM KL autoencoder (`encoder`, `decoder`, `quant_conv`, `post_quant_conv`) named like the checkpoints.
+
+The 16-channel VAEs of FLUX.1 and SD3 are the same network without the two 1x1 quant convolutions
+(``VAEConfig.quant_conv=False``), so comfykit keeps one implementation for all of them.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ class VAEConfig:
     z_channels: int = 4
     in_channels: int = 3
     out_ch: int = 3
+    quant_conv: bool = True  # SD1/SD2/SDXL have the 1x1 quant convs; FLUX.1/SD3 VAEs do not
 
 
 class ResnetBlock(nn.Module):
@@ -159,13 +164,17 @@ class AutoencoderKL(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
+        if cfg.quant_conv:
+            self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
+            self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels in -1..1 [B,3,H,W] -> the mean of the latent posterior (ComfyUI's VAEEncode)."""
-        return self.quant_conv(self.encoder(x))[:, : self.config.z_channels]
+        moments = self.encoder(x)
+        if self.config.quant_conv:
+            moments = self.quant_conv(moments)
+        return moments[:, : self.config.z_channels]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latent -> pixels in about -1..1 [B,3,H,W]."""
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z) if self.config.quant_conv else z)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..models.family import ModelInputs
 from .samplers import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, get_sampler
 from .schedulers import calculate_sigmas, model_sampling_for
 
@@ -70,29 +71,28 @@ def select_sigmas(model_sampling: Any, sampler_name: str, scheduler: str, steps:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Conditioning: [[cond [1|B, T, dim], {"pooled_output", "area", "strength", "mask", ...}], ...]
+# Conditioning: [[cond [1|B, T, dim], {"pooled_output", "area", "strength", "mask", ...}], ...]. Each entry
+# becomes the model's ModelInputs through model.model_inputs(); the family decides what it reads from the options.
 
 
 class _Cond:
-    """One conditioning entry resolved against the latent: context, adm vector, crop and weight map."""
+    """One conditioning entry resolved against the latent: the model inputs, crop, weight map and sigma range."""
 
-    def __init__(self, model: Any, entry: Any, x: torch.Tensor):
+    def __init__(self, model: Any, entry: Any, x: torch.Tensor, model_sampling: Any, negative: bool = False):
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], dict)):
             raise ValueError("each conditioning entry must be [tensor [B, tokens, dim], dict]; got "
                              f"{type(entry).__name__}")
         cond, opts = entry
+        if negative and "prompt_type" not in opts:
+            opts = {**opts, "prompt_type": "negative"}  # ComfyUI tells the model which side a cond is on
         batch, _, height, width = x.shape
-        device, dtype = x.device, getattr(model, "dtype", x.dtype)
-        self.context = cond.to(device=device, dtype=dtype)
-        self.y = None
-        encode_adm = getattr(model, "encode_adm", None)
-        if encode_adm is not None and getattr(model, "arch", None) == "sdxl":
-            w, h = opts.get("width", width * 8), opts.get("height", height * 8)
-            self.y = encode_adm(opts.get("pooled_output"), width=w, height=h, crop_w=opts.get("crop_w", 0),
-                                crop_h=opts.get("crop_h", 0), target_width=opts.get("target_width", w),
-                                target_height=opts.get("target_height", h))
-            if self.y is not None:
-                self.y = self.y.to(device=device, dtype=dtype)
+        device = x.device
+        self.inputs = model.model_inputs(cond, opts, x)
+        # ConditioningSetTimestepRange: the entry only takes part while sigma is within its percent range
+        self.sigma_range = None
+        if "start_percent" in opts or "end_percent" in opts:
+            self.sigma_range = (model_sampling.percent_to_sigma(float(opts.get("start_percent", 0.0))),
+                                model_sampling.percent_to_sigma(float(opts.get("end_percent", 1.0))))
         area = opts.get("area")
         if area is not None and area[0] == "percentage":
             area = (max(1, round(area[1] * height)), max(1, round(area[2] * width)),
@@ -103,6 +103,8 @@ class _Cond:
             area = (min(ah, height - ay), min(aw, width - ax), ay, ax)
         self.area = area
         ah, aw, ay, ax = area if area is not None else (height, width, 0, 0)
+        if area is not None and self.inputs.concat is not None:  # extra channels follow the crop
+            self.inputs.concat = self.inputs.concat[:, :, ay:ay + ah, ax:ax + aw]
         strength = float(opts.get("strength", 1.0))
         mask = opts.get("mask")
         if mask is not None:
@@ -117,6 +119,14 @@ class _Cond:
             if area is not None:
                 _feather(mult, area, height, width)
         self.mult = mult * strength
+
+    def active(self, sigma: torch.Tensor) -> bool:
+        """False while sigma is outside the entry's timestep range."""
+        if self.sigma_range is None:
+            return True
+        start, end = self.sigma_range
+        s = float(sigma.max())
+        return not (s > start or s < end)
 
 
 def _feather(mult: torch.Tensor, area: tuple[int, int, int, int], height: int, width: int, rr: int = 8) -> None:
@@ -134,11 +144,6 @@ def _feather(mult: torch.Tensor, area: tuple[int, int, int, int], height: int, w
             mult[:, :, :, aw - 1 - t] *= (t + 1) / rr
 
 
-def _repeat_tokens(context: torch.Tensor, length: int) -> torch.Tensor:
-    # repeating all tokens k times leaves cross-attention unchanged, so conds of 77 and 154 tokens batch together
-    return context.repeat(1, length // context.shape[1], 1)
-
-
 class CFGDenoiser:
     """k-diffusion model wrapper: x, sigma -> CFG-combined denoised x0 over area/mask-weighted conds."""
 
@@ -146,37 +151,27 @@ class CFGDenoiser:
         self.model, self.model_sampling, self.cfg = model, model_sampling, float(cfg)
         self.positive, self.negative = positive, negative
         self._resolved: dict[int, list[_Cond]] = {}
+        family = getattr(model, "family", None)
+        self._repeat_context = getattr(family, "repeat_context", True)
 
     def _conds(self, which: int, x: torch.Tensor) -> list[_Cond]:
         if which not in self._resolved:
             entries = self.positive if which == 0 else self.negative
-            self._resolved[which] = [_Cond(self.model, e, x) for e in entries]
+            self._resolved[which] = [_Cond(self.model, e, x, self.model_sampling, negative=which == 1)
+                                     for e in entries]
         return self._resolved[which]
 
     def _run(self, items: list[tuple[int, _Cond]], x: torch.Tensor, sigma: torch.Tensor):
-        """Evaluate all (which, cond) items sharing one crop in a single batched model call."""
+        """Evaluate all (which, cond) items sharing one crop and input shapes in a single batched model call."""
         cond0 = items[0][1]
         ah, aw, ay, ax = cond0.area if cond0.area is not None else (x.shape[2], x.shape[3], 0, 0)
         crop = x[:, :, ay:ay + ah, ax:ax + aw]
         n, batch = len(items), x.shape[0]
-        length = math.lcm(*(c.context.shape[1] for _, c in items))
-        contexts = []
-        for _, c in items:
-            ctx = _repeat_tokens(c.context, length)
-            contexts.append(ctx.repeat(batch // ctx.shape[0] or 1, 1, 1)[:batch] if ctx.shape[0] != batch else ctx)
-        ys = [c.y for _, c in items]
-        y = None
-        if all(v is not None for v in ys):
-            y = torch.cat([v.repeat(batch // v.shape[0] or 1, 1)[:batch] if v.shape[0] != batch else v
-                           for v in ys])
+        inputs = ModelInputs.cat([c.inputs for _, c in items], batch, self._repeat_context)
         sig = sigma.repeat(n)
         ms = self.model_sampling
         x_in = ms.calculate_input(sig, crop.repeat(n, 1, 1, 1))
-        model = self.model
-        dtype, device = getattr(model, "dtype", x.dtype), getattr(model, "device", x.device)
-        t = ms.timestep(sig).float()
-        out = model(x_in.to(device=device, dtype=dtype), t.to(device), torch.cat(contexts).to(device),
-                    y=None if y is None else y.to(device))
+        out = self.model.apply(x_in, ms.timestep(sig).float(), inputs)
         den = ms.calculate_denoised(sig, out.to(x.device).float(), crop.repeat(n, 1, 1, 1))
         return den.chunk(n)
 
@@ -186,8 +181,9 @@ class CFGDenoiser:
         groups: dict[Any, list[tuple[int, _Cond]]] = {}
         for which in todo:
             for cond in self._conds(which, x):
-                key = (cond.area, cond.y is not None)
-                groups.setdefault(key, []).append((which, cond))
+                if cond.active(sigma):
+                    key = (cond.area, cond.inputs.batch_key(self._repeat_context))
+                    groups.setdefault(key, []).append((which, cond))
         outs = {w: torch.zeros_like(x) for w in todo}
         counts = {w: torch.full_like(x, 1e-37) for w in todo}  # ComfyUI's floor: uncovered pixels become 0
         for items in groups.values():

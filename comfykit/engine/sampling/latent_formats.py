@@ -79,14 +79,3 @@ Flux = LatentFormat(
 )
 
 FORMATS: dict[str, LatentFormat] = {f.name: f for f in (SD15, SDXL, SD3, Flux)}
-
-# Which format each DiffusionModel.arch uses (SD2.x shares SD1.x's VAE space).
-ARCH_FORMATS: dict[str, LatentFormat] = {"sd1": SD15, "sd2": SD15, "sdxl": SDXL, "sd3": SD3, "flux": Flux}
-
-
-def for_arch(arch: str) -> LatentFormat:
-    """The latent format of a model architecture name ("sd1", "sd2", "sdxl", "sd3", "flux")."""
-    try:
-        return ARCH_FORMATS[arch]
-    except KeyError:
-        raise ValueError(f"unknown model arch {arch!r}; expected one of {sorted(ARCH_FORMATS)}") from None

@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from comfykit.engine.models.family import ModelInputs  # noqa: E402
 from comfykit.engine.sampling.latent_formats import SD15  # noqa: E402
 from comfykit.engine.sampling.schedulers import ModelSamplingDiscrete  # noqa: E402
 
@@ -50,6 +51,13 @@ class FakeUNet:
         self.s = s
         self.table = ModelSamplingDiscrete()
         self.calls = []
+
+    def model_inputs(self, cond, options, x):
+        """The sampling contract of DiffusionModel: this fake reads only the context."""
+        return ModelInputs(context=cond)
+
+    def apply(self, x, timesteps, inputs):
+        return self(x, timesteps, inputs.context, y=inputs.pooled)
 
     def __call__(self, x, timesteps, context, y=None):
         self.calls.append({"batch": x.shape[0], "tokens": context.shape[1], "y": y, "t": timesteps.clone(),

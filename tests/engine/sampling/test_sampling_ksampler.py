@@ -104,23 +104,32 @@ def test_conds_of_different_token_lengths(fake_unet):
 
 
 class FakeSDXL(FakeUNet):
+    """The fake UNet conditioned the way the real SDXL family conditions: an adm vector per cond."""
+
     arch = "sdxl"
 
     def __init__(self):
-        super().__init__()
-        self.adm = []
+        from comfykit.engine.models.sd import SDXL
+        from comfykit.engine.models.unet import UNetConfig
 
-    def encode_adm(self, pooled, width, height, crop_w=0, crop_h=0, target_width=None, target_height=None):
-        self.adm.append((width, height, crop_w, crop_h, target_width, target_height))
-        return torch.zeros(1, 2816)
+        super().__init__()
+        self.family, self.config = SDXL(), UNetConfig(adm_in_channels=2816)
+
+    def model_inputs(self, cond, options, x):
+        return self.family.model_inputs(self, cond, options, x)
 
 
 def test_sdxl_gets_an_adm_vector_per_cond():
     model = FakeSDXL()
-    pos = cond(1.0, pooled_output=torch.zeros(1, 1280), width=1024, height=1024, target_width=512)
+    pooled = torch.randn(1, 1280)
+    pos = cond(1.0, pooled_output=pooled, width=1024, height=1024, target_width=512)
     common_ksampler(model, 0, 2, 3.0, "euler", "normal", pos, cond(0.0), _latent(h=8, w=12))
-    assert model.adm == [(1024, 1024, 0, 0, 512, 1024), (96, 64, 0, 0, 96, 64)]
-    assert all(c["y"] is not None and c["y"].shape == (2, 2816) for c in model.calls)
+    want_pos = model.family.encode_adm(model.config, pooled, 1024, 1024, target_width=512)
+    want_neg = model.family.encode_adm(model.config, None, 96, 64)
+    assert want_pos.shape == (1, 2816) and torch.equal(want_pos[:, :1280], pooled)
+    for call in model.calls:  # positive and negative batched together, each with its own sizes
+        assert call["y"].shape == (2, 2816)
+        assert torch.equal(call["y"], torch.cat([want_pos, want_neg]))
 
 
 def test_callback_gets_every_step_and_its_exception_stops_sampling(fake_unet):
