@@ -133,6 +133,37 @@ def config_from_folder(inferred: dict[str, Any], folder_cfg: dict[str, Any]) -> 
     return out
 
 
+def dequantize_scaled_fp8(sd: dict[str, Any], dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """ComfyUI's "scaled fp8" files (`scaled_fp8` marker, per-tensor `X.scale_weight`, `X.scale_input`) -> plain
+    weights `X.weight * scale_weight` in `dtype`; other state dicts come back unchanged.
+
+    This spends `dtype`-sized memory on those weights; keeping them in fp8 on the device is the job of the fp8 layer.
+    """
+    if "scaled_fp8" not in sd and not any(k.endswith(".scale_weight") for k in sd):
+        return sd
+    out = {}
+    for key, value in sd.items():
+        if key == "scaled_fp8" or key.endswith((".scale_weight", ".scale_input")):
+            continue
+        scale = sd.get(key[: -len("weight")] + "scale_weight") if key.endswith(".weight") else None
+        out[key] = value if scale is None else (value.to(dtype) * scale.to(dtype))
+    return out
+
+
+def open_source(source: str | Path | dict[str, Any], name: str | None) -> tuple[dict[str, Any], dict, str, bool]:
+    """(state dict, diffusers folder config, label for messages, whether we own the dict) of a loader's source."""
+    if isinstance(source, dict):
+        return source, {}, name or "state dict", False
+    sd, cfg = read_transformer(source)
+    return sd, cfg, name or str(source), True
+
+
+def place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Move a loaded diffusers module to `device` and `dtype`."""
+    # nn.Module.to: diffusers' own .to() warns about fp32-kept modules these models do not have
+    return nn.Module.to(module, device=device, dtype=dtype)
+
+
 # -- building ---------------------------------------------------------------------------------------------------
 def build_on_meta(make: Callable[[], nn.Module], sd: dict[str, Any], what: str, name: str) -> nn.Module:
     """Build with `make()` on the meta device (no random init) and assign `sd`'s tensors; mismatch -> ModelError."""
@@ -182,3 +213,26 @@ def per_sample(value: Any, batch: int, device: torch.device, name: str) -> torch
     if t.numel() != batch:
         raise ValueError(f"{name} has {t.numel()} values for a batch of {batch}; pass one value or one per sample")
     return t
+
+
+def load_dit(source: str | Path | dict[str, Any], *, device: Any = None, dtype: torch.dtype | None = None,
+             name: str | None = None, consume: bool = False) -> nn.Module:
+    """A FLUX.1 (`FluxModel`) or SD3/SD3.5 (`SD3Model`) diffusion model, whichever the keys say: UNETLoader's job.
+
+    >>> model = load_dit("models/diffusion_models/flux1-dev.safetensors")
+    >>> model.family, model.guidance_embeds
+    ('flux', True)
+    """
+    from .flux import FluxModel, flux_transformer_from_state_dict
+    from .sd3 import SD3Model, sd3_transformer_from_state_dict
+
+    device = torch.device(device or "cpu")
+    dtype = default_dtype(device, dtype)
+    sd, cfg, label, owned = open_source(source, name)
+    found = find_layout(sd)
+    if found is None:
+        raise ModelError(f"{label}: no FLUX.1 or SD3 diffusion-model keys found; this looks like {describe(sd)}")
+    flux = found[0].startswith("flux")
+    build = flux_transformer_from_state_dict if flux else sd3_transformer_from_state_dict
+    module = build(sd, name=label, folder_config=cfg, consume=owned or consume, dtype=dtype)
+    return (FluxModel if flux else SD3Model)(place(module, device, dtype), name=Path(label).name)

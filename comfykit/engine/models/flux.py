@@ -23,11 +23,13 @@ from .dit_common import (
     config_from_folder,
     count_blocks,
     default_dtype,
+    dequantize_scaled_fp8,
     describe,
     find_layout,
+    open_source,
     pad_to_patch,
     per_sample,
-    read_transformer,
+    place,
     strip_prefix,
 )
 
@@ -112,7 +114,7 @@ def infer_flux_config(sd: dict[str, Any]) -> dict[str, Any]:
 
 
 def flux_transformer_from_state_dict(sd: dict[str, Any], *, name: str = "flux", folder_config: dict | None = None,
-                                     consume: bool = False) -> nn.Module:
+                                     consume: bool = False, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A `FluxTransformer2DModel` holding the tensors of a prefix-free BFL or diffusers-layout state dict."""
     from diffusers import FluxTransformer2DModel
 
@@ -120,7 +122,7 @@ def flux_transformer_from_state_dict(sd: dict[str, Any], *, name: str = "flux", 
     if found is None or not found[0].startswith("flux"):
         raise ModelError(f"{name}: no FLUX.1 transformer keys found; this looks like {_what(found, sd)}")
     layout, prefix = found
-    dm = strip_prefix(sd, prefix, consume=consume)
+    dm = dequantize_scaled_fp8(strip_prefix(sd, prefix, consume=consume), dtype)
     try:
         if layout == "flux-bfl":
             dm = flux_to_diffusers(dm, consume=True)  # dm is our own dict here
@@ -139,21 +141,19 @@ def _what(found: tuple[str, str] | None, sd: dict[str, Any]) -> str:
 
 
 def load_flux(source: str | Path | dict[str, Any], *, device: Any = None, dtype: torch.dtype | None = None,
-              name: str | None = None) -> FluxModel:
+              name: str | None = None, consume: bool = False) -> FluxModel:
     """A FLUX.1 transformer from a file (BFL, diffusers or ComfyUI all-in-one), a diffusers folder or a state dict.
 
-    dtype defaults to float32 on CPU and bfloat16 on GPUs; tensors stored otherwise (fp16, fp8) are cast to it.
+    dtype defaults to float32 on CPU and bfloat16 on GPUs; tensors stored otherwise (fp16, fp8, scaled fp8) are
+    cast to it.
+    A state dict is left as it is unless `consume=True`, which pops the diffusion-model keys as they are used.
     """
     device = torch.device(device or "cpu")
-    if isinstance(source, dict):
-        sd, folder_cfg, label = source, {}, name or "state dict"
-    else:
-        sd, folder_cfg = read_transformer(source)
-        label = name or str(source)
-    module = flux_transformer_from_state_dict(sd, name=label, folder_config=folder_cfg, consume=not isinstance(source, dict))
-    # nn.Module.to: diffusers' own .to() warns about fp32-kept modules these models do not have
-    nn.Module.to(module, device=device, dtype=default_dtype(device, dtype))
-    return FluxModel(module, name=Path(label).name)
+    dtype = default_dtype(device, dtype)
+    sd, folder_cfg, label, owned = open_source(source, name)
+    module = flux_transformer_from_state_dict(sd, name=label, folder_config=folder_cfg, consume=owned or consume,
+                                            dtype=dtype)
+    return FluxModel(place(module, device, dtype), name=Path(label).name)
 
 
 # -- ComfyUI's model contract -----------------------------------------------------------------------------------

@@ -23,11 +23,13 @@ from .dit_common import (
     config_from_folder,
     count_blocks,
     default_dtype,
+    dequantize_scaled_fp8,
     describe,
     find_layout,
+    open_source,
     pad_to_patch,
     per_sample,
-    read_transformer,
+    place,
     strip_prefix,
 )
 
@@ -91,7 +93,7 @@ def infer_sd3_config(sd: dict[str, Any]) -> dict[str, Any]:
 
 
 def sd3_transformer_from_state_dict(sd: dict[str, Any], *, name: str = "sd3", folder_config: dict | None = None,
-                                    consume: bool = False) -> nn.Module:
+                                    consume: bool = False, dtype: torch.dtype = torch.float32) -> nn.Module:
     """An `SD3Transformer2DModel` holding the tensors of a Stability or diffusers-layout state dict (any prefix)."""
     from diffusers import SD3Transformer2DModel
 
@@ -100,7 +102,7 @@ def sd3_transformer_from_state_dict(sd: dict[str, Any], *, name: str = "sd3", fo
         what = "a FLUX.1 transformer (load it with load_flux)" if found else describe(sd)
         raise ModelError(f"{name}: no SD3/SD3.5 MMDiT keys found; this looks like {what}")
     layout, prefix = found
-    dm = strip_prefix(sd, prefix, consume=consume)
+    dm = dequantize_scaled_fp8(strip_prefix(sd, prefix, consume=consume), dtype)
     try:
         if layout == "sd3-sai":
             dm = sd3_to_diffusers(dm, consume=True)
@@ -113,22 +115,19 @@ def sd3_transformer_from_state_dict(sd: dict[str, Any], *, name: str = "sd3", fo
 
 
 def load_sd3(source: str | Path | dict[str, Any], *, device: Any = None, dtype: torch.dtype | None = None,
-             name: str | None = None) -> SD3Model:
+              name: str | None = None, consume: bool = False) -> SD3Model:
     """An SD3/SD3.5 MMDiT from a file (Stability single file, diffusers, ComfyUI), a diffusers folder or a state dict.
 
-    dtype defaults to float32 on CPU and bfloat16 on GPUs; tensors stored otherwise (fp16, fp8) are cast to it.
+    dtype defaults to float32 on CPU and bfloat16 on GPUs; tensors stored otherwise (fp16, fp8, scaled fp8) are
+    cast to it.
+    A state dict is left as it is unless `consume=True`, which pops the diffusion-model keys as they are used.
     """
     device = torch.device(device or "cpu")
-    if isinstance(source, dict):
-        sd, folder_cfg, label = source, {}, name or "state dict"
-    else:
-        sd, folder_cfg = read_transformer(source)
-        label = name or str(source)
-    module = sd3_transformer_from_state_dict(sd, name=label, folder_config=folder_cfg,
-                                             consume=not isinstance(source, dict))
-    # nn.Module.to: diffusers' own .to() warns about fp32-kept modules these models do not have
-    nn.Module.to(module, device=device, dtype=default_dtype(device, dtype))
-    return SD3Model(module, name=Path(label).name)
+    dtype = default_dtype(device, dtype)
+    sd, folder_cfg, label, owned = open_source(source, name)
+    module = sd3_transformer_from_state_dict(sd, name=label, folder_config=folder_cfg, consume=owned or consume,
+                                            dtype=dtype)
+    return SD3Model(place(module, device, dtype), name=Path(label).name)
 
 
 class SD3Model(nn.Module):

@@ -308,3 +308,41 @@ def test_missing_or_mismatched_tensors_are_model_errors(tmp_path):
     sd3["joint_blocks.0.x_block.mlp.fc2.weight"] = sd3["joint_blocks.0.x_block.mlp.fc2.weight"][:, :-1]
     with pytest.raises(ModelError, match="sd3-bad"):
         load_sd3(sd3, name="sd3-bad.safetensors")
+
+
+# -- fp8, dispatch ----------------------------------------------------------------------------------------------
+def test_fp8_files_load_upcast(tmp_path):
+    pieces = tiny_dit.flux_pieces(guidance=True, seed=8)
+    path = tiny_dit.write_flux_file(tmp_path / "flux1-tiny-fp8.safetensors", guidance=True, seed=8,
+                                    prefix="model.diffusion_model.", dtype=torch.float8_e4m3fn)
+    ours = load_flux(path)
+    key = "model.diffusion_model.double_blocks.0.img_attn.proj.weight"
+    rounded = pieces[key].to(torch.float8_e4m3fn).float()
+    assert not torch.equal(rounded, pieces[key])  # fp8 is lossy: the loaded weights must be the fp8 values
+    assert torch.equal(ours.transformer.transformer_blocks[0].attn.to_out[0].weight, rounded)
+
+
+def test_scaled_fp8_weights_are_multiplied_by_their_scale(tmp_path):
+    sd = tiny_dit.sd3_pieces(prefix="model.diffusion_model.", seed=9)
+    key = "model.diffusion_model.joint_blocks.0.x_block.mlp.fc1.weight"
+    scaled = dict(sd)
+    scaled[key] = (sd[key] / 0.25).to(torch.float8_e4m3fn)
+    scaled[key[: -len("weight")] + "scale_weight"] = torch.tensor(0.25)
+    scaled[key[: -len("weight")] + "scale_input"] = torch.tensor(1.0)
+    scaled["model.diffusion_model.scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    ours = load_sd3(scaled)
+    expected = (sd[key] / 0.25).to(torch.float8_e4m3fn).float() * 0.25
+    assert torch.equal(ours.transformer.transformer_blocks[0].ff.net[0].proj.weight, expected)
+
+
+def test_load_dit_dispatches_on_the_keys_and_consume_frees_them(tmp_path):
+    from comfykit.engine.models.dit_common import load_dit
+
+    flux = load_dit(tiny_dit.write_flux_file(tmp_path / "f.safetensors", guidance=True))
+    assert (flux.family, flux.guidance_embeds) == ("flux", True)
+    allinone = tiny_dit.sd3_pieces() | tiny_dit.vae16_pieces("first_stage_model.")
+    sd3 = load_dit(allinone, name="sd3.5_tiny.safetensors", consume=True)
+    assert sd3.family == "sd3" and sd3.name == "sd3.5_tiny.safetensors"
+    assert allinone and all(k.startswith("first_stage_model.") for k in allinone)  # only the VAE is left
+    with pytest.raises(ModelError, match="VAE"):
+        load_dit(tiny_dit.vae16_pieces(""), name="ae.safetensors")
