@@ -62,9 +62,8 @@ def flux_to_diffusers(sd: dict[str, Any], *, consume: bool = False) -> dict[str,
             stand_in = (3072 * 7,) + tuple(fused.shape[1:])  # 3 x 3072 (q, k, v) + 4 x 3072 (mlp)
             work[key] = torch.empty(stand_in, device="meta")
     out = convert_flux_transformer_checkpoint_to_diffusers(work)
-    leftover = [k for k in work if not k.startswith("model.diffusion_model.")]
-    if leftover:
-        raise KeyError(f"unknown keys {leftover[:3]}")
+    if work:  # the converter pops every key it knows
+        raise KeyError(f"unknown keys {list(work)[:3]}")
     for (i, kind), fused in singles.items():
         mlp = fused.shape[0] - 3 * inner
         q, k, v, m = torch.split(fused, [inner, inner, inner, mlp], dim=0)
@@ -115,7 +114,7 @@ def infer_flux_config(sd: dict[str, Any]) -> dict[str, Any]:
 
 def flux_transformer_from_state_dict(sd: dict[str, Any], *, name: str = "flux", folder_config: dict | None = None,
                                      consume: bool = False, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A `FluxTransformer2DModel` holding the tensors of a prefix-free BFL or diffusers-layout state dict."""
+    """A `FluxTransformer2DModel` holding the tensors of a BFL or diffusers-layout state dict (any prefix)."""
     from diffusers import FluxTransformer2DModel
 
     found = find_layout(sd)
@@ -145,14 +144,14 @@ def load_flux(source: str | Path | dict[str, Any], *, device: Any = None, dtype:
     """A FLUX.1 transformer from a file (BFL, diffusers or ComfyUI all-in-one), a diffusers folder or a state dict.
 
     dtype defaults to float32 on CPU and bfloat16 on GPUs; tensors stored otherwise (fp16, fp8, scaled fp8) are
-    cast to it.
-    A state dict is left as it is unless `consume=True`, which pops the diffusion-model keys as they are used.
+    cast to it. A state dict is left as it is unless `consume=True`, which pops the diffusion-model keys as they
+    are used (the rest of an all-in-one checkpoint, e.g. its VAE, stays).
     """
     device = torch.device(device or "cpu")
     dtype = default_dtype(device, dtype)
     sd, folder_cfg, label, owned = open_source(source, name)
     module = flux_transformer_from_state_dict(sd, name=label, folder_config=folder_cfg, consume=owned or consume,
-                                            dtype=dtype)
+                                             dtype=dtype)
     return FluxModel(place(module, device, dtype), name=Path(label).name)
 
 

@@ -119,8 +119,8 @@ def load_sd3(source: str | Path | dict[str, Any], *, device: Any = None, dtype: 
     """An SD3/SD3.5 MMDiT from a file (Stability single file, diffusers, ComfyUI), a diffusers folder or a state dict.
 
     dtype defaults to float32 on CPU and bfloat16 on GPUs; tensors stored otherwise (fp16, fp8, scaled fp8) are
-    cast to it.
-    A state dict is left as it is unless `consume=True`, which pops the diffusion-model keys as they are used.
+    cast to it. A state dict is left as it is unless `consume=True`, which pops the diffusion-model keys as they
+    are used (the rest of an all-in-one checkpoint, e.g. its VAE, stays).
     """
     device = torch.device(device or "cpu")
     dtype = default_dtype(device, dtype)
