@@ -15,13 +15,14 @@ from . import keys
 from .clip import CLIPConfig, CLIPTextModel, _heads_for
 from .diffusion import VAE
 from .family import DiffusionModel, ModelFamily
+from .dit_families import DIT_FAMILIES
 from .sd import UNET_FAMILIES, count_indices, infer_unet_config
 from .text_encoder import ClipSlot, TextEncoder
 from .tokenizer import EOS
 from .vae import AutoencoderKL, VAEConfig
 
 #: Every family the engine loads, most specific first: detection takes the first whose ``detect`` says yes.
-FAMILIES: tuple[ModelFamily, ...] = UNET_FAMILIES
+FAMILIES: tuple[ModelFamily, ...] = DIT_FAMILIES + UNET_FAMILIES
 
 __all__ = ["FAMILIES", "detect_family", "infer_unet_config", "infer_vae_config", "load_checkpoint", "load_vae",
            "read_state_dict"]
@@ -237,16 +238,18 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
     family = detect_family(parts)
     if family is None:
         raise _unknown(path, full)
+    unet_dtype, te_dtype, vae_dtype = default_dtypes(device, dtype)
+    unet_dtype = family.compute_dtype(device, dtype) if dtype is None else unet_dtype
     try:
-        config = family.config(parts["unet"], parts)
+        net_sd = family.convert(parts["unet"], unet_dtype)
+        config = family.config(net_sd, parts)
         vcfg = infer_vae_config(parts["vae"])
-    except (KeyError, IndexError, TypeError) as e:
-        raise ModelError(f"{path}: diffusion model/VAE weights are incomplete ({e!r}); re-download the file") from None
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ModelError(f"{path}: the {family.name} diffusion model or VAE weights are incomplete ({e!r}); "
+                         "re-download the file") from None
     if unet_heads is not None and family.name == "sd1":  # diffusers folders name their head count
         config.num_heads = unet_heads if isinstance(unet_heads, int) else unet_heads[0]
-    unet_dtype, te_dtype, vae_dtype = default_dtypes(device, dtype)
-    network = _load_module(lambda: family.build(config), family.convert(parts["unet"], config), "UNet", path)
-    network = network.to(device, unet_dtype)
+    network = _load_module(lambda: family.build(config), net_sd, "diffusion model", path).to(device, unet_dtype)
     vae = _load_module(lambda: AutoencoderKL(vcfg), parts["vae"], "VAE", path).to(device, vae_dtype)
     te = _text_encoder(parts, family, path, heads, acts, embeddings_dir).to(device, te_dtype)
     model = DiffusionModel(network.eval(), family, config, family.model_sampling(config, full, parts),

@@ -3,8 +3,8 @@
 A family answers four questions about a diffusion-model state dict, in order:
 
 1. ``detect(parts)``: is this mine? (from key names; ``parts`` is the split checkpoint, see ``keys.split_checkpoint``)
-2. ``config(sd)``: what shape is it? (read off tensor shapes, never from a hub)
-3. ``convert(sd, config)``: the state dict in the network's own key names
+2. ``convert(sd, dtype)``: the state dict in the network's own key names (diffusers' converters where they exist)
+3. ``config(sd, parts)``: what shape is it? (read off the converted tensor shapes, never from a hub)
 4. ``build(config)``: the network module (built on the meta device by the loader, then filled with ``assign=True``)
 
 and then serves the one sampling contract every sampler uses (:class:`DiffusionModel`):
@@ -91,13 +91,20 @@ class ModelFamily:
         """True when the split checkpoint ``parts`` (``parts["unet"]``: the diffusion model) is this family's."""
         raise NotImplementedError
 
+    def convert(self, sd: dict[str, Any], dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        """The state dict in the network's key names (identity when the file already uses them); ``dtype`` is the
+        compute dtype, for weights stored in a form that must be expanded (scaled fp8)."""
+        return sd
+
     def config(self, sd: dict[str, Any], parts: dict[str, dict[str, Any]]) -> Any:
-        """The network's configuration, read off tensor shapes."""
+        """The network's configuration, read off the converted tensor shapes."""
         raise NotImplementedError
 
-    def convert(self, sd: dict[str, Any], config: Any) -> dict[str, Any]:
-        """The state dict in the network's key names (identity when the file already uses them)."""
-        return sd
+    def compute_dtype(self, device: torch.device, requested: torch.dtype | None) -> torch.dtype:
+        """The dtype the network runs in: fp32 on CPU; fp16 on GPUs (families that overflow in fp16 say bf16)."""
+        if requested is not None:
+            return requested
+        return torch.float32 if device.type == "cpu" else torch.float16
 
     def build(self, config: Any) -> nn.Module:
         """The network for ``config`` (called on the meta device)."""

@@ -98,6 +98,9 @@ class ModelManager:
                 continue
             kind = type(m).__name__
             dtype = {"DiffusionModel": unet_dtype, "TextEncoder": te_dtype, "VAE": vae_dtype}.get(kind)
+            family = getattr(m, "family", None)
+            if family is not None:  # FLUX.1 runs in bf16 where fp16 would overflow
+                dtype = family.compute_dtype(self.device, self.dtype)
             self._with_retry(lambda m=m, dtype=dtype: m.to(self.device, dtype), keep=models)
 
     def call(self, fn: Callable[[], T], *models: Any) -> T:
