@@ -14,8 +14,8 @@ from ...errors import ModelError
 from . import keys
 from .clip import CLIPConfig, CLIPTextModel, _heads_for
 from .diffusion import VAE
-from .family import DiffusionModel, ModelFamily
 from .dit_families import DIT_FAMILIES
+from .family import DiffusionModel, ModelFamily
 from .sd import UNET_FAMILIES, count_indices, infer_unet_config
 from .text_encoder import ClipSlot, TextEncoder
 from .tokenizer import EOS

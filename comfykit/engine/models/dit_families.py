@@ -13,7 +13,7 @@ from torch import nn
 
 from ..sampling import latent_formats
 from ..sampling.schedulers import ModelSamplingDiscreteFlow, ModelSamplingFlux
-from .dit_common import detect_layout, dequantize_scaled_fp8
+from .dit_common import dequantize_scaled_fp8, detect_layout
 from .family import DiffusionModel, ModelFamily, ModelInputs
 from .flux import FluxModel, flux_concat, flux_to_diffusers, infer_flux_config
 from .sd3 import SD3Model, infer_sd3_config, sd3_to_diffusers
