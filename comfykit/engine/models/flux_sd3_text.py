@@ -163,7 +163,11 @@ class SD3TextEncoder(_WithT5):
                 l_pooled = torch.zeros(1, self.l_width)
             if "clip_g" in self.clips:
                 g_out, g_pooled = self.encode_slot(self.slots[-1], tok_g)
-                lg = torch.cat([lg, g_out], dim=-1) if lg is not None else F.pad(g_out, (self.l_width, 0))
+                if lg is not None:
+                    n = min(lg.shape[1], g_out.shape[1])  # ComfyUI cuts both to the shorter one
+                    lg = torch.cat([lg[:, :n], g_out[:, :n]], dim=-1)
+                else:
+                    lg = F.pad(g_out, (self.l_width, 0))
             else:
                 g_pooled = torch.zeros(1, self.g_pooled_width)
             if lg is not None:

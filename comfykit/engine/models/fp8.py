@@ -102,7 +102,11 @@ class CastEmbedding(nn.Embedding):
     scale_weight: torch.Tensor | None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        rows = F.embedding(ids, self.weight, self.padding_idx).to(self.out_dtype)
+        w = self.weight
+        if is_fp8(w):  # gather the raw bytes: index_select of fp8 is not implemented on every device
+            rows = F.embedding(ids, w.view(torch.uint8)).view(w.dtype).to(self.out_dtype)
+        else:
+            rows = F.embedding(ids, w).to(self.out_dtype)
         s = _scale(self, "scale_weight", rows)
         return rows if s is None else rows * s
 
