@@ -114,22 +114,15 @@ class T5Encoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, layer_idx: int = -1) -> torch.Tensor:
         """Final-layer-normed output of block `layer_idx` (-1 = last), no attention mask."""
-        self.model.shared.out_dtype = self.compute_dtype
-        x = self.model.shared(ids.to(self.model.shared.weight.device))
+        x = self.model.shared(ids.to(self.model.shared.weight.device)).to(self.compute_dtype)
         if fp8.is_fp8(self.model.shared.weight):
             x = torch.nan_to_num(x)  # ComfyUI does this for fp8 T5 tables
         index = layer_idx % self.num_layers
-        captured: list[torch.Tensor] = []
-        hook = None
-        if index != self.num_layers - 1:
-            hook = self.model.encoder.block[index].register_forward_hook(
-                lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
-        try:
-            out = self.model(inputs_embeds=x).last_hidden_state
-        finally:
-            if hook is not None:
-                hook.remove()
-        return self.model.encoder.final_layer_norm(captured[0]) if captured else out
+        if index == self.num_layers - 1:
+            return self.model(inputs_embeds=x).last_hidden_state
+        # hidden_states = (embeddings, block 0 output, ..., normed last): entry i + 1 is block i's raw output
+        hidden = self.model(inputs_embeds=x, output_hidden_states=True).hidden_states[index + 1]
+        return self.model.encoder.final_layer_norm(hidden)
 
     def encode_tokens(self, tokens: list[tuple[int, float]], layer_idx: int = -1) -> torch.Tensor:
         """(id, weight) pairs -> [1, N, d_model] float32 on the CPU, prompt weights applied as ComfyUI does."""

@@ -127,12 +127,21 @@ def build_clip(sd: dict[str, Any], kind: str, what: str, *, device: Any = None, 
     return module.to(device=device, dtype=dtype).eval()
 
 
+def _t5_dtype(sd: dict[str, Any], fallback: torch.dtype) -> torch.dtype:
+    """ComfyUI's choice: the file's dtype unless it is wider than the text encoder dtype (T5 math is float32 anyway)."""
+    stored = sd.get("encoder.final_layer_norm.weight")
+    if stored is None or fp8.is_fp8(stored) or stored.element_size() > fallback.itemsize:
+        return fallback
+    return stored.dtype
+
+
 def build_text_encoder(family: str, parts: dict[str, dict[str, Any]], *, name: str = "", device: Any = None,
                        dtype: torch.dtype | None = None, embeddings_dir: str | Path | None = None,
                        context_dim: int | None = None) -> TextEncoder:
     """family ("sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux") + {kind: HF-named state dict} -> encoder.
 
-    `dtype` is the storage dtype of non-fp8 weights (default: fp32 on CPU, fp16 on GPU); T5 fp8 weights stay fp8.
+    `dtype` is the storage dtype of non-fp8 weights (default: fp32 on CPU, fp16 on GPU); T5 fp8 weights stay fp8
+    and T5 weights narrower than `dtype` keep the file's dtype (its math runs in float32 either way).
     """
     device = torch.device(device or "cpu")
     te_dtype = default_dtypes(device, dtype)[1] if dtype is None else dtype
@@ -140,7 +149,9 @@ def build_text_encoder(family: str, parts: dict[str, dict[str, Any]], *, name: s
     clips = {k: build_clip(sd, k, name or k, device=device, dtype=te_dtype,
                            projection=clip_projection or k != "clip_l")
              for k, sd in parts.items() if k.startswith("clip_")}
-    t5 = load_t5(parts["t5xxl"], name or "t5xxl", device=device, dtype=te_dtype) if "t5xxl" in parts else None
+    t5 = None
+    if "t5xxl" in parts:
+        t5 = load_t5(parts["t5xxl"], name or "t5xxl", device=device, dtype=_t5_dtype(parts["t5xxl"], te_dtype))
     if family == "flux":
         return FluxTextEncoder(clips["clip_l"], t5, embeddings_dir, name)
     if family == "sd3":

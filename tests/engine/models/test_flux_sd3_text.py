@@ -202,6 +202,33 @@ def test_fp8_scaled_t5_in_flux(files, flux):
     torch.testing.assert_close(enc.encode("a cat")[0], reference.encode("a cat")[0], atol=1e-5, rtol=1e-5)
 
 
+def test_t5_keeps_a_narrower_file_dtype_and_computes_in_float32(files, flux):
+    half = {k: v.half() for k, v in files.sds["t5xxl"].items()}
+    enc = build_text_encoder("flux", {"clip_l": files.sds["clip_l"], "t5xxl": half})  # CPU: text encoders fp32
+    assert enc.t5.model.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float16
+    assert enc.clips["clip_l"].text_model.final_layer_norm.weight.dtype == torch.float32
+    cond = enc.encode("a photo of a cat")[0]
+    assert cond.dtype == torch.float32
+    torch.testing.assert_close(cond, flux.encode("a photo of a cat")[0], atol=2e-2, rtol=2e-2)
+
+
+def test_lora_patches_the_clip_of_a_flux_encoder(tmp_path, flux):
+    from comfykit.engine.models.lora import clip_targets, load_lora
+
+    name = next(n for n, (_, p) in clip_targets(flux).items() if n.startswith("lora_te_") and p.endswith("fc1"))
+    module = flux.clips["clip_l"].get_submodule(clip_targets(flux)[name][1])
+    torch.manual_seed(0)
+    lora = {f"{name}.lora_down.weight": torch.randn(4, module.in_features),
+            f"{name}.lora_up.weight": torch.randn(module.out_features, 4)}
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    _, patched = load_lora(None, flux, tmp_path / "lora.safetensors", 0.0, 1.0)
+    assert isinstance(patched, FluxTextEncoder) and patched is not flux and patched.t5 is flux.t5
+    cond, pooled = patched.encode("a photo of a cat")
+    ref_cond, ref_pooled = flux.encode("a photo of a cat")
+    torch.testing.assert_close(cond, ref_cond)  # T5 untouched
+    assert not torch.allclose(pooled, ref_pooled)
+
+
 @pytest.mark.parametrize("paths, type, match", [
     (["t5xxl"], "stable_diffusion", r"T5-XXL text encoder, not one CLIPLoader type 'stable_diffusion'.*'flux'"),
     (["clip_l", "t5xxl"], "sdxl", r"t5xxl.safetensors: a T5-XXL.*type 'sdxl' takes clip_l \+ clip_g"),

@@ -29,6 +29,19 @@ def test_t5_tokenizer_gives_t5_v1_1_ids():
     assert tok("") == [1] and tok.vocab_size == 32100
 
 
+def test_t5_tokenizer_matches_transformers_on_the_same_vocabulary(tmp_path):
+    import gzip
+
+    from comfykit.engine.models.t5_tokenizer import VOCAB_FILE
+
+    (tmp_path / "tokenizer.json").write_bytes(gzip.decompress(VOCAB_FILE.read_bytes()))
+    hf = transformers.T5TokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    tok = get_t5_tokenizer()
+    for text in ["a photo of a cat", "  Two   spaces,\nnewline\ttab ", "Ünïcödé café: 1,234.5 km/h!", "", "x" * 40,
+                 "a (red:1.2) cat", "émoji 🐱 and 日本語"]:
+        assert tok(text) == hf(text)["input_ids"], text
+
+
 def test_t5_prompt_tokens_follow_comfyui():
     # weighted segments are tokenized on their own; then </s>; pad 0 up to the family's minimum, never truncated
     assert tokenize_t5("a photo of a (cat:1.5)", 10) == [
