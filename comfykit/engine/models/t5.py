@@ -157,7 +157,11 @@ def build_t5(sd: dict[str, Any], what: str = "t5xxl", *, compute_dtype: torch.dt
         model = T5EncoderModel(cfg)
     _patch_modules(model)
     weights = {**weights, "encoder.embed_tokens.weight": weights["shared.weight"]}
-    result = model.load_state_dict(weights, strict=False, assign=True)
+    try:
+        result = model.load_state_dict(weights, strict=False, assign=True)
+    except RuntimeError as e:  # a tensor whose shape disagrees with the others
+        first = str(e).strip().splitlines()[-1].strip()
+        raise ModelError(f"{what}: the T5 weights do not fit together ({first}); the file may be damaged") from None
     if result.missing_keys or result.unexpected_keys:
         missing, unexpected = result.missing_keys, result.unexpected_keys
         raise ModelError(f"{what}: the T5 weights do not fit the architecture read off their shapes (missing "

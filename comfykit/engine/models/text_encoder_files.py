@@ -183,7 +183,8 @@ def _family(kinds: list[str], paths: list[Path], type: str) -> str:
     if n == 1:
         family = SINGLE_TYPES[type].get(kinds[0])
         if family is None:
-            raise ModelError(f"{paths[0]}: {KINDS[kinds[0]]}, not one CLIPLoader type {type!r} loads; {_ADVICE[kinds[0]]}")
+            raise ModelError(f"{paths[0]}: {KINDS[kinds[0]]}, not one CLIPLoader type {type!r} loads; "
+                             f"{_ADVICE[kinds[0]]}")
         return family
     wanted = DUAL_TYPES[type]
     if wanted is None:  # sd3: any two of clip_l, clip_g, t5xxl

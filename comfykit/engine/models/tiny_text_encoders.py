@@ -111,7 +111,7 @@ def to_fp8(sd: dict[str, Any], dtype: torch.dtype = torch.float8_e4m3fn, *, scal
 
 
 def checkpoint_keys(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """{"clip_l": sd, ...} -> one dict under the all-in-one checkpoint prefixes (`text_encoders.t5xxl.transformer.`...)."""
+    """{"clip_l": sd, ...} -> one dict under the all-in-one checkpoint prefixes (`text_encoders.<name>.transformer.`)."""
     return {CHECKPOINT_PREFIXES[name] + k: v for name, sd in parts.items() for k, v in sd.items()}
 
 

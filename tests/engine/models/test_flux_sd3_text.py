@@ -242,7 +242,8 @@ def test_wrong_text_encoder_files_name_the_loader_to_use(files, paths, type, mat
 
 
 @pytest.mark.parametrize("keys, match", [
-    ({"double_blocks.0.img_attn.qkv.weight": 1, "single_blocks.0.linear1.weight": 1}, "FLUX.1 diffusion model.*UNETLoader"),
+    ({"double_blocks.0.img_attn.qkv.weight": 1, "single_blocks.0.linear1.weight": 1},
+     "FLUX.1 diffusion model.*UNETLoader"),
     ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": 1, "text_encoders.clip_l.transformer.x": 1},
      "all-in-one checkpoint.*CheckpointLoaderSimple"),
     ({"decoder.conv_in.weight": 1, "encoder.conv_in.weight": 1, "decoder.up.0.block.0.conv1.weight": 1}, "VAELoader"),

@@ -117,7 +117,31 @@ def test_broken_t5_files_raise_model_errors():
         build_t5(sd)
     with pytest.raises(ModelError, match="incomplete"):
         build_t5({k: v for k, v in sd.items() if "SelfAttention.q." not in k})
+    bad_shape = dict(tiny.t5xxl_state_dict(d_model=32, num_layers=1))
+    bad_shape["encoder.block.0.layer.0.SelfAttention.k.weight"] = torch.zeros(5, 32)
+    with pytest.raises(ModelError, match="do not fit together"):
+        build_t5(bad_shape)
     umt5 = tiny.t5xxl_state_dict(d_model=32, num_layers=2)
     umt5["encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"] = torch.zeros(32, 4)
     with pytest.raises(ModelError, match="UMT5"):
         infer_t5_config(t5_state_dict(umt5))
+
+
+def test_real_t5_xxl_shapes_give_comfyuis_config():
+    # the layout of t5xxl_fp16.safetensors, as shapes only (meta tensors)
+    d, ff = 4096, 10240
+    shapes = {"shared.weight": (32128, d), "encoder.final_layer_norm.weight": (d,),
+              "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (32, 64)}
+    for i in range(24):
+        for name, shape in (("0.SelfAttention.q", (d, d)), ("0.SelfAttention.k", (d, d)), ("0.SelfAttention.v", (d, d)),
+                            ("0.SelfAttention.o", (d, d)), ("0.layer_norm", (d,)), ("1.layer_norm", (d,)),
+                            ("1.DenseReluDense.wi_0", (ff, d)), ("1.DenseReluDense.wi_1", (ff, d)),
+                            ("1.DenseReluDense.wo", (d, ff))):
+            shapes[f"encoder.block.{i}.layer.{name}.weight"] = shape
+    xxl = {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+    assert set(tiny.t5xxl_state_dict(d_model=2, num_layers=1, vocab_size=4)) <= set(xxl)  # the writer's layout
+    cfg = infer_t5_config(xxl)
+    assert (cfg.d_model, cfg.d_kv, cfg.num_heads, cfg.d_ff, cfg.num_layers) == (d, 64, 64, ff, 24)
+    assert cfg.vocab_size == 32128
+    assert cfg.relative_attention_num_buckets == 32 and cfg.is_gated_act and cfg.dense_act_fn == "gelu_new"
+    assert build_t5(xxl).num_layers == 24  # builds on the meta device: no memory
