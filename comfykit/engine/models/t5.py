@@ -137,9 +137,10 @@ class T5Encoder(nn.Module):
                 return torch.where(w != 1.0, (z - z_empty) * w + z_empty, z)
             return self(ids, layer_idx).float().cpu()
 
-    def to(self, *args: Any, **kwargs: Any) -> T5Encoder:
-        """Move/cast like `nn.Module.to`, but fp8 weights stay fp8 (see `fp8.module_to`)."""
-        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> T5Encoder:  # type: ignore[override]
+        """Move (and store non-fp8 weights in `dtype`) in place; fp8 weights stay fp8 (see `fp8.module_to`)."""
+        if isinstance(device, torch.dtype):  # t5.to(torch.float16), as with nn.Module.to
+            device, dtype = None, device
         fp8.module_to(self.model, device, dtype)
         return self
 
