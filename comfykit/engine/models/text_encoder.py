@@ -213,23 +213,27 @@ class TextEncoder:
             hidden, pooled = clip(ids, slot.layer_idx, slot.layer_norm_hidden, eos.to(device), embeds)
         return hidden.float().cpu(), pooled.float().cpu()
 
+    def encode_slot(self, slot: ClipSlot, chunks: list[list[tuple[Any, float]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One CLIP's (cond [1, 77*k, width], pooled [1, width] of the first chunk), weights applied."""
+        weights = torch.tensor([[w for _, w in c] + [1.0] * (77 - len(c)) for c in chunks])
+        hidden, pool = self._run(slot, chunks)
+        if (weights != 1.0).any():
+            z_empty, _ = self._run(slot, [[(BOS, 1.0), (EOS, 1.0)]])
+            w = weights[:, : hidden.shape[1], None]
+            hidden = torch.where(w != 1.0, (hidden - z_empty) * w + z_empty, hidden)
+        return hidden.reshape(1, -1, hidden.shape[-1]), pool[:1]
+
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompt -> (cond [1, 77*k, dim], pooled [1, dim] or None) with weights `(word:1.2)` applied."""
         if not isinstance(text, str):
             raise TypeError(f"TextEncoder.encode expects a string prompt, got {type(text).__name__}")
         chunks = self.tokenize(text)
-        weights = torch.tensor([[w for _, w in c] + [1.0] * (77 - len(c)) for c in chunks])
-        empty = [[(BOS, 1.0), (EOS, 1.0)]]
         conds, pooled = [], None
         for slot in self.slots:
-            hidden, pool = self._run(slot, chunks)
-            if (weights != 1.0).any():
-                z_empty, _ = self._run(slot, empty)
-                w = weights[:, : hidden.shape[1], None]
-                hidden = torch.where(w != 1.0, (hidden - z_empty) * w + z_empty, hidden)
-            conds.append(hidden.reshape(1, -1, hidden.shape[-1]))
+            cond, pool = self.encode_slot(slot, chunks)
+            conds.append(cond)
             if slot.name == self.pooled_from:
-                pooled = pool[:1]
+                pooled = pool
         return torch.cat(conds, dim=-1), pooled
 
     def __repr__(self) -> str:
