@@ -126,6 +126,84 @@ def make_vae(path: str | Path, *, seed: int = 0) -> Path:
     return _save(_random(lambda: AutoencoderKL(vcfg), seed + 1).state_dict(), path)
 
 
+# -- FLUX.1 and SD3.5 -------------------------------------------------------------------------------------------
+#: Tiny widths that fit together: the transformer's text width is the T5's, its pooled width the CLIP(s)'
+_FLUX_DIT = {"joint_attention_dim": 32, "pooled_projection_dim": 32}
+_SD3_DIT = {"joint_attention_dim": 32, "caption_projection_dim": 32, "pooled_projection_dim": 32}
+_T5 = {"d_model": 32, "num_layers": 2, "num_heads": 4, "d_kv": 8, "d_ff": 48}
+FAMILIES = ("sd15", "flux", "flux-dev", "sd3")
+
+
+def _vae16(seed: int) -> dict[str, Any]:
+    """A tiny 16-channel VAE (8x, no quant convs), LDM keys without a prefix: FLUX.1's ae.safetensors layout."""
+    from .engine.models.vae import AutoencoderKL, VAEConfig
+
+    cfg = VAEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, z_channels=16, quant_conv=False)
+    return _random(lambda: AutoencoderKL(cfg), seed).state_dict()
+
+
+def _dit_parts(family: str, seed: int, t5: bool = True) -> dict[str, dict[str, Any]]:
+    """Tiny random pieces of a FLUX.1 (schnell or dev) or SD3.5 model, each in the layout its real files use."""
+    from .engine.models import tiny_dit
+    from .engine.models import tiny_text_encoders as tte
+
+    if family in ("flux", "flux-dev"):
+        parts = {"unet": tiny_dit.flux_pieces(family == "flux-dev", prefix="", seed=seed, **_FLUX_DIT),
+                 "clip_l": tte.clip_l_state_dict(width=32, seed=seed + 1)}
+    elif family == "sd3":
+        parts = {"unet": tiny_dit.sd3_pieces(prefix="", seed=seed, **_SD3_DIT),
+                 "clip_l": tte.clip_l_state_dict(width=16, seed=seed + 1),
+                 "clip_g": tte.clip_g_state_dict(width=16, projection_dim=16, seed=seed + 2)}
+    else:
+        raise ValueError(f"unknown family {family!r}; choose one of flux, flux-dev, sd3")
+    if t5:
+        parts["t5xxl"] = tte.t5xxl_state_dict(**_T5, seed=seed + 3)
+    parts["vae"] = _vae16(seed + 4)
+    return parts
+
+
+def make_dit_checkpoint(path: str | Path, family: str = "flux", *, seed: int = 0, t5: bool = True) -> Path:
+    """Write a tiny all-in-one FLUX.1 ("flux" = schnell, "flux-dev") or SD3.5 ("sd3") checkpoint, laid out as
+    ComfyUI's (``model.diffusion_model.*``, ``text_encoders.<name>.transformer.*``, ``vae.*``)."""
+    from .engine.models.tiny_text_encoders import checkpoint_keys
+
+    parts = _dit_parts(family, seed, t5)
+    sd = {"model.diffusion_model." + k: v for k, v in parts.pop("unet").items()}
+    sd.update({"vae." + k: v for k, v in parts.pop("vae").items()})
+    sd.update(checkpoint_keys(parts))
+    return _save(sd, path, {"comfykit.demo": family})
+
+
+def make_dit_files(models_dir: str | Path, family: str = "flux", *, seed: int = 0, fp8: bool = False,
+                   names: dict[str, str] | None = None) -> dict[str, str]:
+    """Write a tiny FLUX.1/SD3.5 model as the separate files ComfyUI's split-file workflows load.
+
+    ``models_dir/diffusion_models/<unet>``, ``text_encoders/<clip_l|clip_g|t5xxl>``, ``vae/<vae>``; ``names`` maps
+    those roles to file names (defaults: the names ComfyUI's templates use). ``fp8=True`` stores the T5 as scaled
+    fp8 and the transformer as fp8 e4m3fn, as the files people download for 16 GB GPUs are. Returns role -> name.
+    """
+    import torch
+
+    from .engine.models.tiny_text_encoders import to_fp8
+
+    defaults = {"flux": {"unet": "flux1-schnell.safetensors", "vae": "ae.safetensors"},
+                "flux-dev": {"unet": "flux1-dev.safetensors", "vae": "ae.safetensors"},
+                "sd3": {"unet": "sd3.5_medium.safetensors", "vae": "sd35_vae.safetensors",
+                        "clip_g": "clip_g.safetensors"}}[family]
+    roles = {"clip_l": "clip_l.safetensors",
+             "t5xxl": "t5xxl_fp8_e4m3fn_scaled.safetensors" if fp8 else "t5xxl_fp16.safetensors",
+             **defaults, **(names or {})}
+    folders = {"unet": "diffusion_models", "vae": "vae"}
+    models = Path(models_dir)
+    for role, part in _dit_parts(family, seed).items():
+        if fp8 and role == "t5xxl":
+            part = to_fp8(part, torch.float8_e4m3fn, scaled=True)
+        elif fp8 and role == "unet":
+            part = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in part.items()}
+        _save(part, models / folders.get(role, "text_encoders") / roles[role])
+    return roles
+
+
 def ensure_demo_checkpoint(models_dir: str | Path) -> str:
     """Create `models_dir/checkpoints/comfykit-demo-sd15.safetensors` if missing; return its file name."""
     target = Path(models_dir) / "checkpoints" / DEMO_CHECKPOINT

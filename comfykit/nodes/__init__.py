@@ -12,11 +12,21 @@ from .base import ANY_FILE, Node, declared_inputs, node_info
 from .conditioning import CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea
 from .image import ImageScale, LoadImage, PreviewImage, SaveImage
 from .latent import EmptyLatentImage, LatentUpscale, LatentUpscaleBy
-from .loaders import CheckpointLoaderSimple, LoraLoader, LoraLoaderModelOnly, VAELoader
+from .loaders import (
+    CheckpointLoaderSimple,
+    CLIPLoader,
+    DualCLIPLoader,
+    LoraLoader,
+    LoraLoaderModelOnly,
+    TripleCLIPLoader,
+    UNETLoader,
+    VAELoader,
+)
 from .sampling import KSampler, KSamplerAdvanced, VAEDecode, VAEEncode
 
 NODE_CLASSES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple, VAELoader, LoraLoader, LoraLoaderModelOnly,
+    UNETLoader, CLIPLoader, DualCLIPLoader, TripleCLIPLoader,
     CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningSetArea,
     EmptyLatentImage, LatentUpscale, LatentUpscaleBy,
     KSampler, KSamplerAdvanced, VAEDecode, VAEEncode,

@@ -1,4 +1,4 @@
-"""Read a checkpoint (single file or diffusers folder), detect SD1/SD2/SDXL, infer shapes, build and load."""
+"""Read a checkpoint (single file or diffusers folder), detect its model family, infer shapes, build and load."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from .vae import AutoencoderKL, VAEConfig
 #: Every family the engine loads, most specific first: detection takes the first whose ``detect`` says yes.
 FAMILIES: tuple[ModelFamily, ...] = DIT_FAMILIES + UNET_FAMILIES
 
-__all__ = ["FAMILIES", "detect_family", "infer_unet_config", "infer_vae_config", "load_checkpoint", "load_vae",
-           "read_state_dict"]
+__all__ = ["FAMILIES", "detect_family", "infer_unet_config", "infer_vae_config", "load_checkpoint",
+           "load_diffusion_model", "load_vae", "read_state_dict"]
 
 
 def detect_family(parts: dict[str, dict[str, Any]]) -> ModelFamily | None:
@@ -172,6 +172,27 @@ def _text_encoder(parts: dict[str, dict[str, Any]], family: ModelFamily, path: P
     return TextEncoder(clips, slots, pooled, embeddings_dir, name=path.name)
 
 
+#: The loaders that take a diffusion model's pieces when they come as separate files
+_SPLIT_LOADERS = {"flux": "UNETLoader (models/diffusion_models) + DualCLIPLoader type flux (clip_l + t5xxl in "
+                          "models/text_encoders) + VAELoader (ae.safetensors in models/vae)",
+                  "sd3": "UNETLoader (models/diffusion_models) + TripleCLIPLoader (clip_l, clip_g, t5xxl) + VAELoader"}
+
+
+def _check_complete(path: Path, family: ModelFamily, parts: dict[str, dict[str, Any]]) -> None:
+    """A ModelError naming what a checkpoint lacks and which loaders take the pieces instead."""
+    optional = {"t5xxl"} if family.name == "sd3" else set()  # ComfyUI runs SD3.5 without T5
+    missing = [n for n in family.text_encoders if n not in parts and n not in optional]
+    split = _SPLIT_LOADERS.get(family.name)
+    if split and (missing or not parts["vae"]):
+        what = ", ".join(missing + ([] if parts["vae"] else ["vae"]))
+        raise ModelError(f"{path}: a {family.name} diffusion model without its {what} weights, so "
+                         f"CheckpointLoaderSimple cannot load it alone; put it in models/diffusion_models and load "
+                         f"it with {split}")
+    if not parts["vae"]:
+        raise ModelError(f"{path}: has a {family.name} diffusion model but no VAE weights (first_stage_model.*); "
+                         "load the VAE separately with load_vae() / VAELoader")
+
+
 def _diffusers_folder(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict, dict]:
     """A diffusers-format folder -> our parts (LDM UNet/VAE names, HF CLIP names) + scheduler config."""
     def read(sub: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -232,12 +253,10 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
         parts = keys.split_checkpoint(full)
         if not parts["unet"]:
             raise _unknown(path, full)
-    if not parts["vae"]:
-        raise ModelError(f"{path}: has a UNet but no VAE weights (first_stage_model.*); load the VAE separately "
-                         "with load_vae() / VAELoader")
     family = detect_family(parts)
     if family is None:
         raise _unknown(path, full)
+    _check_complete(path, family, parts)
     unet_dtype, te_dtype, vae_dtype = default_dtypes(device, dtype)
     unet_dtype = family.compute_dtype(device, dtype) if dtype is None else unet_dtype
     try:
@@ -249,12 +268,73 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
                          "re-download the file") from None
     if unet_heads is not None and family.name == "sd1":  # diffusers folders name their head count
         config.num_heads = unet_heads if isinstance(unet_heads, int) else unet_heads[0]
-    network = _load_module(lambda: family.build(config), net_sd, "diffusion model", path).to(device, unet_dtype)
+    network = _build_network(family, config, net_sd, path, device, unet_dtype)
     vae = _load_module(lambda: AutoencoderKL(vcfg), parts["vae"], "VAE", path).to(device, vae_dtype)
-    te = _text_encoder(parts, family, path, heads, acts, embeddings_dir).to(device, te_dtype)
-    model = DiffusionModel(network.eval(), family, config, family.model_sampling(config, full, parts),
-                           name=path.name)
+    if family.name in _CLIP_SLOTS:
+        te = _text_encoder(parts, family, path, heads, acts, embeddings_dir).to(device, te_dtype)
+    else:
+        from .text_encoder_files import build_text_encoder
+
+        context = config.get("joint_attention_dim") if family.name == "sd3" else None
+        te = build_text_encoder(family.name, {k: parts[k] for k in family.text_encoders if k in parts},
+                                name=path.name, device=device, dtype=None if dtype is None else te_dtype,
+                                embeddings_dir=embeddings_dir, context_dim=context)
+    model = DiffusionModel(network, family, config, family.model_sampling(config, full, parts), name=path.name)
     return model, te, VAE(vae.eval(), name=path.name)
+
+
+def _build_network(family: ModelFamily, config: Any, sd: dict[str, Any], path: Path, device: torch.device,
+                   dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> nn.Module:
+    """The family's network filled with ``sd`` on ``device``: fp8-stored weights stay fp8 (upcast per layer to
+    ``dtype``), and ``weight_dtype`` (an fp8 type) stores the others that way too, as UNETLoader's option does."""
+    from . import fp8
+
+    network = _load_module(lambda: family.build(config), sd, "diffusion model", path)
+    if any(fp8.is_fp8(v) for v in sd.values()):
+        fp8.apply_fp8(network, compute_dtype=dtype)
+    fp8.module_to(network, device, dtype)
+    if weight_dtype is not None:
+        fp8.quantize_fp8(network, weight_dtype, compute_dtype=dtype)
+    return network.eval()
+
+
+#: UNETLoader's weight_dtype names -> torch storage dtypes
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+                 "fp8_e5m2": torch.float8_e5m2}
+
+
+def load_diffusion_model(path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None,
+                         weight_dtype: str = "default") -> DiffusionModel:
+    """A diffusion model file on its own (UNETLoader): FLUX.1 / SD3.5 transformers, SD1/SD2/SDXL UNets.
+
+    >>> model = load_diffusion_model("models/diffusion_models/flux1-schnell.safetensors", weight_dtype="fp8_e4m3fn")
+    """
+    path = Path(path)
+    device = torch.device(device or "cpu")
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype={weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    if path.is_dir():
+        from .dit_common import read_transformer
+
+        full, _ = read_transformer(path)
+    else:
+        full = read_state_dict(path)
+    unet = {k[len(keys.UNET_PREFIX):]: v for k, v in full.items() if k.startswith(keys.UNET_PREFIX)} or full
+    parts = {"unet": unet, "vae": {}}
+    family = detect_family(parts)
+    if family is None:
+        from .text_encoder_files import describe
+
+        raise ModelError(f"{path}: not a diffusion model this engine knows: it looks like {describe(full)}")
+    compute = family.compute_dtype(device, dtype)
+    try:
+        net_sd = family.convert(unet, compute)
+        config = family.config(net_sd, parts)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ModelError(f"{path}: the {family.name} diffusion model weights are incomplete ({e!r}); "
+                         "re-download the file") from None
+    network = _build_network(family, config, net_sd, path, device, compute, WEIGHT_DTYPES[weight_dtype])
+    return DiffusionModel(network, family, config, family.model_sampling(config, full, parts), name=path.name)
 
 
 def load_vae(path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None) -> VAE:

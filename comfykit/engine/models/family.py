@@ -136,7 +136,11 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
-    return next(module.parameters()).dtype
+    """The compute dtype: the first floating parameter not stored in fp8 (fp8 weights are upcast per layer)."""
+    from .fp8 import is_fp8
+
+    return next((p.dtype for p in module.parameters() if p.is_floating_point() and not is_fp8(p)),
+                next(module.parameters()).dtype)
 
 
 class DiffusionModel:
@@ -217,8 +221,10 @@ class DiffusionModel:
         return other
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> DiffusionModel:
-        """Move the weights (in place, shared with clones) and return self."""
-        self.network.to(device=device, dtype=dtype)
+        """Move the weights (in place, shared with clones; fp8-stored weights stay fp8) and return self."""
+        from .fp8 import module_to
+
+        module_to(self.network, device, dtype)
         return self
 
     def __repr__(self) -> str:

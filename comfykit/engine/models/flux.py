@@ -242,8 +242,8 @@ class FluxModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The compute dtype (inputs are cast to it)."""
-        return self.transformer.x_embedder.weight.dtype
+        """The compute dtype (inputs are cast to it); the bias, since an fp8-stored weight is not it."""
+        return self.transformer.x_embedder.bias.dtype
 
     @property
     def device(self) -> torch.device:

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from .checkpoint import default_dtypes, load_checkpoint, load_vae
+from .checkpoint import default_dtypes, load_checkpoint, load_diffusion_model, load_vae
+from .text_encoder import TextEncoder
 
 T = TypeVar("T")
 
@@ -68,6 +69,26 @@ class ModelManager:
         """A standalone VAE, loaded once while the file is unchanged."""
         return self._get(("vae", file_key(path)), lambda: load_vae(path, device=self.device))
 
+    def load_diffusion_model(self, path: str | Path, weight_dtype: str = "default") -> Any:
+        """A diffusion model file on its own (UNETLoader), loaded once per file and weight_dtype."""
+        key = ("diffusion_model", file_key(path), weight_dtype)
+        return self._get(key, lambda: load_diffusion_model(path, device=self.device, dtype=self.dtype,
+                                                           weight_dtype=weight_dtype))
+
+    def load_text_encoders(self, paths: list[str | Path], type: str, *, cpu: bool = False,  # noqa: A002
+                           embeddings_dir: str | Path | None = None) -> Any:
+        """CLIPLoader / DualCLIPLoader / TripleCLIPLoader: one text encoder from 1-3 files, loaded once."""
+        from .text_encoder_files import load_text_encoders
+
+        device = torch.device("cpu") if cpu else self.device
+        key = ("text_encoders", tuple(file_key(p) for p in paths), type, str(device), str(embeddings_dir))
+        def load() -> Any:
+            encoder = load_text_encoders(paths, type, device=device, embeddings_dir=embeddings_dir)
+            encoder.keep_on_cpu = cpu  # ComfyUI's device="cpu": encode there, never move it to the GPU
+            return encoder
+
+        return self._get(key, load)
+
     def loaded(self) -> list[tuple]:
         """Keys of what is loaded now, least recently used first."""
         return list(self._loaded)
@@ -94,10 +115,13 @@ class ModelManager:
         """Put `models` on the compute device (fp16 UNet/text encoder, bf16 VAE where supported)."""
         unet_dtype, te_dtype, vae_dtype = default_dtypes(self.device, self.dtype)
         for m in models:
-            if m is None or m.device == self.device or (m.device.type == self.device.type == "cuda"):
+            if m is None or getattr(m, "keep_on_cpu", False) or m.device == self.device or (
+                    m.device.type == self.device.type == "cuda"):
                 continue
             kind = type(m).__name__
-            dtype = {"DiffusionModel": unet_dtype, "TextEncoder": te_dtype, "VAE": vae_dtype}.get(kind)
+            dtype = {"DiffusionModel": unet_dtype, "VAE": vae_dtype}.get(kind)
+            if isinstance(m, TextEncoder):  # the FLUX.1/SD3 encoders are TextEncoder subclasses
+                dtype = te_dtype
             family = getattr(m, "family", None)
             if family is not None:  # FLUX.1 runs in bf16 where fp16 would overflow
                 dtype = family.compute_dtype(self.device, self.dtype)
