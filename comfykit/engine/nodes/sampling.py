@@ -15,16 +15,8 @@ class _Sampler(Node):
     RETURN_TYPES = ("LATENT",)
 
     def _callback(self, model: Any) -> Callable[..., None]:
-        """Per-step hook: stop if interrupted, emit ``progress`` (value = step+1) with a preview of x0."""
-        previewer = self.engine._previewer(model)
-
-        def callback(step: int, total_steps: int, x0: torch.Tensor, x: torch.Tensor) -> None:
-            preview = None
-            if previewer is not None and x0 is not None:
-                preview = lambda: previewer.to_image(x0)  # noqa: E731 - built only if used
-            self.progress(step + 1, total_steps, preview)
-
-        return callback
+        """Per-step hook: stop if interrupted, emit ``progress`` (value = step+1), a preview of x0 if wanted."""
+        return self.engine.sampler_callback(self, model)
 
     def _run(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
              positive: list, negative: list, latent_image: dict[str, Any], **options: Any) -> tuple[dict[str, Any]]:
