@@ -95,6 +95,10 @@ class Event:
         """True when the event carries a preview (checking does not build the image)."""
         return self.__dict__.get("_preview") is not None
 
+    def with_data(self, data: dict[str, Any]) -> Event:
+        """This event with ``data`` instead, its preview carried over as it is (a LazyPreview stays lazy)."""
+        return Event(self.type, data, self.__dict__.get("_preview"))
+
     def without_preview(self) -> Event:
         """This event without its preview (what a Result keeps unless asked to keep previews)."""
         return self if not self.has_preview else Event(self.type, self.data)

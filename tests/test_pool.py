@@ -83,6 +83,33 @@ def test_gpus_per_worker_never_blocks_a_machine_without_gpus():
     assert gpu_share(0.25, 1, 4) == 0.25
 
 
+def test_worker_errors_cross_as_raised_or_as_a_lost_worker():
+    from comfykit.pool.worker import portable_error
+
+    invalid = ValidationError("bad", {"type": "invalid_prompt", "message": "bad", "details": "", "extra_info": {}})
+    assert portable_error(invalid) is invalid  # comfykit errors pickle with their data: sent as they are
+    for gone in (ConnectionResetError("reset"), ServerError("server died")):
+        lost = portable_error(gone, "worker-0")
+        assert type(lost) is ServerError and "worker-0" in str(lost)
+    requests = pytest.importorskip("requests")
+    assert type(portable_error(requests.ConnectionError("refused"))) is ServerError
+    other = portable_error(KeyError("k"), "worker-1")
+    assert type(other) is KeyError and "remote traceback" in "".join(other.__notes__)
+
+    class Local(Exception):  # not importable by the driver: its words travel instead
+        pass
+
+    odd = portable_error(Local("strange"), "worker-1")
+    assert type(odd) is ComfykitError and "Local on worker worker-1: strange" in str(odd)
+
+
+def test_ray_pool_lives_in_its_own_module():
+    import comfykit as ck
+    from comfykit.pool import raypool
+
+    assert ck.RayPool is raypool.RayPool and ck.RayPool.__module__ == "comfykit.pool.raypool"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A fake backend: same contract as Engine, models "loaded" once, deterministic images from the seed
 # ---------------------------------------------------------------------------------------------------------------

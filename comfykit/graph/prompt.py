@@ -47,12 +47,12 @@ def to_api_prompt(workflow: Any, schema: Any = None, *, validate: bool = False, 
     if hasattr(workflow, "to_api"):  # a Workflow-like object of the user's
         return ApiPrompt(workflow.to_api(), _ui_of(workflow) if ui and hasattr(workflow, "to_ui") else None)
     if not isinstance(workflow, Mapping):
-        raise TypeError(f"expected a ck.Workflow, an API prompt dict or a UI workflow dict, not "
+        raise TypeError(f"expected a ck.Workflow or an API prompt dict (or a UI workflow dict), not "
                         f"{type(workflow).__name__}; build one with ck.Workflow() or load a JSON file with "
                         "ck.Workflow.load(path)")
     if is_ui_format(workflow):
-        compiled = Workflow.from_ui(dict(workflow), schema).to_api(validate=validate)
-        return ApiPrompt(compiled, dict(workflow))
+        ui_dict = workflow if isinstance(workflow, dict) else dict(workflow)
+        return ApiPrompt(Workflow.from_ui(ui_dict, schema).to_api(validate=validate), ui_dict)
     prompt = workflow
     if isinstance(prompt.get("prompt"), Mapping) and "class_type" not in prompt:
         prompt = prompt["prompt"]  # the POST /prompt body itself
