@@ -169,9 +169,11 @@ class Engine(Backend):
         Raises ValidationError with ComfyUI's 400 body. The answer can be given to :meth:`execute`, which then
         runs it without validating again.
         """
+        return self._validate(prompt, self._schema(), partial_targets)
+
+    def _validate(self, prompt: Any, schema: Any, partial_targets: list[str] | None) -> ValidatedPrompt:
         from ..graph import validate_prompt
 
-        schema = self._schema()
         if not isinstance(prompt, dict) or is_ui_format(prompt):
             prompt = to_api_prompt(prompt, schema).prompt
         return validate_prompt(prompt, schema, partial_targets)
@@ -225,8 +227,9 @@ class Engine(Backend):
         extra_data = dict(extra_data or {})
         # like ComfyUI's page: embed the UI graph so a saved PNG opens in ComfyUI
         want_ui = "extra_pnginfo" not in extra_data
-        api = to_api_prompt(workflow, self._schema(), ui=want_ui)  # validated below, against the live files
-        validated = self.validate(api.prompt, outputs)  # the run's only validation: the worker trusts it
+        schema = self._schema()
+        api = to_api_prompt(workflow, schema, ui=want_ui)  # validated below, against the live files
+        validated = self._validate(api.prompt, schema, outputs)  # the run's only validation: the worker trusts it
         if validated.node_errors:  # ComfyUI would silently drop these outputs; a Python caller wants to know
             error = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
                      "details": "", "extra_info": {}}
