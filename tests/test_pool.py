@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from comfykit.errors import ComfykitError, ExecutionError, ServerError, ValidationError
-from comfykit.events import Event
+from comfykit.events import Event, LazyPreview
 from comfykit.job import Backend, Job
 from comfykit.pool import PoolResult, apply_overrides, gpu_share, models_of, pick_task
 from comfykit.result import Result
@@ -121,10 +121,11 @@ class FakeBackend(Backend):
         self.loaded: str | None = None
         self._stop = threading.Event()
 
-    def submit(self, workflow, *, on_event=None, **options):
+    def submit(self, workflow, *, on_event=None, previews=None, **options):
         prompt = workflow
         pid = str(uuid.uuid4())
         job = Job(pid, [on_event], interrupt=self.interrupt)
+        self.previews = previews
         if any(n["class_type"] not in ("CheckpointLoaderSimple", "KSampler", "Boom") for n in prompt.values()):
             bad = {k: n["class_type"] for k, n in prompt.items()}
             raise ValidationError(f"unknown node type in {bad}", node_errors={"2": {"errors": [],
@@ -152,8 +153,10 @@ class FakeBackend(Backend):
                 job.finish(None, InterruptedError(data))
                 return
             time.sleep(inputs.get("delay", 0))
+            # like the engine: a step preview only when the pool said someone listens
+            preview = LazyPreview(bytes([step * 40] * 12), (2, 2), (4, 4)) if self.previews else None
             job.emit(Event("progress", {"value": step + 1, "max": inputs["steps"], "prompt_id": job.prompt_id,
-                                        "node": "2"}))
+                                        "node": "2"}, preview=preview))
         if prompt["2"]["class_type"] == "Boom":
             data = {"prompt_id": job.prompt_id, "node_id": "2", "node_type": "Boom", "executed": executed,
                     "exception_message": "boom", "exception_type": "RuntimeError", "traceback": []}
@@ -224,6 +227,17 @@ def test_run_many_streams_every_result_tagged_with_index_and_overrides(fake_pool
 def test_ordered_map_yields_in_input_order(fake_pool):
     prompts = [api_prompt(seed=s, delay=0.02 * (s % 3)) for s in range(6)]
     assert [r.index for r in fake_pool.map(prompts, ordered=True, progress=False)] == list(range(6))
+
+
+def test_previews_cross_only_for_a_listening_job(fake_pool):
+    seen = []
+    assert fake_pool.submit(api_prompt(seed=5), on_event=seen.append).result(timeout=60).ok
+    sizes = [e.preview.size for e in seen if e.type == "progress" and e.has_preview]
+    assert sizes == [(4, 4)] * 3  # sent as raw bytes, made a PIL image here
+    quiet = fake_pool.submit(api_prompt(seed=6))  # nobody listened while it ran: its events came without
+    assert quiet.result(timeout=60).ok
+    progress = [e for e in quiet if e.type == "progress"]
+    assert len(progress) == 3 and not any(e.has_preview for e in progress)
 
 
 def test_submit_forwards_events_under_the_pool_prompt_id(fake_pool):
