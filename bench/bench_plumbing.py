@@ -216,6 +216,35 @@ def pickled(args, engine, ckpt) -> list[str]:
     return lines
 
 
+def preview_cost(args) -> list[str]:
+    """Per step, on the sampling thread: the old hook's to_image (PIL, fitted to 512) against snapshot()."""
+    from comfykit.engine.sampling import latent_formats
+    from comfykit.engine.sampling.preview import Previewer
+
+    previewer = Previewer(latent_formats.SD15, preview_size=512)
+    lines = ["| image (latent) | to_image on the sampling thread, ms | snapshot on the sampling thread, ms | "
+             "reader makes the PIL image, ms |", "|---|---:|---:|---:|"]
+    for side in (64, 512, 1024):
+        x0 = torch.randn(1, 4, side // 8, side // 8)
+
+        def best(fn, n=30):
+            times = []
+            for _ in range(n):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            return min(times) * 1000
+
+        if not hasattr(previewer, "snapshot"):
+            return []
+        old = best(lambda: previewer.to_image(x0))
+        new = best(lambda: previewer.snapshot(x0))
+        snap = previewer.snapshot(x0)
+        read = best(lambda: type(snap)(snap.data, snap.size, snap.target).image())
+        lines.append(f"| {side}x{side} ({side // 8}x{side // 8}) | {old:.3f} | {new:.3f} | {read:.3f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per count row")
@@ -238,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     counters = Counters([models, work / "in"])
 
     sections = [counts(args, engine, counters), bookkeeping(args, engine), pickled(args, engine, ckpt)]
+    cost = preview_cost(args)
+    if cost:
+        sections.append(cost)
     engine.shutdown()
     try:
         load = f", load average {os.getloadavg()[0]:.1f}"
