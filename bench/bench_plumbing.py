@@ -224,24 +224,26 @@ def preview_cost(args) -> list[str]:
     previewer = Previewer(latent_formats.SD15, preview_size=512)
     lines = ["| image (latent) | to_image on the sampling thread, ms | snapshot on the sampling thread, ms | "
              "reader makes the PIL image, ms |", "|---|---:|---:|---:|"]
+    if not hasattr(previewer, "snapshot"):
+        return []
+
+    def best(fn, *fn_args, n=30) -> float:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            fn(*fn_args)
+            times.append(time.perf_counter() - start)
+        return min(times) * 1000
+
+    def read(snap) -> None:
+        type(snap)(snap.data, snap.size, snap.target).image()  # a fresh one: the image is made once per object
+
     for side in (64, 512, 1024):
         x0 = torch.randn(1, 4, side // 8, side // 8)
-
-        def best(fn, n=30):
-            times = []
-            for _ in range(n):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            return min(times) * 1000
-
-        if not hasattr(previewer, "snapshot"):
-            return []
-        old = best(lambda: previewer.to_image(x0))
-        new = best(lambda: previewer.snapshot(x0))
-        snap = previewer.snapshot(x0)
-        read = best(lambda: type(snap)(snap.data, snap.size, snap.target).image())
-        lines.append(f"| {side}x{side} ({side // 8}x{side // 8}) | {old:.3f} | {new:.3f} | {read:.3f} |")
+        old = best(previewer.to_image, x0)
+        new = best(previewer.snapshot, x0)
+        made = best(read, previewer.snapshot(x0))
+        lines.append(f"| {side}x{side} ({side // 8}x{side // 8}) | {old:.3f} | {new:.3f} | {made:.3f} |")
     return lines
 
 
