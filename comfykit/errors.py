@@ -24,6 +24,10 @@ class ValidationError(ComfykitError, ValueError):
         self.error = error or {"type": "invalid_prompt", "message": message, "details": "", "extra_info": {}}
         self.node_errors = node_errors or {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its own fields, so it crosses processes (Ray, multiprocessing) with its 400 body intact
+        return type(self), (str(self), self.error, self.node_errors)
+
     def to_dict(self) -> dict[str, Any]:
         """The ``{"error": ..., "node_errors": ...}`` dict ComfyUI answers with HTTP 400."""
         return {"error": self.error, "node_errors": self.node_errors}
@@ -66,6 +70,10 @@ class ExecutionError(ComfykitError, RuntimeError):
         super().__init__(f"node {self.node_id} ({self.node_type}) failed: "
                          f"{self.exception_type}: {self.exception_message}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's default would call ExecutionError(message) and lose the data; the cause stays behind
+        return type(self), (self.data,)
+
 
 class InterruptedError(ComfykitError):  # noqa: A001 - deliberately shadows the builtin inside comfykit
     """The run was stopped by ``interrupt()``; ``data`` is ComfyUI's ``execution_interrupted`` message."""
@@ -76,6 +84,9 @@ class InterruptedError(ComfykitError):  # noqa: A001 - deliberately shadows the 
         self.node_id = data.get("node_id")
         self.node_type = data.get("node_type")
         super().__init__(f"interrupted at node {self.node_id} ({self.node_type})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.data,)
 
 
 class ModelError(ComfykitError):

@@ -34,6 +34,16 @@ class Job:
         self._done = threading.Event()
         self._result: Result | None = None
         self._error: BaseException | None = None
+        self._iterated = False
+
+    @property
+    def listening(self) -> bool:
+        """True when someone takes this job's events: it has a callback, or its events are being iterated.
+
+        Backends build step previews only while this holds (``submit(..., previews=None)``), so a plain
+        ``run(wf)`` pays nothing for them.
+        """
+        return bool(self._callbacks) or self._iterated
 
     # -- producer side (backends) -------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -57,6 +67,7 @@ class Job:
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Yield events until the run ends; ``timeout`` bounds the wait for each next event."""
+        self._iterated = True
         while True:
             try:
                 item = self._queue.get(timeout=timeout)

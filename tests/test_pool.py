@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from comfykit.errors import ComfykitError, ExecutionError, ServerError, ValidationError
-from comfykit.events import Event
+from comfykit.events import Event, LazyPreview
 from comfykit.job import Backend, Job
 from comfykit.pool import PoolResult, apply_overrides, gpu_share, models_of, pick_task
 from comfykit.result import Result
@@ -83,6 +83,33 @@ def test_gpus_per_worker_never_blocks_a_machine_without_gpus():
     assert gpu_share(0.25, 1, 4) == 0.25
 
 
+def test_worker_errors_cross_as_raised_or_as_a_lost_worker():
+    from comfykit.pool.worker import portable_error
+
+    invalid = ValidationError("bad", {"type": "invalid_prompt", "message": "bad", "details": "", "extra_info": {}})
+    assert portable_error(invalid) is invalid  # comfykit errors pickle with their data: sent as they are
+    for gone in (ConnectionResetError("reset"), ServerError("server died")):
+        lost = portable_error(gone, "worker-0")
+        assert type(lost) is ServerError and "worker-0" in str(lost)
+    requests = pytest.importorskip("requests")
+    assert type(portable_error(requests.ConnectionError("refused"))) is ServerError
+    other = portable_error(KeyError("k"), "worker-1")
+    assert type(other) is KeyError and "remote traceback" in "".join(other.__notes__)
+
+    class Local(Exception):  # not importable by the driver: its words travel instead
+        pass
+
+    odd = portable_error(Local("strange"), "worker-1")
+    assert type(odd) is ComfykitError and "Local on worker worker-1: strange" in str(odd)
+
+
+def test_ray_pool_lives_in_its_own_module():
+    import comfykit as ck
+    from comfykit.pool import raypool
+
+    assert ck.RayPool is raypool.RayPool and ck.RayPool.__module__ == "comfykit.pool.raypool"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A fake backend: same contract as Engine, models "loaded" once, deterministic images from the seed
 # ---------------------------------------------------------------------------------------------------------------
@@ -94,10 +121,11 @@ class FakeBackend(Backend):
         self.loaded: str | None = None
         self._stop = threading.Event()
 
-    def submit(self, workflow, *, on_event=None, **options):
+    def submit(self, workflow, *, on_event=None, previews=None, **options):
         prompt = workflow
         pid = str(uuid.uuid4())
         job = Job(pid, [on_event], interrupt=self.interrupt)
+        self.previews = previews
         if any(n["class_type"] not in ("CheckpointLoaderSimple", "KSampler", "Boom") for n in prompt.values()):
             bad = {k: n["class_type"] for k, n in prompt.items()}
             raise ValidationError(f"unknown node type in {bad}", node_errors={"2": {"errors": [],
@@ -125,8 +153,10 @@ class FakeBackend(Backend):
                 job.finish(None, InterruptedError(data))
                 return
             time.sleep(inputs.get("delay", 0))
+            # like the engine: a step preview only when the pool said someone listens
+            preview = LazyPreview(bytes([step * 40] * 12), (2, 2), (4, 4)) if self.previews else None
             job.emit(Event("progress", {"value": step + 1, "max": inputs["steps"], "prompt_id": job.prompt_id,
-                                        "node": "2"}))
+                                        "node": "2"}, preview=preview))
         if prompt["2"]["class_type"] == "Boom":
             data = {"prompt_id": job.prompt_id, "node_id": "2", "node_type": "Boom", "executed": executed,
                     "exception_message": "boom", "exception_type": "RuntimeError", "traceback": []}
@@ -197,6 +227,17 @@ def test_run_many_streams_every_result_tagged_with_index_and_overrides(fake_pool
 def test_ordered_map_yields_in_input_order(fake_pool):
     prompts = [api_prompt(seed=s, delay=0.02 * (s % 3)) for s in range(6)]
     assert [r.index for r in fake_pool.map(prompts, ordered=True, progress=False)] == list(range(6))
+
+
+def test_previews_cross_only_for_a_listening_job(fake_pool):
+    seen = []
+    assert fake_pool.submit(api_prompt(seed=5), on_event=seen.append).result(timeout=60).ok
+    sizes = [e.preview.size for e in seen if e.type == "progress" and e.has_preview]
+    assert sizes == [(4, 4)] * 3  # sent as raw bytes, made a PIL image here
+    quiet = fake_pool.submit(api_prompt(seed=6))  # nobody listened while it ran: its events came without
+    assert quiet.result(timeout=60).ok
+    progress = [e for e in quiet if e.type == "progress"]
+    assert len(progress) == 3 and not any(e.has_preview for e in progress)
 
 
 def test_submit_forwards_events_under_the_pool_prompt_id(fake_pool):

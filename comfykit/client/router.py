@@ -25,8 +25,10 @@ _MAX_ORPHANS = 32  # prompt ids whose messages we keep until their run registers
 class RunState:
     """What one prompt has reported so far: events, executed/cached nodes, timings, outputs, the end."""
 
-    def __init__(self, prompt_id: str, prompt: dict[str, Any], job: Job, *, fetch_images: bool = True):
+    def __init__(self, prompt_id: str, prompt: dict[str, Any], job: Job, *, fetch_images: bool = True,
+                 keep_previews: bool = False):
         self.prompt_id = prompt_id
+        self.keep_previews = keep_previews
         self.prompt = prompt
         self.job = job
         self.fetch_images = fetch_images
@@ -54,7 +56,7 @@ class RunState:
             return True
 
     def emit(self, event: Event) -> None:
-        self.events.append(event)
+        self.events.append(event if self.keep_previews else event.without_preview())
         self.job.emit(event)
 
     def _close_node(self, now: float) -> None:

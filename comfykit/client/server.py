@@ -63,31 +63,6 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), headers
 
 
-def to_prompt(workflow: Any, schema: Any = None) -> tuple[dict[str, Any], Any]:
-    """The API prompt dict of a Workflow or API dict, and the UI workflow for PNG metadata when known."""
-    if hasattr(workflow, "to_api"):
-        ui = None
-        if hasattr(workflow, "to_ui"):
-            try:
-                ui = workflow.to_ui()
-            except Exception:  # a UI export is a nicety for the PNG metadata, never a reason to fail
-                log.debug("to_ui() failed; running without extra_pnginfo.workflow", exc_info=True)
-        return workflow.to_api(), ui
-    if isinstance(workflow, dict):
-        if "nodes" in workflow and "links" in workflow:  # the editor's save format: compile it like Engine
-            from ..graph import Workflow
-
-            return Workflow.load(workflow, schema=schema).to_api(), workflow
-        if "prompt" in workflow and isinstance(workflow["prompt"], dict) and "class_type" not in workflow:
-            workflow = workflow["prompt"]  # the POST /prompt body itself
-        for node_id, node in workflow.items():
-            if not isinstance(node, dict) or "class_type" not in node:
-                raise ValueError(f"not an API prompt: node {node_id!r} has no class_type; expected "
-                                 "{node_id: {'class_type': ..., 'inputs': {...}}} or a ck.Workflow")
-        return workflow, None
-    raise TypeError(f"run() takes a ck.Workflow or an API prompt dict, not {type(workflow).__name__}")
-
-
 class ComfyServer(Backend):
     """A ComfyUI server driven over HTTP and WebSocket, with the same ``run``/``submit``/events as Engine.
 
@@ -304,13 +279,20 @@ class ComfyServer(Backend):
     def submit(self, workflow: Any, *, on_event: EventCallback | None = None, prompt_id: str | None = None,
                extra_data: dict[str, Any] | None = None, extra_pnginfo: dict[str, Any] | None = None,
                outputs: Sequence[str] | None = None, front: bool = False, fetch_images: bool = True,
-               **options: Any) -> Job:
-        """POST the prompt with this client's id and return its Job; a 400 raises ValidationError at once."""
+               keep_previews: bool = False, **options: Any) -> Job:
+        """POST the prompt with this client's id and return its Job; a 400 raises ValidationError at once.
+
+        Step previews the server sends reach ``on_event`` and the Job's iterator; ``Result.events`` keeps them
+        only with ``keep_previews=True``.
+        """
         if options:
             raise TypeError(f"ComfyServer.submit() got unknown option(s): {', '.join(options)}")
         if self._closed.is_set():
             raise ServerError(f"this ComfyServer for {self.url} is closed; connect() or launch() again")
-        prompt, ui = to_prompt(workflow, schema=self)
+        from ..graph.prompt import to_api_prompt
+
+        # the Workflow's own checks here (fail before a round trip); the server validates against its files
+        prompt, ui = to_api_prompt(workflow, schema=self, validate=True, ui=True)
         self._ensure_listening()
         prompt_id = prompt_id or str(uuid.uuid4())
         extra = dict(extra_data or {})
@@ -326,7 +308,7 @@ class ComfyServer(Backend):
         if front:
             body["front"] = True
         job = Job(prompt_id, [on_event], interrupt=lambda: self._cancel(prompt_id))
-        run = RunState(prompt_id, prompt, job, fetch_images=fetch_images)
+        run = RunState(prompt_id, prompt, job, fetch_images=fetch_images, keep_previews=keep_previews)
         self._router.register(run)  # before the POST: the first events can beat its answer
         try:
             answer = self._request("POST", "/prompt", json=body)

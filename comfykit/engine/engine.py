@@ -9,12 +9,15 @@ import queue
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..errors import ComfykitError, InterruptedError, ValidationError, format_validation_message
 from ..events import EXECUTION_INTERRUPTED, Event, EventCallback
+from ..graph.prompt import is_ui_format, to_api_prompt
+from ..graph.validate import ValidatedPrompt, find_cycle
 from ..job import Backend, Job
 from ..result import Result
 from .executor import Executor, now_ms
@@ -55,6 +58,7 @@ class Engine(Backend):
                                   make_node=lambda cls: cls(self), on_oom=self._on_oom)
         self._models: Any = None
         self._preview_cache: tuple[Any, Any] | None = None
+        self._schema_cache: tuple[dict[str, list[str]], dict[str, Any], Any] | None = None
         self._queue: queue.Queue[Any] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
@@ -97,10 +101,15 @@ class Engine(Backend):
         """The live-preview decoder for ``model``'s latent format, or None when previews are off."""
         if self.previews == "none":
             return None
-        from .sampling.preview import Previewer, find_taesd_decoder
+        from .sampling.preview import Previewer
 
         fmt = model.latent_format
-        taesd = find_taesd_decoder(self.folders.folder("vae_approx"), fmt) if self.previews != "latent2rgb" else None
+        taesd = None
+        if self.previews != "latent2rgb" and fmt.taesd_decoder_name:
+            # the cached vae_approx listing: no directory read per sampler node
+            names = [n for n in self.folders.list_files("vae_approx")
+                     if "/" not in n and n.startswith(fmt.taesd_decoder_name)]
+            taesd = self.folders.folder("vae_approx") / names[0] if names else None
         key = (fmt.name, self.previews, str(taesd))
         if self._preview_cache is None or self._preview_cache[0] != key:
             method = "taesd" if taesd is not None else "latent2rgb"
@@ -111,39 +120,94 @@ class Engine(Backend):
             self._preview_cache = (key, previewer)
         return self._preview_cache[1]
 
+    def sampler_callback(self, node: Any, model: Any) -> Callable[[int, int, Any, Any], None]:
+        """The per-step hook of a sampler node: stop if interrupted, report ``progress`` (value = step + 1).
+
+        A preview of the denoised x0 is attached only while someone listens (``node.ctx.wants_previews``): a
+        :class:`~comfykit.events.LazyPreview` at most the decoded image's size, capped at ``preview_size``, whose
+        PIL image is made by whoever reads it, off the sampling thread.
+        """
+        previewer: list[Any] = []  # made on the first step anyone wants a preview, then kept
+
+        def callback(step: int, total_steps: int, x0: Any, x: Any) -> None:
+            preview = None
+            ctx = node.ctx
+            if x0 is not None and ctx is not None and ctx.wants_previews:
+                if not previewer:
+                    previewer.append(self._previewer(model))
+                if previewer[0] is not None:
+                    preview = previewer[0].snapshot(x0)
+            node.progress(step + 1, total_steps, preview)
+
+        return callback
+
     # -- schema and validation ---------------------------------------------------------------------------
+    def _schema(self) -> Any:
+        """The Schema of the nodes and the files present now; rebuilt only when a folder listing changed."""
+        from ..graph import Schema, builtin
+
+        files = self.folders.files()  # cached listings: a stat per folder unless something changed
+        cached = self._schema_cache
+        if cached is None or cached[0] != files:
+            info = builtin.object_info(files)
+            cached = self._schema_cache = (files, info, Schema(info, "engine"))
+        return cached[2]
+
     def object_info(self) -> dict[str, Any]:
         """``/object_info`` of the nodes this engine runs, with the model and input files present now."""
-        from ..graph import builtin
+        return dict(self._schema().object_info)  # a new outer dict; the node entries are shared, do not edit
 
-        return builtin.object_info(self.folders.files())
+    def workflow(self) -> Any:
+        """A new empty Workflow checked against this engine's nodes and files."""
+        from ..graph import Workflow
 
-    def validate(self, prompt: Any, partial_targets: list[str] | None = None) -> Any:
-        """Validate an API prompt (or Workflow) against the live file lists; raises ValidationError."""
+        return Workflow(schema=self._schema())
+
+    def validate(self, prompt: Any, partial_targets: list[str] | None = None) -> ValidatedPrompt:
+        """Validate an API prompt (or Workflow, or UI-format dict) against the live file lists.
+
+        Raises ValidationError with ComfyUI's 400 body. The answer can be given to :meth:`execute`, which then
+        runs it without validating again.
+        """
+        return self._validate(prompt, self._schema(), partial_targets)
+
+    def _validate(self, prompt: Any, schema: Any, partial_targets: list[str] | None) -> ValidatedPrompt:
         from ..graph import validate_prompt
 
-        return validate_prompt(_to_api(prompt), self.object_info(), partial_targets)
+        if not isinstance(prompt, dict) or is_ui_format(prompt):
+            prompt = to_api_prompt(prompt, schema).prompt
+        return validate_prompt(prompt, schema, partial_targets)
 
     # -- synchronous execution ---------------------------------------------------------------------------
     def execute(self, prompt: Any, *, prompt_id: str, extra_data: dict[str, Any] | None = None,
-                outputs: list[str] | None = None, on_event: EventCallback | None = None) -> Result:
-        """Validate and run one prompt in this thread; raises only ValidationError (failures are in the Result)."""
-        validated = self.validate(prompt, outputs)
-        targets = list(validated.outputs) if outputs is None else [o for o in outputs if o in validated.outputs]
+                outputs: list[str] | None = None, on_event: EventCallback | None = None,
+                previews: bool | Callable[[], bool] | None = None, keep_previews: bool = False) -> Result:
+        """Run one prompt in this thread; raises only ValidationError (failures are in the Result).
+
+        A :class:`~comfykit.graph.ValidatedPrompt` (from :meth:`validate`) runs as it is; anything else is
+        validated first. ``previews``: build step previews (a bool, or a callable asked at each step); None
+        means "when there is an ``on_event``". ``keep_previews`` keeps them in ``Result.events`` as well.
+        """
+        wants = _preview_rule(previews, on_event is not None)
         with self._run_lock:  # one prompt at a time, whichever thread calls
             with self._state_lock:
+                # cleared before validating: an interrupt() that comes while the prompt is validated stops it
                 self._executor.interrupt_flag.clear()
                 self._running = prompt_id
                 if prompt_id in self._cancelled:  # interrupted between leaving the queue and starting
                     self._cancelled.discard(prompt_id)
                     self._executor.interrupt_flag.set()
             try:
+                validated = prompt if isinstance(prompt, ValidatedPrompt) else self.validate(prompt, outputs)
+                targets = (list(validated.outputs) if outputs is None
+                           else [o for o in outputs if o in validated.outputs])
                 # no_grad, not ComfyUI's inference_mode: models loaded here and the tensors the nodes return
                 # stay usable (and patchable in place) by notebook code running outside the engine
                 with torch.no_grad():
                     return self._executor.execute(validated.prompt, prompt_id, outputs=targets,
                                                   extra_data=extra_data or {}, on_event=on_event,
-                                                  clear_interrupt=False)
+                                                  clear_interrupt=False, previews=wants,
+                                                  keep_previews=keep_previews)
             finally:
                 with self._state_lock:
                     self._running = None
@@ -151,29 +215,39 @@ class Engine(Backend):
     # -- queued execution --------------------------------------------------------------------------------
     def submit(self, workflow: Any, *, on_event: EventCallback | None = None, prompt_id: str | None = None,
                extra_data: dict[str, Any] | None = None, outputs: list[str] | None = None,
-               **options: Any) -> Job:
-        """Queue a Workflow or API dict on this engine's worker thread and return its Job at once."""
+               previews: bool | None = None, keep_previews: bool = False, **options: Any) -> Job:
+        """Validate a Workflow, API dict or UI-format dict once and queue it on the worker thread; returns its Job.
+
+        ``previews`` None builds step previews only while someone listens: an ``on_event`` callback, or code
+        iterating the Job (so ``run(wf)`` builds none). ``keep_previews=True`` also keeps them in
+        ``Result.events``.
+        """
         if options:
             raise TypeError(f"Engine.submit() got unexpected options {sorted(options)}")
-        prompt = _to_api(workflow)
-        # fail fast; the worker validates again against the files present then
-        validated = self.validate(prompt, outputs)
+        extra_data = dict(extra_data or {})
+        # like ComfyUI's page: embed the UI graph so a saved PNG opens in ComfyUI
+        want_ui = "extra_pnginfo" not in extra_data
+        schema = self._schema()
+        api = to_api_prompt(workflow, schema, ui=want_ui)  # validated below, against the live files
+        validated = self._validate(api.prompt, schema, outputs)  # the run's only validation: the worker trusts it
         if validated.node_errors:  # ComfyUI would silently drop these outputs; a Python caller wants to know
             error = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
                      "details": "", "extra_info": {}}
             raise ValidationError(format_validation_message(error, validated.node_errors), error,
                                   validated.node_errors)
+        cycle = find_cycle(validated.prompt)
+        if cycle:  # ComfyUI finds it only when executing; a Python caller is told before anything runs
+            path = " -> ".join(f"#{i} {validated.prompt[i]['class_type']}" for i in cycle)
+            message = f"the workflow has a cycle: {path}; a node cannot depend on its own output"
+            raise ValidationError(message, {"type": "invalid_prompt", "message": message, "details": "",
+                                            "extra_info": {}}, {})
+        if want_ui and api.ui is not None:
+            extra_data["extra_pnginfo"] = {"workflow": api.ui}
         prompt_id = prompt_id or str(uuid.uuid4())
-        extra_data = dict(extra_data or {})
-        if "extra_pnginfo" not in extra_data and hasattr(workflow, "to_ui"):
-            # like ComfyUI's page: embed the UI graph so a saved PNG opens in ComfyUI
-            try:
-                extra_data["extra_pnginfo"] = {"workflow": workflow.to_ui()}
-            except Exception:  # noqa: BLE001 - metadata is a nicety, never a reason to fail a run
-                log.debug("could not export the UI workflow for PNG metadata", exc_info=True)
         job = Job(prompt_id, [on_event], interrupt=lambda: self._interrupt_job(prompt_id))
+        wants = _preview_rule(previews, lambda: job.listening)
         self._ensure_worker()
-        self._queue.put((job, prompt, extra_data, outputs))
+        self._queue.put((job, validated, extra_data, outputs, wants, keep_previews))
         return job
 
     def _ensure_worker(self) -> None:
@@ -187,7 +261,7 @@ class Engine(Backend):
             item = self._queue.get()
             if item is _STOP:
                 return
-            job, prompt, extra_data, outputs = item
+            job, validated, extra_data, outputs, previews, keep_previews = item
             with self._state_lock:
                 cancelled = job.prompt_id in self._cancelled
                 self._cancelled.discard(job.prompt_id)
@@ -195,12 +269,12 @@ class Engine(Backend):
                 data = {"prompt_id": job.prompt_id, "node_id": None, "node_type": None, "executed": [],
                         "timestamp": now_ms()}
                 job.emit(Event(EXECUTION_INTERRUPTED, data))
-                job.finish(Result(prompt_id=job.prompt_id, prompt=prompt, status="interrupted",
+                job.finish(Result(prompt_id=job.prompt_id, prompt=validated.prompt, status="interrupted",
                                   error=InterruptedError(data)), InterruptedError(data))
                 continue
             try:
-                result = self.execute(prompt, prompt_id=job.prompt_id, extra_data=extra_data, outputs=outputs,
-                                      on_event=job.emit)
+                result = self.execute(validated, prompt_id=job.prompt_id, extra_data=extra_data, outputs=outputs,
+                                      on_event=job.emit, previews=previews, keep_previews=keep_previews)
             except ComfykitError as exc:
                 job.finish(None, exc)
             except Exception as exc:  # noqa: BLE001 - a bug here must not kill the worker thread
@@ -274,18 +348,14 @@ def _node_classes() -> dict[str, type]:
     return dict(NODE_CLASS_MAPPINGS)
 
 
-def _to_api(workflow: Any) -> dict[str, Any]:
-    """An API prompt dict from a Workflow, an API dict or a UI-format dict."""
-    if hasattr(workflow, "to_api"):
-        return workflow.to_api()
-    if isinstance(workflow, dict):
-        if "nodes" in workflow and "links" in workflow:  # UI format (what the ComfyUI frontend saves)
-            from ..graph import Workflow
-
-            return Workflow.load(workflow).to_api()
-        return workflow
-    raise ValidationError(f"expected a Workflow or an API prompt dict, got {type(workflow).__name__}; build one "
-                          "with ck.Workflow() or load a JSON file with ck.Workflow.load(path)")
+def _preview_rule(previews: bool | Callable[[], bool] | None,
+                  default: bool | Callable[[], bool]) -> Callable[[], bool]:
+    """``previews`` (or ``default`` when it is None) as a zero-argument callable asked at each step."""
+    rule = default if previews is None else previews
+    if callable(rule):
+        return rule
+    flag = bool(rule)
+    return lambda: flag
 
 
 def _parse_dtype(name: str) -> torch.dtype:

@@ -6,6 +6,7 @@ a factory that builds node instances, so tests can drive it with tiny made-up no
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -49,11 +50,22 @@ def _format_value(value: Any) -> Any:
     return str(value)
 
 
+def _never() -> bool:
+    return False
+
+
 class RunContext:
     """What a running node may call: progress reports (with an optional preview) and interrupt checks."""
 
-    def __init__(self, executor: Executor, prompt_id: str, node_id: str, emit: Callable[[Event], None]):
+    def __init__(self, executor: Executor, prompt_id: str, node_id: str, emit: Callable[[Event], None],
+                 previews: Callable[[], bool] = _never):
         self.executor, self.prompt_id, self.node_id, self._emit = executor, prompt_id, node_id, emit
+        self._previews = previews
+
+    @property
+    def wants_previews(self) -> bool:
+        """True while someone listens for step previews (asked again each step: a listener may come later)."""
+        return self._previews()
 
     def check_interrupt(self) -> None:
         """Raise :class:`Interrupted` if ``interrupt()`` was called (ComfyUI checks this every sampler step)."""
@@ -65,10 +77,13 @@ class RunContext:
         return self.executor.interrupt_flag.is_set()
 
     def progress(self, value: int, total: int, preview: Any = None) -> None:
-        """Emit ``progress`` for this node; ``preview`` is a PIL image or a zero-argument callable making one."""
+        """Emit ``progress`` for this node; ``preview`` is a PIL image, a LazyPreview, or a callable making one.
+
+        A callable is called only when :attr:`wants_previews`; a preview given as it is goes out as it is.
+        """
         self.check_interrupt()
         if callable(preview):
-            preview = preview()
+            preview = preview() if self.wants_previews else None
         self._emit(Event(PROGRESS, {"value": value, "max": total, "prompt_id": self.prompt_id,
                                     "node": self.node_id}, preview=preview))
 
@@ -180,23 +195,29 @@ class Executor:
     # -- the run -------------------------------------------------------------------------------------------
     def execute(self, prompt: dict[str, Any], prompt_id: str, *, outputs: list[str] | None = None,
                 extra_data: dict[str, Any] | None = None, on_event: Callable[[Event], None] | None = None,
-                original_prompt: dict[str, Any] | None = None, clear_interrupt: bool = True) -> Result:
+                original_prompt: dict[str, Any] | None = None, clear_interrupt: bool = True,
+                previews: Callable[[], bool] = _never, keep_previews: bool = False) -> Result:
         """Run the nodes ``outputs`` need (default: every output node) and return a filled :class:`Result`.
 
         ``clear_interrupt=False`` keeps an ``interrupt_flag`` set before the call (the Engine clears it itself,
-        earlier, so an interrupt racing with the start of a job is not lost).
+        earlier, so an interrupt racing with the start of a job is not lost). ``previews`` says whether anyone
+        wants step previews now (nodes see it as ``ctx.wants_previews``); ``keep_previews`` keeps them in
+        ``Result.events`` too, which otherwise holds the events without their previews.
         """
         with self._lock:
             if clear_interrupt:
                 self.interrupt_flag.clear()
-            return self._execute(prompt, prompt_id, outputs, extra_data or {}, on_event, original_prompt)
+            return self._execute(prompt, prompt_id, outputs, extra_data or {}, on_event, original_prompt,
+                                 previews, keep_previews)
 
-    def _execute(self, prompt, prompt_id, outputs, extra_data, on_event, original_prompt) -> Result:
+    def _execute(self, prompt, prompt_id, outputs, extra_data, on_event, original_prompt, previews,
+                 keep_previews) -> Result:
         result = Result(prompt_id=prompt_id, prompt=prompt)
         run_executed: list[str] = []  # ComfyUI's `executed` set: everything completed, replays included
 
         def emit(event: Event) -> None:
-            result.events.append(event)
+            # previews are for listeners: kept in the Result they would make it megabytes (20 steps, 512x512)
+            result.events.append(event if keep_previews else event.without_preview())
             if on_event is not None:
                 on_event(event)
 
@@ -248,7 +269,7 @@ class Executor:
                 if self.interrupt_flag.is_set():  # ComfyUI checks right before calling the node
                     raise Interrupted()
                 obj = self.objects.get(node_id, class_type, lambda cls=cls: self.make_node(cls))
-                obj.ctx = RunContext(self, prompt_id, node_id, emit)
+                obj.ctx = RunContext(self, prompt_id, node_id, emit, previews)
                 start = time.perf_counter()
                 try:
                     out = getattr(obj, getattr(cls, "FUNCTION", "run"))(**inputs)
@@ -323,6 +344,9 @@ def _declared(cls: type) -> set[str] | None:
 
 
 def _is_oom(exc: BaseException) -> bool:
+    """Out of host memory, or torch's out of device memory (``torch.OutOfMemoryError``, also ``torch.cuda``'s)."""
     if isinstance(exc, MemoryError):
         return True
-    return type(exc).__name__ == "OutOfMemoryError"  # torch.cuda.OutOfMemoryError, without importing torch
+    torch = sys.modules.get("torch")  # no torch loaded: no torch error to catch, and no reason to import it
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(exc, oom)

@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Model file extensions ComfyUI lists (``folder_paths.supported_pt_extensions``).
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 
 #: The model sub-folders the engine's nodes read, as under ComfyUI's ``models/``.
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "vae_approx", "embeddings")
+
+#: A listing is trusted only when every directory it read was last changed this long before the scan began:
+#: a file added within the file system's timestamp granularity of a scan might leave the directory's mtime as
+#: it was (FAT has 2 s, ext4 a kernel tick), and must not hide behind a cached list.
+SETTLE_NS = 2_000_000_000
+
+
+class _Listing(NamedTuple):
+    names: tuple[str, ...]
+    stamps: tuple[tuple[str, int | None], ...]  # (directory, st_mtime_ns or None when absent) of every dir read
+    settled: bool
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns if stat.S_ISDIR(st.st_mode) else None
 
 
 class Folders:
@@ -31,6 +51,8 @@ class Folders:
         self.output = Path(output if output is not None else "output").expanduser().resolve()
         self.input = Path(input if input is not None else "input").expanduser().resolve()
         self.temp = Path(temp if temp is not None else "temp").expanduser().resolve()
+        self._listings: dict[str, _Listing] = {}
+        self.scans = 0  # directory listings read from disk (a cached answer costs one stat per directory)
 
     def __repr__(self) -> str:
         return f"Folders(models={str(self.models)!r}, output={str(self.output)!r}, input={str(self.input)!r}, " \
@@ -48,25 +70,43 @@ class Folders:
         """Sorted relative paths (``/``-separated) of the files ComfyUI would offer for ``kind``.
 
         Model folders are searched recursively and filtered by model extension; "input" lists the image files at
-        the top of the input folder, like LoadImage's combo.
+        the top of the input folder, like LoadImage's combo. Model and input listings are cached and read again
+        only when one of their directories changed (its mtime), so asking per run costs a few ``stat`` calls.
         """
-        base = self.folder(kind)
-        if not base.is_dir():
-            return []
-        if kind == "input":
-            return sorted(p.name for p in base.iterdir() if p.is_file() and _is_image(p.name))
         if kind in ("output", "temp"):
-            return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
-        found = []
+            return list(self._scan(kind).names)
+        cached = self._listings.get(kind)
+        if cached is not None and cached.settled and all(_mtime(d) == m for d, m in cached.stamps):
+            return list(cached.names)
+        listing = self._scan(kind)
+        self._listings[kind] = listing
+        return list(listing.names)
+
+    def _scan(self, kind: str) -> _Listing:
+        base = self.folder(kind)
+        started = time.time_ns()
+        top = _mtime(str(base))
+        if top is None:
+            return _Listing((), ((str(base), None),), True)
+        self.scans += 1
+        if kind == "input":
+            names = sorted(p.name for p in base.iterdir() if p.is_file() and _is_image(p.name))
+            return _Listing(tuple(names), ((str(base), top),), top < started - SETTLE_NS)
+        if kind in ("output", "temp"):
+            names = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+            return _Listing(tuple(names), (), False)
+        found, stamps = [], []
         for root, dirs, files in os.walk(base, followlinks=True):
+            stamps.append((root, _mtime(root)))
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in files:
                 if Path(name).suffix.lower() in MODEL_EXTENSIONS:
                     found.append((Path(root) / name).relative_to(base).as_posix())
-        return sorted(found)
+        settled = all(m is not None and m < started - SETTLE_NS for _, m in stamps)
+        return _Listing(tuple(sorted(found)), tuple(stamps), settled)
 
     def files(self) -> dict[str, list[str]]:
-        """Every file list ``comfykit.graph.builtin.object_info(files)`` needs, read now."""
+        """Every file list ``comfykit.graph.builtin.object_info(files)`` needs (cached per folder, see list_files)."""
         out = {kind: self.list_files(kind) for kind in MODEL_FOLDERS}
         out["input"] = self.list_files("input")
         return out

@@ -26,16 +26,8 @@ _LATENT = LINK("LATENT", "Latent to denoise.")
 
 
 def step_callback(node: Node, model: Any) -> Callable[..., None]:
-    """Per-step hook of a sampling node: stop if interrupted, emit ``progress`` with a lazy preview of x0."""
-    previewer = node.engine._previewer(model)
-
-    def callback(step: int, total_steps: int, x0: Any, x: Any) -> None:
-        preview = None
-        if previewer is not None and x0 is not None:
-            preview = lambda: previewer.to_image(x0)  # noqa: E731 - built only if used
-        node.progress(step + 1, total_steps, preview)
-
-    return callback
+    """Per-step hook of a sampling node: stop if interrupted, emit ``progress``, previews only for listeners."""
+    return node.engine.sampler_callback(node, model)
 
 
 def _ksampler(node: Node, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,

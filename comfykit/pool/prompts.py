@@ -15,13 +15,10 @@ MODEL_INPUTS = frozenset({
 
 
 def to_prompt(workflow: Any) -> dict[str, Any]:
-    """The API-format prompt dict of a Workflow (``to_api()``) or a copy of an API dict."""
-    if hasattr(workflow, "to_api"):
-        return workflow.to_api()
-    if isinstance(workflow, Mapping):
-        return copy.deepcopy(dict(workflow))
-    raise TypeError(f"expected a comfykit Workflow or an API-format prompt dict, got {type(workflow).__name__}; "
-                    "build one with ck.Workflow() or load one with ck.Workflow.load(path)")
+    """The API prompt of a Workflow (checked here, before any worker gets it) or a copy of an API or UI dict."""
+    from ..graph.prompt import to_api_prompt
+
+    return to_api_prompt(workflow, validate=True, copy=True).prompt
 
 
 def models_of(prompt: Mapping[str, Any]) -> frozenset[str]:

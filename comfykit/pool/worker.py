@@ -1,11 +1,15 @@
-"""The pool's worker (a Ray actor holding one backend) and how errors cross the process boundary."""
+"""The pool's worker: a Ray actor holding one backend, streaming a job's events and its Result back.
+
+Results, events and comfykit errors pickle with their data (``ValidationError``'s 400 body, ``ExecutionError``'s
+message), so they cross the process boundary as they are.
+"""
 
 from __future__ import annotations
 
-import builtins
-import dataclasses
 import inspect
 import os
+import pickle
+import sys
 import threading
 import time
 import traceback
@@ -13,48 +17,44 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ..errors import ComfykitError, ExecutionError, InterruptedError, ServerError, ValidationError
+from ..errors import ComfykitError, InterruptedError, ServerError
 from .prompts import MODEL_INPUTS
 
 
-def _is_worker_failure(exc: BaseException) -> bool:
-    """True for errors that say the worker (process or server) is gone, not that the job is bad."""
-    if isinstance(exc, (ServerError, ConnectionError)):
-        return True
-    mod = type(exc).__module__ or ""
-    return mod.startswith(("websocket", "requests", "urllib3")) and "ValidationError" not in type(exc).__name__
+def _worker_failure_types() -> tuple[type[BaseException], ...]:
+    """Errors that say the worker's backend (a process or a server) is gone, not that the job is bad."""
+    types: list[type[BaseException]] = [ServerError, ConnectionError]
+    # only from libraries already loaded: a backend that never used them cannot have raised their errors
+    requests = sys.modules.get("requests")
+    if requests is not None:
+        types.append(requests.exceptions.RequestException)
+    urllib3 = sys.modules.get("urllib3")
+    if urllib3 is not None:
+        types.append(urllib3.exceptions.HTTPError)
+    websocket = sys.modules.get("websocket")
+    if websocket is not None:
+        types.append(websocket.WebSocketException)
+    return tuple(types)
 
 
-def encode_error(exc: BaseException) -> dict[str, Any]:
-    """A picklable description of an error (comfykit errors do not survive pickling with their data)."""
-    if isinstance(exc, ValidationError):
-        return {"kind": "validation", "message": str(exc), "body": exc.to_dict()}
-    if isinstance(exc, ExecutionError):
-        return {"kind": "execution", "data": exc.data}
-    if isinstance(exc, InterruptedError):
-        return {"kind": "interrupted", "data": exc.data}
-    return {"kind": "server" if _is_worker_failure(exc) else "other", "type": type(exc).__name__,
-            "message": str(exc), "traceback": "".join(traceback.format_exception(exc))}
+def portable_error(exc: BaseException, worker: str = "") -> Exception:
+    """``exc`` as the driver should see it: a comfykit error as raised, a lost backend as ServerError.
 
-
-def decode_error(info: Mapping[str, Any], worker: str = "") -> Exception:
-    """Rebuild the error ``encode_error`` described, naming the worker where that helps."""
-    kind = info["kind"]
-    if kind == "validation":
-        body = info["body"]
-        return ValidationError(info["message"], body.get("error"), body.get("node_errors"))
-    if kind == "execution":
-        return ExecutionError(info["data"])
-    if kind == "interrupted":
-        return InterruptedError(info["data"])
+    Other exceptions travel as they are when they pickle (with the remote traceback added as a note), else as a
+    ComfykitError naming their type and message.
+    """
     where = f" on worker {worker}" if worker else ""
-    if kind == "server":
-        return ServerError(f"{info['type']}{where}: {info['message']}")
-    cls = getattr(builtins, info["type"], None)
-    message = f"{info['message']} (raised{where}; remote traceback:\n{info['traceback']})"
-    if isinstance(cls, type) and issubclass(cls, Exception) and cls.__init__ is Exception.__init__:
-        return cls(message)
-    return ComfykitError(f"{info['type']}: {message}")
+    if isinstance(exc, ComfykitError) and not isinstance(exc, ServerError):
+        return exc
+    if isinstance(exc, _worker_failure_types()):
+        return ServerError(f"{type(exc).__name__}{where}: {exc}")
+    remote = "".join(traceback.format_exception(exc))
+    try:
+        exc.add_note(f"raised{where}; remote traceback:\n{remote}")
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - an exception class that does not round-trip: send its words instead
+        return ComfykitError(f"{type(exc).__name__}{where}: {exc} (remote traceback:\n{remote})")
+    return exc if isinstance(exc, Exception) else ComfykitError(f"{type(exc).__name__}{where}: {exc}")
 
 
 class PoolWorker:
@@ -71,10 +71,12 @@ class PoolWorker:
         self._running: dict[str, Any] = {}
         self._stop: set[str] = set()
         self._finished: deque[str] = deque(maxlen=256)
-        try:  # a backend that takes prompt_id= (Engine does) reports under the pool's id from the start
-            self._takes_prompt_id = "prompt_id" in inspect.signature(self.backend.submit).parameters
+        try:  # a backend that takes prompt_id= / previews= (Engine does) gets them
+            params = inspect.signature(self.backend.submit).parameters
         except (TypeError, ValueError):
-            self._takes_prompt_id = False
+            params = {}
+        self._takes_prompt_id = "prompt_id" in params
+        self._takes_previews = "previews" in params
 
     def info(self) -> dict[str, Any]:
         """Name, process, GPUs, jobs run and model loads of this worker."""
@@ -86,9 +88,12 @@ class PoolWorker:
                 "gpu_ids": list(ray.get_gpu_ids()), "jobs": self.jobs, "loads": dict(self.loads),
                 "busy_s": self.busy_s}
 
-    def run(self, prompt: dict[str, Any], options: dict[str, Any], prompt_id: str,
-            stream: bool = True) -> Iterator[tuple[str, Any]]:
-        """Run one prompt; yield ("event", Event)... (if ``stream``) then ("result", Result) or ("error", ...)."""
+    def run(self, prompt: dict[str, Any], options: dict[str, Any], prompt_id: str, stream: bool = True,
+            previews: bool = False) -> Iterator[tuple[str, Any]]:
+        """Run one prompt; yield ("event", Event)... (if ``stream``) then ("result", Result) or ("error", exc).
+
+        ``previews``: someone on the driver listens for step previews; without it none are built or sent.
+        """
         def relabel(data: dict[str, Any]) -> dict[str, Any]:
             # the caller knows the job by the pool's prompt id, whatever id the backend chose
             return {**data, "prompt_id": prompt_id} if "prompt_id" in data else data
@@ -102,6 +107,8 @@ class PoolWorker:
                                             "executed": []})
             if self._takes_prompt_id:
                 options = {**options, "prompt_id": prompt_id}
+            if self._takes_previews:
+                options = {"previews": previews, **options}
             job = self.backend.submit(prompt, **options)
             with self._lock:
                 self._running[prompt_id] = job
@@ -111,11 +118,12 @@ class PoolWorker:
             for event in job:
                 # each streamed item is a Ray object: skipping them when nobody listens saves a round trip each
                 if stream:
-                    yield "event", dataclasses.replace(event, data=relabel(event.data))
+                    event = event.with_data(relabel(event.data))
+                    yield "event", event if previews else event.without_preview()
             result = job.result()
-        except Exception as exc:  # sent back as data: exceptions with extra fields do not pickle faithfully
+        except Exception as exc:
             self.busy_s += time.perf_counter() - start
-            yield "error", encode_error(exc)
+            yield "error", portable_error(exc, self.name)
             return
         finally:
             with self._lock:
@@ -127,9 +135,10 @@ class PoolWorker:
             inputs = prompt.get(node_id, {}).get("inputs", {})
             self.loads.update(v for k, v in inputs.items() if k in MODEL_INPUTS and isinstance(v, str))
         result.prompt_id = prompt_id
-        result.events = [dataclasses.replace(e, data=relabel(e.data)) for e in result.events]
-        error, result.error = result.error, None
-        yield "result", (result, encode_error(error) if error is not None else None)
+        result.events = [e.with_data(relabel(e.data)) for e in result.events]
+        if result.error is not None:
+            result.error = portable_error(result.error, self.name)
+        yield "result", result
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Stop the job ``prompt_id`` (even if it has not started yet), or whatever runs now."""

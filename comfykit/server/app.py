@@ -16,6 +16,7 @@ from aiohttp import web
 from ..errors import ValidationError
 from . import files
 from .hub import Hub
+from .protocol import check_engine, engine_dirs, list_files
 from .queue import PromptQueue
 from .worker import Worker
 
@@ -87,40 +88,6 @@ class ServerState:
         # this callback runs before the loop reads another request.
         asyncio.get_running_loop().call_soon(self.queue.put, item)
         return {"prompt_id": prompt_id, "number": number, "node_errors": valid.node_errors}
-
-
-def engine_dirs(engine: Any) -> dict[str, str]:
-    """The output/input/temp folders of an engine (``engine.folders`` per the contract, tolerant of names)."""
-    folders = getattr(engine, "folders", None)
-    out = {}
-    for kind in ("output", "input", "temp"):
-        value = None
-        for owner in (folders, engine):
-            for name in (f"{kind}_dir", kind, f"{kind}_directory"):
-                value = getattr(owner, name, None) if owner is not None else None
-                if value is not None and not callable(value):
-                    break
-                value = None
-            if value is not None:
-                break
-        if value is None and isinstance(folders, dict):
-            value = folders.get(kind)
-        if value is None:
-            raise TypeError(f"engine has no {kind} folder (expected engine.folders.{kind}_dir)")
-        out[kind] = str(value)
-    return out
-
-
-def list_files(engine: Any, folder: str) -> list[str]:
-    """Files the engine sees in a models folder (or input/output); [] when it has no such folder."""
-    folders = getattr(engine, "folders", None)
-    lister = getattr(folders, "list_files", None)
-    if lister is None:
-        return []
-    try:
-        return list(lister(folder))
-    except (KeyError, ValueError, OSError):
-        return []
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -348,7 +315,7 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
     """
     from .generate import add_page_routes
 
-    dirs = engine_dirs(engine)
+    dirs = engine_dirs(check_engine(engine))
     for kind, value in (("output", output_dir), ("input", input_dir), ("temp", temp_dir)):
         if value is not None:
             dirs[kind] = str(value)

@@ -6,9 +6,12 @@ import asyncio
 import html
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ServerError
+
+if TYPE_CHECKING:
+    from .protocol import ServerEngine
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +23,7 @@ class ServerHandle:
     ...     requests.get(server.url + "/system_stats").json()
     """
 
-    def __init__(self, engine: Any, app: Any, hosts: list[str], port: int):
+    def __init__(self, engine: ServerEngine, app: Any, hosts: list[str], port: int):
         self.engine = engine
         self.app = app
         self.hosts = hosts
@@ -112,7 +115,7 @@ def _hosts(host: str | list[str]) -> list[str]:
     return [h.strip() for h in hosts if h.strip()] or ["127.0.0.1"]
 
 
-def start_background(engine: Any, app: Any, host: str | list[str] = "127.0.0.1", port: int | None = 8188,
+def start_background(engine: ServerEngine, app: Any, host: str | list[str] = "127.0.0.1", port: int | None = 8188,
                      timeout: float = 60.0) -> ServerHandle:
     """Serve ``app`` from a daemon thread with its own event loop and return once it listens."""
     hosts = _hosts(host)
@@ -146,7 +149,7 @@ def start_background(engine: Any, app: Any, host: str | list[str] = "127.0.0.1",
     return handle
 
 
-def run_blocking(engine: Any, app: Any, host: str | list[str] = "127.0.0.1", port: int | None = 8188, *,
+def run_blocking(engine: ServerEngine, app: Any, host: str | list[str] = "127.0.0.1", port: int | None = 8188, *,
                  print_url: bool = True, auto_launch: bool = False) -> None:
     """Serve ``app`` in this thread until Ctrl-C (the CLI's mode)."""
     hosts = _hosts(host)
@@ -178,12 +181,13 @@ def run_blocking(engine: Any, app: Any, host: str | list[str] = "127.0.0.1", por
         loop.close()
 
 
-def serve(engine: Any = None, port: int | None = 8188, host: str = "127.0.0.1", *, block: bool = False,
+def serve(engine: ServerEngine | None = None, port: int | None = 8188, host: str = "127.0.0.1", *, block: bool = False,
           max_upload_size_mb: float = 100, enable_cors: str | None = None, preview_size: int = 512,
           max_history: int = 10000, **engine_kwargs: Any) -> ServerHandle | None:
     """Serve an Engine with ComfyUI's HTTP/WebSocket API; returns a handle (``.url``, ``.stop()``).
 
-    ``engine`` None builds ``comfykit.Engine(**engine_kwargs)``; ``port`` 0 or None picks a free port;
+    ``engine`` None builds ``comfykit.Engine(**engine_kwargs)`` (any object meeting
+    :class:`~comfykit.server.protocol.ServerEngine` will do); ``port`` 0 or None picks a free port;
     ``block=True`` serves in this thread until Ctrl-C and returns None.
 
     >>> server = ck.serve(port=0, models_dir="models")   # doctest: +SKIP
@@ -199,6 +203,10 @@ def serve(engine: Any = None, port: int | None = 8188, host: str = "127.0.0.1", 
     elif engine_kwargs:
         raise TypeError(f"engine options {sorted(engine_kwargs)} are only used when serve() builds the engine; "
                         "pass them to Engine(...) instead")
+    else:
+        from .protocol import check_engine
+
+        check_engine(engine)
     app = create_app(engine, max_upload_size_mb=max_upload_size_mb, enable_cors=enable_cors,
                      preview_size=preview_size, max_history=max_history)
     if block:

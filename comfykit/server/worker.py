@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import traceback
@@ -11,7 +12,9 @@ from typing import Any
 
 from ..errors import ValidationError
 from ..events import Event
+from ..graph.validate import ValidatedPrompt
 from .hub import Hub, encode_preview
+from .protocol import ServerEngine
 from .queue import PromptQueue
 
 log = logging.getLogger(__name__)
@@ -24,13 +27,14 @@ _RECORDED = ("execution_start", "execution_cached", "execution_success", "execut
 class Worker:
     """Runs queued prompts one at a time, forwards their events to the sockets, and files their history."""
 
-    def __init__(self, engine: Any, queue: PromptQueue, hub: Hub, *, preview_size: int = 512,
+    def __init__(self, engine: ServerEngine, queue: PromptQueue, hub: Hub, *, preview_size: int = 512,
                  on_done: Callable[[str, dict[str, Any]], None] | None = None):
         self.engine = engine
         self.queue = queue
         self.hub = hub
         self.preview_size = preview_size
         self.on_done = on_done
+        self._out = _OrderedSender()
         self._stop = threading.Event()
         self._free_flags: dict[str, bool] = {}
         self._lock = threading.Lock()
@@ -39,6 +43,7 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name="comfykit-server-worker", daemon=True)
 
     def start(self) -> None:
+        self._out.start()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -47,6 +52,7 @@ class Worker:
         if self.current is not None:
             self.engine.interrupt()
         self._thread.join(timeout)
+        self._out.stop(timeout)
 
     def request_free(self, unload_models: bool, free_memory: bool) -> None:
         """Ask for models/caches to be freed once the running prompt is done (as ComfyUI's /free)."""
@@ -88,7 +94,7 @@ class Worker:
         client_id = extra_data.get("client_id")
         self.current, self.last_node = (prompt_id, client_id), None
         messages: list[list[Any]] = []
-        progress = _ProgressState(prompt_id, lambda data: self._send_state(data, client_id))
+        progress = _ProgressState(prompt_id, lambda data: self._out.call(self._send_state, data, client_id))
 
         def on_event(event: Event) -> None:
             if event.type in _RECORDED:
@@ -99,9 +105,12 @@ class Worker:
 
         result = None
         try:
-            result = self.engine.execute(prompt, prompt_id=prompt_id, extra_data=extra_data, outputs=outputs,
-                                         on_event=on_event)
-        except ValidationError as exc:  # files vanished between POST and run: report it like a node failure
+            # validated when it was posted (that answer is what the queue holds): run it as it is, like ComfyUI;
+            # previews only while a socket would receive them
+            result = self.engine.execute(ValidatedPrompt(prompt, list(outputs), {}), prompt_id=prompt_id,
+                                         extra_data=extra_data, outputs=outputs, on_event=on_event,
+                                         previews=lambda: self.hub.has_listeners(client_id))
+        except ValidationError as exc:  # an engine that validates again found a file gone: a node failure
             on_event(Event("execution_error", _error_data(prompt_id, exc, "ValidationError")))
         except Exception as exc:  # an engine bug must still end the prompt properly for its client
             log.exception("engine.execute raised for prompt %s", prompt_id)
@@ -119,8 +128,8 @@ class Worker:
         }
         self.queue.task_done(task_id, history)
         if client_id is not None:
-            self.hub.send("executing", {"node": None, "prompt_id": prompt_id}, client_id)
-        self.hub.flush_now()  # the end of a prompt goes out at once, not on the hub's timer
+            self._out.call(self.hub.send, "executing", {"node": None, "prompt_id": prompt_id}, client_id)
+        self._out.call(self.hub.flush_now)  # the end of a prompt goes out at once, not on the hub's timer
         if self.on_done is not None:
             self.on_done(prompt_id, history)
 
@@ -136,20 +145,79 @@ class Worker:
             # ComfyUI broadcasts progress (and its previews) when the prompt has no client id.
             if not self.hub.has_listeners(client_id):
                 return
-            jpeg = None
-            if event.preview is not None:
-                try:
-                    jpeg = encode_preview(event.preview, self.preview_size)
-                except Exception:
-                    log.exception("could not encode a preview")
             node = event.data.get("node")
             meta = {"node_id": node, "prompt_id": event.data.get("prompt_id"), "display_node_id": node,
                     "parent_node_id": None, "real_node_id": node, "image_type": "image/jpeg"}
-            self.hub.send_progress(event.data, jpeg, meta, client_id)
+            if event.has_preview:  # made into a JPEG on the sender's thread, not the sampling one
+                self._out.later(self._send_progress, event, meta, client_id)
+            else:
+                self._out.call(self.hub.send_progress, event.data, None, meta, client_id)
         elif event.type == "execution_interrupted":
-            self.hub.send(event.type, event.data, client_id)  # broadcast when no client id, as ComfyUI
+            self._out.call(self.hub.send, event.type, event.data, client_id)  # broadcast when no client id
         elif client_id is not None:
-            self.hub.send(event.type, event.data, client_id)
+            self._out.call(self.hub.send, event.type, event.data, client_id)
+
+    def _send_progress(self, event: Event, meta: dict[str, Any], client_id: str | None) -> None:
+        jpeg = None
+        try:
+            jpeg = encode_preview(event.preview, self.preview_size)
+        except Exception:
+            log.exception("could not encode a preview")
+        self.hub.send_progress(event.data, jpeg, meta, client_id)
+
+
+class _OrderedSender:
+    """Hands the worker's messages to the hub in order, encoding preview JPEGs on a thread of its own.
+
+    While nothing waits on that thread a message goes straight through (no thread hop); once a preview is
+    being encoded, later messages queue behind it so every socket still sees ComfyUI's order.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._waiting = 0  # calls queued or running on the thread
+        self._thread = threading.Thread(target=self._loop, name="comfykit-server-previews", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """``fn(*args)`` now if nothing is queued, else after what is."""
+        with self._lock:
+            if self._waiting == 0 or not self._thread.is_alive():
+                fn(*args)
+                return
+            self._waiting += 1
+            self._queue.put((fn, args))
+
+    def later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """``fn(*args)`` on the sender's thread, in order with everything else."""
+        with self._lock:
+            if not self._thread.is_alive():
+                fn(*args)
+                return
+            self._waiting += 1
+            self._queue.put((fn, args))
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:  # a bad preview must not stop the messages behind it
+                log.exception("sending a server message failed")
+            finally:
+                with self._lock:
+                    self._waiting -= 1
 
 
 class _ProgressState:

@@ -1,4 +1,7 @@
-"""What run() accepts: a Workflow, an API dict, a POST /prompt body, or a UI (editor) workflow."""
+"""What run() accepts: a Workflow, an API dict, a POST /prompt body, or a UI (editor) workflow.
+
+Every backend turns these into an API prompt with the same function, ``comfykit.graph.prompt.to_api_prompt``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,12 @@ import sys
 
 import pytest
 
-from comfykit.client.server import to_prompt
+from comfykit.errors import ValidationError
+from comfykit.graph.prompt import to_api_prompt
+
+
+def to_prompt(workflow, schema=None):
+    return to_api_prompt(workflow, schema, validate=True, ui=True)
 
 API = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}}
 
@@ -44,10 +52,31 @@ def test_ui_workflow_is_compiled_and_kept_for_png_metadata():
     ({"1": {"inputs": {}}}, ValueError, "node '1' has no class_type"),
     ({"1": "KSampler"}, ValueError, "node '1' has no class_type"),
     ("prompt.json", TypeError, "not str"),
+    ({"1": {"inputs": {}}}, ValidationError, "node '1' has no class_type"),
 ])
 def test_bad_input_names_the_problem(bad, error, match):
     with pytest.raises(error, match=match):
         to_prompt(bad)
+
+
+def test_api_dict_is_copied_only_when_asked():
+    nested = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64}}}
+    assert to_api_prompt(nested).prompt["1"] is nested["1"]
+    copied = to_api_prompt(nested, copy=True).prompt
+    copied["1"]["inputs"]["width"] = 8
+    assert nested["1"]["inputs"]["width"] == 64
+
+
+def test_workflow_ui_export_is_asked_for():
+    class Fake:
+        def to_api(self):
+            return API
+
+        def to_ui(self):
+            return {"nodes": [], "links": []}
+
+    assert to_api_prompt(Fake()).ui is None
+    assert to_api_prompt(Fake(), ui=True).ui == {"nodes": [], "links": []}
 
 
 def test_importing_the_client_stays_light():

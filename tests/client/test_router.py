@@ -28,9 +28,14 @@ def _run(router, prompt_id, prompt=None):
 
 
 def _types(job):
+    return [event.type for event in _delivered(job)]
+
+
+def _delivered(job):
+    """The events the job's listeners got so far."""
     out = []
     while not job._queue.empty():
-        out.append(job._queue.get().type)
+        out.append(job._queue.get())
     return out
 
 
@@ -103,10 +108,12 @@ def test_legacy_preview_attaches_to_the_progress_it_follows():
     router.on_binary(encode_preview(Image.new("RGB", (8, 8), "red")))
     router.on_text({"type": "progress", "data": {"value": 2, "max": 2, "prompt_id": "p", "node": "3"}})
     router.on_text({"type": "executing", "data": {"node": "8", "prompt_id": "p"}})  # no preview for step 2
-    first, second, executing = run.events
+    first, second, executing = _delivered(run.job)
     assert first.data["value"] == 1 and first.preview.size == (8, 8)
     assert second.data["value"] == 2 and second.preview is None
     assert executing.type == "executing"
+    assert [e.type for e in run.events] == ["progress", "progress", "executing"]
+    assert not any(e.has_preview for e in run.events)  # the Result keeps no previews unless asked
 
 
 def test_held_progress_is_flushed_when_the_socket_is_idle():
@@ -126,9 +133,21 @@ def test_metadata_preview_attaches_to_the_progress_after_it():
     router.on_binary(encode_preview(Image.new("RGB", (8, 8), "blue"), metadata=meta))
     router.on_text({"type": "progress", "data": {"value": 1, "max": 2, "prompt_id": "p", "node": "3"}})
     router.on_text({"type": "progress", "data": {"value": 2, "max": 2, "prompt_id": "p", "node": "3"}})
-    assert run.events[0].preview is not None and run.events[0].preview.size == (8, 8)
-    assert run.events[1].preview is None
+    delivered = _delivered(run.job)
+    assert delivered[0].preview is not None and delivered[0].preview.size == (8, 8)
+    assert delivered[1].preview is None
     assert other.events == []
+
+
+def test_previews_stay_in_the_result_events_when_asked():
+    router, _ = _make()
+    run = RunState("k", {}, Job("k"), keep_previews=True)
+    router.register(run)
+    meta = {"node_id": "3", "prompt_id": "k", "display_node_id": "3", "parent_node_id": None,
+            "real_node_id": "3"}
+    router.on_binary(encode_preview(Image.new("RGB", (8, 8), "blue"), metadata=meta))
+    router.on_text({"type": "progress", "data": {"value": 1, "max": 2, "prompt_id": "k", "node": "3"}})
+    assert run.events[0].preview.size == (8, 8)
 
 
 def test_garbage_binary_frame_is_ignored():

@@ -70,10 +70,13 @@ def test_changing_steps_reruns_only_sampler_decode_save(engine, ckpt_name, t2i_g
     assert len([e for e in r.events if e.type == "progress"]) == 3
 
 
-def test_progress_carries_previews(engine, ckpt_name, t2i_graph):
-    r = engine.execute(t2i_graph(ckpt_name, steps=2, seed=7), prompt_id="prev")
-    previews = [e.preview for e in r.events if e.type == "progress"]
-    assert len(previews) == 2 and all(p is not None and p.size == (512, 512) for p in previews)
+def test_progress_carries_previews_for_a_listener(engine, ckpt_name, t2i_graph):
+    seen = []
+    r = engine.execute(t2i_graph(ckpt_name, steps=2, seed=7), prompt_id="prev", on_event=seen.append)
+    previews = [e.preview for e in seen if e.type == "progress"]
+    # the decoded image's size (8x8 latent x 8), not enlarged to preview_size
+    assert len(previews) == 2 and all(p is not None and p.size == (64, 64) for p in previews)
+    assert not any(e.has_preview for e in r.events)  # the Result keeps the events, not their previews
 
 
 def test_same_seed_same_image_different_seed_differs(engine, ckpt_name, t2i_graph):

@@ -211,19 +211,36 @@ def test_node_error_reports_comfyui_shape_and_engine_recovers(ex):
     assert ok.status == "success" and ok.outputs["4"] == {"text": ["3"]}
 
 
-def test_memory_error_frees_first():
+def _oom_frees(error):
     freed = []
     ex = Executor(NODES, on_oom=lambda: freed.append(True))
     g = graph()
     g["3"] = {"class_type": "Boom", "inputs": {"value": ["1", 0]}}
     old = Boom.ERROR
-    Boom.ERROR = MemoryError("out of memory")
+    Boom.ERROR = error
     try:
         r = ex.execute(g, "oom")
     finally:
         Boom.ERROR = old
-    assert freed == [True] and r.status == "error"
-    assert r.error.exception_type == "MemoryError"
+    assert r.status == "error"
+    return freed, r
+
+
+def test_memory_error_frees_first():
+    freed, r = _oom_frees(MemoryError("out of memory"))
+    assert freed == [True] and r.error.exception_type == "MemoryError"
+
+
+def test_torch_out_of_memory_frees_first_and_a_lookalike_does_not():
+    torch = pytest.importorskip("torch")
+    freed, r = _oom_frees(torch.OutOfMemoryError("CUDA out of memory"))
+    assert freed == [True] and r.error.exception_type == "torch.OutOfMemoryError"
+
+    class OutOfMemoryError(Exception):  # same name, not torch's: a node's own error is not an OOM
+        pass
+
+    freed, _ = _oom_frees(OutOfMemoryError("nope"))
+    assert freed == []
 
 
 def test_interrupt_from_another_thread_stops_within_a_step(ex):

@@ -1,4 +1,8 @@
-"""Live previews of the denoised latent: latent2rgb (a linear map) or a TAESD decoder, to a PIL image."""
+"""Live previews of the denoised latent: latent2rgb (a linear map) or a TAESD decoder, to a PIL image.
+
+During sampling the engine takes a :meth:`Previewer.snapshot`: the RGB bytes of the first item, copied to the
+CPU, as a :class:`~comfykit.events.LazyPreview` that is resized and made a PIL image only by whoever looks at it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ from typing import Any
 
 import torch
 
+from ...events import LazyPreview
 from .latent_formats import LatentFormat
 
 PREVIEW_METHODS = ("latent2rgb", "taesd")
+
+#: Pixels per latent pixel of the VAEs whose formats have no ``spatial_factor`` of their own (SD1/SD2/SDXL/SD3/FLUX).
+VAE_FACTOR = 8
 
 
 def find_taesd_decoder(vae_approx_dir: str | Path | None, latent_format: LatentFormat) -> Path | None:
@@ -25,12 +33,25 @@ def find_taesd_decoder(vae_approx_dir: str | Path | None, latent_format: LatentF
     return None
 
 
+def to_ubyte(image: torch.Tensor) -> torch.Tensor:
+    """[H, W, 3] values in [-1, 1] -> uint8 on the CPU, as ComfyUI's preview_to_image."""
+    return ((image.float().cpu() + 1.0) / 2.0).clamp(0, 1).mul(255).to(torch.uint8)
+
+
 def to_pil(image: torch.Tensor) -> Any:
     """[H, W, 3] values in [-1, 1] -> PIL image, as ComfyUI's preview_to_image."""
     from PIL import Image
 
-    ubyte = ((image.float().cpu() + 1.0) / 2.0).clamp(0, 1).mul(255).to(torch.uint8)
-    return Image.fromarray(ubyte.numpy())
+    return Image.fromarray(to_ubyte(image).numpy())
+
+
+def fit(width: int, height: int, limit: int) -> tuple[int, int]:
+    """(width, height) shrunk, keeping the aspect ratio, to fit ``limit`` x ``limit``; never enlarged."""
+    if max(width, height) <= limit:
+        return width, height
+    if width >= height:
+        return limit, max(1, round(height / width * limit))
+    return max(1, round(width / height * limit)), limit
 
 
 class Previewer:
@@ -67,6 +88,18 @@ class Previewer:
         bias = torch.tensor(fmt.rgb_bias, dtype=torch.float32) if fmt.rgb_bias is not None else None
         latent = x0[0].detach().float().cpu().movedim(0, -1)
         return torch.nn.functional.linear(latent, factors.T, bias)
+
+    def snapshot(self, x0: torch.Tensor) -> LazyPreview:
+        """The preview of x0[0] as raw RGB bytes, to be shown at the decoded image's size (at most preview_size).
+
+        Only the decode and a small copy to the CPU happen here (on the sampling thread); the resize and the PIL
+        image wait until someone reads ``event.preview``.
+        """
+        factor = getattr(self.latent_format, "spatial_factor", VAE_FACTOR)
+        target = fit(int(x0.shape[-1]) * factor, int(x0.shape[-2]) * factor, self.preview_size)
+        ubyte = to_ubyte(self.decode(x0)).contiguous()
+        height, width = int(ubyte.shape[0]), int(ubyte.shape[1])
+        return LazyPreview(ubyte.numpy().tobytes(), (width, height), target)
 
     def to_image(self, x0: torch.Tensor) -> Any:
         """The preview of x0[0] as a PIL image scaled to fit preview_size x preview_size."""

@@ -113,7 +113,7 @@ def test_flux_set_last_layer_reaches_t5_and_leaves_the_original(files, flux):
 
 def test_clip_text_encode_node_works_unchanged(flux, sd3):
     from comfykit.engine.models.manager import ModelManager
-    from comfykit.engine.nodes.conditioning import CLIPTextEncode
+    from comfykit.nodes.conditioning import CLIPTextEncode
 
     node = CLIPTextEncode(types.SimpleNamespace(call_with=ModelManager("cpu").call))
     for clip in (flux, sd3):

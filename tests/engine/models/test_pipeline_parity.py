@@ -13,10 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from safetensors.torch import save_file  # noqa: E402
+
 from comfykit.engine.models.checkpoint import load_diffusion_model  # noqa: E402
 from comfykit.engine.models.tiny_dit import flux_diffusers_to_bfl, sd3_diffusers_to_sai, tiny_flux, tiny_sd3  # noqa: E402
 from comfykit.engine.sampling.ksampler import common_ksampler, prepare_noise, select_sigmas  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 
 def _save(sd, path):
