@@ -97,3 +97,33 @@ def test_guiders_and_conditioning_nodes_in_a_flux_style_graph(engine, ckpt_name)
     result = engine.run(g)  # the 16-channel empty latent is narrowed to the SD1 model's 4 channels
     assert result.status == "success" and result.image.size == (64, 64)
     assert _pixels(result) != _pixels(cfg1)
+
+
+def test_comfyui_sdxl_turbo_template_runs(tmp_path):
+    """ComfyUI's own sdxlturbo_example template (SamplerCustom, KSamplerSelect, SDTurboScheduler) on a tiny SDXL
+    checkpoint saved under the file name the template asks for."""
+    from importlib import resources
+
+    pytest.importorskip("comfyui_workflow_templates_json")
+    import comfykit as ck
+    from comfykit import demo
+    from comfykit.engine import Engine
+
+    template = resources.files("comfyui_workflow_templates_json") / "templates" / "sdxlturbo_example.json"
+    wf = ck.Workflow.load(json.loads(template.read_text()))
+    prompt = wf.to_api()
+    ckpt = next(n["inputs"]["ckpt_name"] for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple")
+    demo.make_checkpoint(tmp_path / "models" / "checkpoints" / ckpt, arch="sdxl", seed=1)
+    for node in prompt.values():
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=64, height=64)
+    eng = Engine(tmp_path / "models", output_dir=tmp_path / "out", input_dir=tmp_path / "in",
+                 temp_dir=tmp_path / "tmp", device="cpu", previews="latent2rgb")
+    try:
+        result = eng.run(prompt)
+    finally:
+        eng.shutdown()
+    assert result.status == "success" and result.image.size == (64, 64) and result.files
+    sampler_id = next(k for k, n in prompt.items() if n["class_type"] == "SamplerCustom")
+    progress = [e for e in result.events if e.type == "progress" and e.data["node"] == sampler_id]
+    assert [(e.data["value"], e.data["max"]) for e in progress] == [(1, 1)] and progress[0].preview is not None
