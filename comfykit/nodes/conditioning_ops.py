@@ -83,8 +83,7 @@ class InstructPixToPixConditioning(Node):
 
 
 class InpaintModelConditioning(Node):
-    """Gives an inpainting model the image with the masked part greyed out, and the mask; the latent output
-    is the whole image's, with the mask as its noise_mask unless ``noise_mask`` is off."""
+    """Gives an inpainting model the image (masked part greyed out) and the mask; the latent is the whole image's."""
 
     DISPLAY, CATEGORY = "InpaintModelConditioning", "conditioning/inpaint"
     INPUTS = {"positive": _POSITIVE, "negative": _NEGATIVE, "vae": LINK("VAE", "VAE to encode the image with."),
