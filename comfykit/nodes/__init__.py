@@ -10,6 +10,33 @@ from typing import Any
 
 from .base import ANY_FILE, Node, declared_inputs, node_info
 from .conditioning import CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea
+from .conditioning_ops import (
+    ConditioningSetTimestepRange,
+    ConditioningZeroOut,
+    InpaintModelConditioning,
+    InstructPixToPixConditioning,
+)
+from .custom_sampling import (
+    BasicGuider,
+    BasicScheduler,
+    CFGGuider,
+    DisableNoise,
+    DualCFGGuider,
+    KSamplerSelect,
+    RandomNoise,
+    SamplerCustom,
+    SamplerCustomAdvanced,
+    SDTurboScheduler,
+)
+from .flux_sd3 import (
+    EmptySD3LatentImage,
+    FluxGuidance,
+    FluxKontextImageScale,
+    ModelSamplingAuraFlow,
+    ModelSamplingFlux,
+    ModelSamplingSD3,
+    ReferenceLatent,
+)
 from .image import ImageScale, LoadImage, PreviewImage, SaveImage
 from .latent import EmptyLatentImage, LatentUpscale, LatentUpscaleBy
 from .loaders import (
@@ -31,6 +58,11 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     EmptyLatentImage, LatentUpscale, LatentUpscaleBy,
     KSampler, KSamplerAdvanced, VAEDecode, VAEEncode,
     LoadImage, SaveImage, PreviewImage, ImageScale,
+    KSamplerSelect, BasicScheduler, SDTurboScheduler, RandomNoise, DisableNoise,
+    BasicGuider, CFGGuider, DualCFGGuider, SamplerCustom, SamplerCustomAdvanced,
+    EmptySD3LatentImage, ModelSamplingFlux, ModelSamplingSD3, ModelSamplingAuraFlow,
+    FluxGuidance, ReferenceLatent, FluxKontextImageScale,
+    ConditioningZeroOut, ConditioningSetTimestepRange, InstructPixToPixConditioning, InpaintModelConditioning,
 )
 
 #: class_type -> node class, like ComfyUI's ``nodes.NODE_CLASS_MAPPINGS``.

@@ -244,3 +244,59 @@ def _move(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
 def with_inputs(inputs: ModelInputs, **changes: Any) -> ModelInputs:
     """A copy of ``inputs`` with some fields replaced."""
     return replace(inputs, **changes)
+
+
+# -- extra input channels (inpaint, InstructPix2Pix, Fill ...): the part every family shares ----------------------
+def resize_to_batch(value: torch.Tensor, batch: int) -> torch.Tensor:
+    """``value`` with ``batch`` items, picking evenly spread items when the counts differ (ComfyUI's rule)."""
+    have = value.shape[0]
+    if have == batch:
+        return value
+    if batch <= 1:
+        return value[:batch]
+    if batch < have:
+        scale = (have - 1) / (batch - 1)
+        index = [min(round(i * scale), have - 1) for i in range(batch)]
+    else:
+        scale = have / batch
+        index = [min(math.floor((i + 0.5) * scale), have - 1) for i in range(batch)]
+    return value[index]
+
+
+def concat_image(options: dict[str, Any], x: torch.Tensor, latent_format: LatentFormat | None = None,
+                 fallback: bool = True) -> torch.Tensor | None:
+    """The image latent a model concatenates to ``x`` (ComfyUI's ``concat_cond``), sized like ``x``, or None.
+
+    The options' ``concat_latent_image`` (a raw VAE latent, taken to model space with ``latent_format`` when given)
+    or, with ``fallback``, the run's ``latent_image`` (already in model space, as the denoiser passes it).
+    """
+    from ..images import common_upscale
+
+    image = options.get("concat_latent_image")
+    if image is not None:
+        image = torch.as_tensor(image).to(x.device, torch.float32)
+        if latent_format is not None:
+            image = latent_format.process_in(image)
+    elif fallback:
+        image = options.get("latent_image")
+    if image is None:
+        return None
+    if image.shape[1:] != x.shape[1:]:
+        image = common_upscale(image.float(), x.shape[-1], x.shape[-2], "bilinear", "center")
+    return resize_to_batch(image, x.shape[0])
+
+
+def concat_mask(options: dict[str, Any], x: torch.Tensor) -> torch.Tensor | None:
+    """The 0/1 mask [B, 1, h, w] a model concatenates to ``x``: ``concat_mask``, else the run's ``denoise_mask``."""
+    from ..images import common_upscale
+
+    mask = options.get("concat_mask", options.get("denoise_mask"))
+    if mask is None:
+        return None
+    mask = torch.as_tensor(mask).to(x.device, torch.float32)
+    if mask.ndim == x.ndim:
+        mask = mask[:, :1]
+    mask = mask.reshape((-1, 1) + tuple(mask.shape[-2:]))
+    if mask.shape[-2:] != x.shape[-2:]:
+        mask = common_upscale(mask, x.shape[-1], x.shape[-2], "bilinear", "center")
+    return resize_to_batch(mask.round(), x.shape[0])

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..sampling import latent_formats
 from ..sampling.schedulers import ModelSamplingDiscrete
-from .family import DiffusionModel, ModelFamily, ModelInputs
+from .family import DiffusionModel, ModelFamily, ModelInputs, concat_image, concat_mask
 from .unet import UNetConfig, UNetModel, timestep_embedding
 
 
@@ -87,7 +87,30 @@ class UNetFamily(ModelFamily):
 
     def model_inputs(self, model: DiffusionModel, cond: torch.Tensor, options: dict[str, Any],
                      x: torch.Tensor) -> ModelInputs:
-        return ModelInputs(context=cond.to(device=x.device, dtype=model.dtype))
+        inputs = ModelInputs(context=cond.to(device=x.device, dtype=model.dtype))
+        channels = x.shape[1]
+        extra = getattr(model.config, "in_channels", channels) - channels
+        if extra == channels + 1:
+            # inpainting UNet: the mask, then the masked image's latent; without a mask ComfyUI feeds an all-ones
+            # mask and the latent of a blank image
+            mask = concat_mask(options, x)
+            image = concat_image(options, x, model.latent_format) if mask is not None else None
+            if mask is None:
+                mask = torch.ones_like(x[:, :1])
+            if image is None:  # ComfyUI's model-space latent of an all-grey image
+                blank = torch.tensor([0.8223, -0.6876, 0.6364, 0.1380], device=x.device)
+                image = torch.ones_like(x) * blank[:, None, None]
+            inputs.concat = torch.cat([mask, image], dim=1)
+        elif extra == channels:  # InstructPix2Pix: the source image's raw latent (zeros without one)
+            image = concat_image(options, x, fallback=False)
+            inputs.concat = torch.zeros_like(x) if image is None else image
+        elif extra:
+            raise ValueError(f"this UNet takes {model.config.in_channels} input channels: {channels} latent channels "
+                             f"and {extra} extra ones, which is neither an inpainting model ({channels + 1} extra: "
+                             f"mask and masked image) nor InstructPix2Pix ({channels} extra)")
+        if inputs.concat is not None:
+            inputs.concat = inputs.concat.to(device=x.device, dtype=model.dtype)
+        return inputs
 
     def forward(self, network: nn.Module, x: torch.Tensor, t: torch.Tensor, inputs: ModelInputs) -> torch.Tensor:
         if inputs.concat is not None:  # inpainting UNets take the masked image's latent and the mask as channels

@@ -1,4 +1,9 @@
-"""ComfyUI's KSampler path: initial noise, sigma selection (denoise / start / end), CFG over area conds."""
+"""The one sampling path of KSampler and SamplerCustom(Advanced): NOISE, SIGMAS, SAMPLER and GUIDER.
+
+``prepare_noise`` draws ComfyUI's initial noise, ``select_sigmas`` is KSampler's denoise / start / end choice of
+sigmas, :class:`Sampler` is the SAMPLER type (a k-diffusion function with ComfyUI's inpaint options) and
+:func:`sample_latent` runs a guider (``guiders``) over a LATENT dict. ``common_ksampler`` is KSampler on that path.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ from typing import Any
 
 import torch
 
-from ..models.family import ModelInputs
+from .guiders import CFGDenoiser, CFGGuider, check_conds
 from .samplers import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, get_sampler
 from .schedulers import calculate_sigmas, model_sampling_for
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+__all__ = ["CFGDenoiser", "DisabledNoise", "InpaintDenoiser", "RandomNoise", "Sampler", "common_ksampler",
+           "prepare_noise", "sample_latent", "select_sigmas"]
 
 
 def prepare_noise(latent: torch.Tensor, seed: int, batch_index: list[int] | None = None) -> torch.Tensor:
@@ -70,148 +78,10 @@ def select_sigmas(model_sampling: Any, sampler_name: str, scheduler: str, steps:
     return sigmas
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Conditioning: [[cond [1|B, T, dim], {"pooled_output", "area", "strength", "mask", ...}], ...]. Each entry
-# becomes the model's ModelInputs through model.model_inputs(); the family decides what it reads from the options.
-
-
-class _Cond:
-    """One conditioning entry resolved against the latent: the model inputs, crop, weight map and sigma range."""
-
-    def __init__(self, model: Any, entry: Any, x: torch.Tensor, model_sampling: Any, negative: bool = False):
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], dict)):
-            raise ValueError("each conditioning entry must be [tensor [B, tokens, dim], dict]; got "
-                             f"{type(entry).__name__}")
-        cond, opts = entry
-        if negative and "prompt_type" not in opts:
-            opts = {**opts, "prompt_type": "negative"}  # ComfyUI tells the model which side a cond is on
-        batch, _, height, width = x.shape
-        device = x.device
-        self.inputs = model.model_inputs(cond, opts, x)
-        # ConditioningSetTimestepRange: the entry only takes part while sigma is within its percent range
-        self.sigma_range = None
-        if "start_percent" in opts or "end_percent" in opts:
-            self.sigma_range = (model_sampling.percent_to_sigma(float(opts.get("start_percent", 0.0))),
-                                model_sampling.percent_to_sigma(float(opts.get("end_percent", 1.0))))
-        area = opts.get("area")
-        if area is not None and area[0] == "percentage":
-            area = (max(1, round(area[1] * height)), max(1, round(area[2] * width)),
-                    round(area[3] * height), round(area[4] * width))
-        if area is not None:
-            ah, aw, ay, ax = (int(v) for v in area)
-            ay, ax = min(ay, height - 1), min(ax, width - 1)
-            area = (min(ah, height - ay), min(aw, width - ax), ay, ax)
-        self.area = area
-        ah, aw, ay, ax = area if area is not None else (height, width, 0, 0)
-        if area is not None and self.inputs.concat is not None:  # extra channels follow the crop
-            self.inputs.concat = self.inputs.concat[:, :, ay:ay + ah, ax:ax + aw]
-        strength = float(opts.get("strength", 1.0))
-        mask = opts.get("mask")
-        if mask is not None:
-            mask = torch.as_tensor(mask, dtype=torch.float32)
-            mask = mask[None] if mask.ndim == 2 else mask
-            if mask.shape[-2:] != (height, width):
-                mask = torch.nn.functional.interpolate(mask[:, None], size=(height, width), mode="bilinear")[:, 0]
-            mask = mask[:, ay:ay + ah, ax:ax + aw] * float(opts.get("mask_strength", 1.0))
-            mult = mask[:, None].to(device).repeat(batch // mask.shape[0] or 1, x.shape[1], 1, 1)[:batch]
-        else:
-            mult = torch.ones((batch, x.shape[1], ah, aw), device=device)
-            if area is not None:
-                _feather(mult, area, height, width)
-        self.mult = mult * strength
-
-    def active(self, sigma: torch.Tensor) -> bool:
-        """False while sigma is outside the entry's timestep range."""
-        if self.sigma_range is None:
-            return True
-        start, end = self.sigma_range
-        s = float(sigma.max())
-        return not (s > start or s < end)
-
-
-def _feather(mult: torch.Tensor, area: tuple[int, int, int, int], height: int, width: int, rr: int = 8) -> None:
-    """Ramp the weight linearly over `rr` latent pixels at area edges that lie inside the image (as ComfyUI)."""
-    ah, aw, ay, ax = area
-    for t in range(min(rr, ah)):
-        if ay != 0:
-            mult[:, :, t] *= (t + 1) / rr
-        if ay + ah < height:
-            mult[:, :, ah - 1 - t] *= (t + 1) / rr
-    for t in range(min(rr, aw)):
-        if ax != 0:
-            mult[:, :, :, t] *= (t + 1) / rr
-        if ax + aw < width:
-            mult[:, :, :, aw - 1 - t] *= (t + 1) / rr
-
-
-class CFGDenoiser:
-    """k-diffusion model wrapper: x, sigma -> CFG-combined denoised x0 over area/mask-weighted conds."""
-
-    def __init__(self, model: Any, model_sampling: Any, positive: list, negative: list, cfg: float):
-        self.model, self.model_sampling, self.cfg = model, model_sampling, float(cfg)
-        self.positive, self.negative = positive, negative
-        self._resolved: dict[int, list[_Cond]] = {}
-        family = getattr(model, "family", None)
-        self._repeat_context = getattr(family, "repeat_context", True)
-
-    def _conds(self, which: int, x: torch.Tensor) -> list[_Cond]:
-        if which not in self._resolved:
-            entries = self.positive if which == 0 else self.negative
-            self._resolved[which] = [_Cond(self.model, e, x, self.model_sampling, negative=which == 1)
-                                     for e in entries]
-        return self._resolved[which]
-
-    def _run(self, items: list[tuple[int, _Cond]], x: torch.Tensor, sigma: torch.Tensor):
-        """Evaluate all (which, cond) items sharing one crop and input shapes in a single batched model call."""
-        cond0 = items[0][1]
-        ah, aw, ay, ax = cond0.area if cond0.area is not None else (x.shape[2], x.shape[3], 0, 0)
-        crop = x[:, :, ay:ay + ah, ax:ax + aw]
-        n, batch = len(items), x.shape[0]
-        inputs = ModelInputs.cat([c.inputs for _, c in items], batch, self._repeat_context)
-        sig = sigma.repeat(n)
-        ms = self.model_sampling
-        x_in = ms.calculate_input(sig, crop.repeat(n, 1, 1, 1))
-        out = self.model.apply(x_in, ms.timestep(sig).float(), inputs)
-        den = ms.calculate_denoised(sig, out.to(x.device).float(), crop.repeat(n, 1, 1, 1))
-        return den.chunk(n)
-
-    def predictions(self, x: torch.Tensor, sigma: torch.Tensor, with_uncond: bool):
-        """Weighted-average denoised predictions for the positive conds and (optionally) the negative ones."""
-        todo = [0, 1] if with_uncond else [0]
-        groups: dict[Any, list[tuple[int, _Cond]]] = {}
-        for which in todo:
-            for cond in self._conds(which, x):
-                if cond.active(sigma):
-                    key = (cond.area, cond.inputs.batch_key(self._repeat_context))
-                    groups.setdefault(key, []).append((which, cond))
-        outs = {w: torch.zeros_like(x) for w in todo}
-        counts = {w: torch.full_like(x, 1e-37) for w in todo}  # ComfyUI's floor: uncovered pixels become 0
-        for items in groups.values():
-            for (which, cond), den in zip(items, self._run(items, x, sigma)):
-                ah, aw, ay, ax = cond.area if cond.area is not None else (x.shape[2], x.shape[3], 0, 0)
-                mult = cond.mult.to(x.dtype)
-                outs[which][:, :, ay:ay + ah, ax:ax + aw] += den * mult
-                counts[which][:, :, ay:ay + ah, ax:ax + aw] += mult
-        return [outs[w] / counts[w] for w in todo]
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args: Any) -> torch.Tensor:
-        options = extra_args.get("model_options") or {}
-        skip_uncond = math.isclose(self.cfg, 1.0) and not options.get("disable_cfg1_optimization", False)
-        preds = self.predictions(x, sigma, with_uncond=not skip_uncond)
-        cond = preds[0]
-        uncond = torch.zeros_like(cond) if skip_uncond else preds[1]
-        denoised = uncond + (cond - uncond) * self.cfg
-        post = options.get("post_cfg_function")
-        if post is not None:
-            denoised = post({"denoised": denoised, "cond_denoised": cond, "uncond_denoised": uncond,
-                             "sigma": sigma, "input": x, "cond_scale": self.cfg})
-        return denoised
-
-
 class InpaintDenoiser:
     """Keeps the unmasked region on the original latent (re-noised to each sigma), as ComfyUI's noise_mask."""
 
-    def __init__(self, inner: CFGDenoiser, latent: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, inner: Any, latent: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor):
         self.inner, self.latent, self.noise, self.mask = inner, latent, noise, mask
         self.model_sampling = inner.model_sampling
 
@@ -231,12 +101,144 @@ def _prepare_mask(mask: Any, shape: torch.Size, device: torch.device) -> torch.T
     return mask.to(device)
 
 
-def _check_conds(name: str, conds: Any) -> list:
-    if not isinstance(conds, (list, tuple)):
-        raise ValueError(f"{name} conditioning must be a list of [tensor, dict] pairs, got {type(conds).__name__}")
-    if name == "positive" and not conds:
-        raise ValueError("positive conditioning is empty; connect a CLIPTextEncode output")
-    return list(conds)
+# ---------------------------------------------------------------------------------------------------------
+# The NOISE and SAMPLER types, and the one sampling path KSampler and SamplerCustom(Advanced) share.
+
+
+class RandomNoise:
+    """NOISE: ComfyUI's initial noise for a LATENT (``prepare_noise`` with its seed and ``batch_index``)."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
+        """Noise shaped like ``latent["samples"]``, on the CPU."""
+        return prepare_noise(latent["samples"], self.seed, latent.get("batch_index"))
+
+    def __repr__(self) -> str:
+        return f"RandomNoise(seed={self.seed})"
+
+
+class DisabledNoise:
+    """NOISE that adds nothing (ComfyUI's DisableNoise; its seed, 0, still seeds the samplers' step noise)."""
+
+    seed = 0
+
+    def generate_noise(self, latent: dict[str, Any]) -> torch.Tensor:
+        """Zeros shaped like ``latent["samples"]``, on the CPU."""
+        samples = latent["samples"]
+        return torch.zeros(samples.size(), dtype=samples.dtype, layout=samples.layout, device="cpu")
+
+    def __repr__(self) -> str:
+        return "DisabledNoise()"
+
+
+class Sampler:
+    """SAMPLER: a k-diffusion sampler function and ComfyUI's options for it (its KSAMPLER object).
+
+    >>> Sampler.named("euler_ancestral").sample(denoiser, sigmas, latent, noise)
+    """
+
+    def __init__(self, name: str, function: Callable[..., torch.Tensor] | None = None,
+                 extra_options: dict[str, Any] | None = None, inpaint_options: dict[str, Any] | None = None):
+        self.name = name
+        self.function = function if function is not None else get_sampler(name)
+        self.extra_options = dict(extra_options or {})
+        self.inpaint_options = dict(inpaint_options or {})
+
+    @classmethod
+    def named(cls, name: str) -> Sampler:
+        """The sampler KSampler's ``sampler_name`` selects (ComfyUI's ``sampler_object``)."""
+        # ComfyUI's ddim is euler whose kept (unmasked) region is re-noised with its own seed+1 noise
+        return cls(name, inpaint_options={"random": True} if name == "ddim" else None)
+
+    def sample(self, denoiser: Any, sigmas: torch.Tensor, latent: torch.Tensor, noise: torch.Tensor,
+               denoise_mask: torch.Tensor | None = None, seed: int = 0,
+               callback: StepCallback | None = None) -> torch.Tensor:
+        """Denoise model-space ``latent`` over ``sigmas``, starting from ``noise`` added at ``sigmas[0]``."""
+        ms = denoiser.model_sampling
+        if denoise_mask is not None:
+            kept_noise = noise
+            if self.inpaint_options.get("random", False):
+                kept_noise = torch.randn(noise.shape, device="cpu",
+                                         generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
+            denoiser = InpaintDenoiser(denoiser, latent, kept_noise.to(noise.dtype).to(noise.device), denoise_mask)
+        max_sigma = float(ms.sigma_max)
+        max_denoise = math.isclose(max_sigma, float(sigmas[0]), rel_tol=1e-05) or float(sigmas[0]) > max_sigma
+        x = ms.noise_scaling(sigmas[0], noise, latent, max_denoise)
+        total_steps = len(sigmas) - 1
+
+        def k_callback(info: dict) -> None:
+            if callback is not None:
+                callback(int(info["i"]), total_steps, info["denoised"], info["x"])
+
+        x = self.function(denoiser, x, sigmas, extra_args={"seed": int(seed), "model_options": {}},
+                          callback=k_callback, **self.extra_options)
+        return ms.inverse_noise_scaling(sigmas[-1], x)
+
+    def __repr__(self) -> str:
+        return f"Sampler({self.name!r})"
+
+
+def _model_latent(latent: dict, fmt: Any) -> tuple[torch.Tensor, bool]:
+    """The latent's float samples in the model's channel count, and whether they are all zeros."""
+    if not isinstance(latent, dict) or "samples" not in latent:
+        raise ValueError("latent must be a LATENT dict with a 'samples' tensor [B, C, H, W]")
+    samples = latent["samples"].float()
+    if samples.ndim != 4:
+        raise ValueError(f"latent samples must be [B, C, H, W], got shape {list(samples.shape)}")
+    empty = bool(torch.count_nonzero(samples) == 0)
+    if empty and samples.shape[1] != fmt.latent_channels:
+        # an EmptyLatentImage made for a 4-channel model, used with a 16-channel one
+        samples = torch.zeros((samples.shape[0], fmt.latent_channels) + tuple(samples.shape[2:]))
+    if samples.shape[1] != fmt.latent_channels:
+        raise ValueError(f"latent has {samples.shape[1]} channels but the model expects {fmt.latent_channels}; "
+                         "use a latent made for this model")
+    return samples, empty
+
+
+def sample_latent(guider: Any, sampler: Sampler, sigmas: torch.Tensor | None, latent: dict, noise: Any,
+                  seed: int | None = None, callback: StepCallback | None = None) -> tuple[dict, dict]:
+    """SamplerCustomAdvanced: denoise a LATENT dict; returns the ``output`` and ``denoised_output`` LATENT dicts.
+
+    ``guider`` (see ``guiders``) holds the model and conds, ``noise`` is a NOISE (``.seed``,
+    ``generate_noise(latent)``), ``seed`` (default ``noise.seed``) seeds the samplers' step noise. The latent's
+    ``noise_mask`` limits the change to the masked region. ``callback(step, total_steps, denoised_x0, x)`` runs
+    after each step (model-space tensors); an exception it raises stops sampling at once and propagates.
+    ``denoised_output`` is the last step's x0 prediction (the output itself when no step ran).
+    """
+    model = guider.model
+    fmt = model.latent_format
+    samples, empty = _model_latent(latent, fmt)
+    out = {**latent, "samples": samples}
+    initial = noise.generate_noise(out)
+    if sigmas is None or len(sigmas) == 0:
+        return out, out
+    device = torch.device(getattr(model, "device", "cpu"))
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32).to(device)
+    x0 = samples.to(device)
+    if not empty:  # an all-zero latent is used as is, not shifted (matters for SD3/Flux)
+        x0 = fmt.process_in(x0)
+    mask = None
+    if latent.get("noise_mask") is not None:
+        mask = _prepare_mask(latent["noise_mask"], x0.shape, device)
+    ms = model_sampling_for(model)
+    denoiser = guider.denoiser(ms, {"latent_image": x0, "denoise_mask": mask})
+    last: dict[str, torch.Tensor] = {}
+
+    def step(i: int, total: int, denoised: torch.Tensor, x: torch.Tensor) -> None:
+        last["x0"] = denoised
+        if callback is not None:
+            callback(i, total, denoised, x)
+
+    with torch.no_grad():
+        x = sampler.sample(denoiser, sigmas, x0, initial.to(device), mask, int(noise.seed if seed is None else seed),
+                           step)
+        out["samples"] = fmt.process_out(x.float()).cpu().float()
+    denoised_out = out
+    if "x0" in last:
+        denoised_out = {**out, "samples": fmt.process_out(last["x0"].float()).cpu()}
+    return out, denoised_out
 
 
 def common_ksampler(model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
@@ -245,62 +247,14 @@ def common_ksampler(model: Any, seed: int, steps: int, cfg: float, sampler_name:
                     callback: StepCallback | None = None) -> dict:
     """Run ComfyUI's KSampler on a LATENT dict; returns a LATENT dict with the new raw "samples".
 
-    `callback(step, total_steps, denoised_x0, x)` runs after each step (model-space tensors); an exception
-    it raises stops sampling at once and propagates.
+    The same path as SamplerCustomAdvanced with RandomNoise (or DisabledNoise), a CFGGuider, the named sampler
+    and the scheduler's sigmas. `callback(step, total_steps, denoised_x0, x)` runs after each step (model-space
+    tensors); an exception it raises stops sampling at once and propagates.
     """
-    if "samples" not in latent:
-        raise ValueError("latent must be a LATENT dict with a 'samples' tensor [B, C, H, W]")
-    sampler = get_sampler(sampler_name)
-    positive, negative = _check_conds("positive", positive), _check_conds("negative", negative)
-    samples = latent["samples"].float()
-    fmt = model.latent_format
-    if samples.ndim != 4:
-        raise ValueError(f"latent samples must be [B, C, H, W], got shape {list(samples.shape)}")
-    empty = torch.count_nonzero(samples) == 0
-    if empty and samples.shape[1] != fmt.latent_channels:
-        # an EmptyLatentImage made for a 4-channel model, used with a 16-channel one
-        samples = torch.zeros((samples.shape[0], fmt.latent_channels) + tuple(samples.shape[2:]))
-    if samples.shape[1] != fmt.latent_channels:
-        raise ValueError(f"latent has {samples.shape[1]} channels but the model expects {fmt.latent_channels}; "
-                         "use a latent made for this model")
-    if disable_noise:
-        noise = torch.zeros(samples.size(), dtype=samples.dtype, layout=samples.layout, device="cpu")
-    else:
-        noise = prepare_noise(samples, int(seed), latent.get("batch_index"))
-
-    ms = model_sampling_for(model)
-    sigmas = select_sigmas(ms, sampler_name, scheduler, int(steps), denoise, start_step, last_step,
-                           force_full_denoise)
-    out = dict(latent)
-    if sigmas is None:
-        out["samples"] = samples
-        return out
-
-    device = torch.device(getattr(model, "device", "cpu"))
-    sigmas = sigmas.to(device)
-    x0 = samples.to(device)
-    if not empty:  # an all-zero latent is used as is, not shifted (matters for SD3/Flux)
-        x0 = fmt.process_in(x0)
-    max_sigma = float(ms.sigma_max)
-    max_denoise = math.isclose(max_sigma, float(sigmas[0]), rel_tol=1e-05) or float(sigmas[0]) > max_sigma
-    x = ms.noise_scaling(sigmas[0], noise.to(device), x0, max_denoise)
-
-    denoiser: Any = CFGDenoiser(model, ms, positive, negative, cfg)
-    if latent.get("noise_mask") is not None:
-        inpaint_noise = noise
-        if sampler_name == "ddim":  # ComfyUI's ddim re-noises the kept region with its own seed+1 noise
-            inpaint_noise = torch.randn(noise.shape, device="cpu",
-                                        generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
-        denoiser = InpaintDenoiser(denoiser, x0, inpaint_noise.to(device),
-                                   _prepare_mask(latent["noise_mask"], x0.shape, device))
-    total_steps = len(sigmas) - 1
-
-    def k_callback(info: dict) -> None:
-        if callback is not None:
-            callback(int(info["i"]), total_steps, info["denoised"], info["x"])
-
-    with torch.no_grad():
-        x = sampler(denoiser, x, sigmas, extra_args={"seed": int(seed), "model_options": {}}, callback=k_callback)
-        x = ms.inverse_noise_scaling(sigmas[-1], x)
-        out["samples"] = fmt.process_out(x.float()).cpu().float()
-    return out
+    sampler = Sampler.named(sampler_name)
+    guider = CFGGuider(model, check_conds("positive", positive, required=True), check_conds("negative", negative),
+                       cfg)
+    noise = DisabledNoise() if disable_noise else RandomNoise(seed)
+    sigmas = select_sigmas(model_sampling_for(model), sampler_name, scheduler, int(steps), denoise, start_step,
+                           last_step, force_full_denoise)
+    return sample_latent(guider, sampler, sigmas, latent, noise, seed=int(seed), callback=callback)[0]

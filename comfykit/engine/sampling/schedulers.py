@@ -172,6 +172,12 @@ class ModelSamplingFlux(_ModelSamplingConst):
         return float(self.sigma(torch.tensor(1.0 - percent)))
 
 
+def flux_shift(width: int, height: int, base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """ModelSamplingFlux's shift: linear in the image's 2x2-patch tokens, base_shift at 256 and max_shift at 4096."""
+    slope = (max_shift - base_shift) / (4096 - 256)
+    return (width * height / (8 * 8 * 2 * 2)) * slope + (base_shift - slope * 256)
+
+
 ModelSampling = Any  # any of the classes above: .sigmas, sigma_min/max, sigma(), timestep(), calculate_*()
 
 
