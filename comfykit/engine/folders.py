@@ -13,7 +13,12 @@ from typing import Any, NamedTuple
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 
 #: The model sub-folders the engine's nodes read, as under ComfyUI's ``models/``.
-MODEL_FOLDERS = ("checkpoints", "loras", "vae", "vae_approx", "embeddings")
+MODEL_FOLDERS = ("checkpoints", "loras", "vae", "vae_approx", "embeddings", "diffusion_models", "text_encoders")
+
+#: Folders read under more than one name, as ComfyUI's ``folder_paths`` maps them (the first is the main one).
+FOLDER_NAMES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip")}
+#: The old names, accepted wherever a folder kind is asked for
+_OLD_NAMES = {"unet": "diffusion_models", "clip": "text_encoders"}
 
 #: A listing is trusted only when every directory it read was last changed this long before the scan began:
 #: a file added within the file system's timestamp granularity of a scan might leave the directory's mtime as
@@ -62,9 +67,17 @@ class Folders:
         """The directory of ``kind``: a model folder name, or "input", "output", "temp"."""
         if kind in ("input", "output", "temp"):
             return getattr(self, kind)
+        return self.dirs(kind)[0]
+
+    def dirs(self, kind: str) -> list[Path]:
+        """Every directory read for ``kind`` (``diffusion_models`` also reads ``unet``, ``text_encoders``
+        also ``clip``, as ComfyUI does); the first is where new files go."""
+        if kind in ("input", "output", "temp"):
+            return [getattr(self, kind)]
+        kind = _OLD_NAMES.get(kind, kind)
         if kind not in MODEL_FOLDERS:
             raise ValueError(f"unknown folder {kind!r}; use one of {', '.join(MODEL_FOLDERS)}, input, output, temp")
-        return self.models / kind
+        return [self.models / name for name in FOLDER_NAMES.get(kind, (kind,))]
 
     def list_files(self, kind: str) -> list[str]:
         """Sorted relative paths (``/``-separated) of the files ComfyUI would offer for ``kind``.
@@ -86,8 +99,8 @@ class Folders:
         base = self.folder(kind)
         started = time.time_ns()
         top = _mtime(str(base))
-        if top is None:
-            return _Listing((), ((str(base), None),), True)
+        if top is None and not any(_mtime(str(d)) is not None for d in self.dirs(kind)):
+            return _Listing((), tuple((str(d), None) for d in self.dirs(kind)), True)
         self.scans += 1
         if kind == "input":
             names = sorted(p.name for p in base.iterdir() if p.is_file() and _is_image(p.name))
@@ -95,14 +108,16 @@ class Folders:
         if kind in ("output", "temp"):
             names = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
             return _Listing(tuple(names), (), False)
-        found, stamps = [], []
-        for root, dirs, files in os.walk(base, followlinks=True):
-            stamps.append((root, _mtime(root)))
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in files:
-                if Path(name).suffix.lower() in MODEL_EXTENSIONS:
-                    found.append((Path(root) / name).relative_to(base).as_posix())
-        settled = all(m is not None and m < started - SETTLE_NS for _, m in stamps)
+        found, stamps = set(), []
+        for base in self.dirs(kind):
+            stamps.append((str(base), _mtime(str(base))))
+            for root, dirs, files in os.walk(base, followlinks=True):
+                stamps.append((root, _mtime(root)))
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                for name in files:
+                    if Path(name).suffix.lower() in MODEL_EXTENSIONS:
+                        found.add((Path(root) / name).relative_to(base).as_posix())
+        settled = all(m is None or m < started - SETTLE_NS for _, m in stamps)  # absent: checked by mtime None
         return _Listing(tuple(sorted(found)), tuple(stamps), settled)
 
     def files(self) -> dict[str, list[str]]:
@@ -113,14 +128,16 @@ class Folders:
 
     def get_full_path(self, kind: str, name: str) -> Path:
         """The absolute path of file ``name`` in folder ``kind``; FileNotFoundError names the folder searched."""
-        base = self.folder(kind)
-        path = _inside(base, name)
-        if path is None:
-            raise ValueError(f"{name!r} is not inside the {kind} folder {base}")
-        if not path.is_file():
-            raise FileNotFoundError(f"{name!r} not found in {base}; put the file there or pick one of "
-                                    f"{self.list_files(kind)[:10]}")
-        return path
+        bases = self.dirs(kind)
+        for base in bases:
+            path = _inside(base, name)
+            if path is None:
+                raise ValueError(f"{name!r} is not inside the {kind} folder {base}")
+            if path.is_file():
+                return path
+        where = " or ".join(str(b) for b in bases)
+        raise FileNotFoundError(f"{name!r} not found in {where}; put the file there or pick one of "
+                                f"{self.list_files(kind)[:10]}")
 
     def annotated_path(self, name: str, default: str = "input") -> Path:
         """Resolve ``"name.png [output]"``-style names (ComfyUI's annotated file names) to a path."""

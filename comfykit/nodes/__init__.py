@@ -29,6 +29,8 @@ from .custom_sampling import (
     SDTurboScheduler,
 )
 from .flux_sd3 import (
+    CLIPTextEncodeFlux,
+    CLIPTextEncodeSD3,
     EmptySD3LatentImage,
     FluxGuidance,
     FluxKontextImageScale,
@@ -38,6 +40,7 @@ from .flux_sd3 import (
     ReferenceLatent,
 )
 from .image import ImageScale, LoadImage, PreviewImage, SaveImage
+from .image_ops import ImageStitch
 from .latent import EmptyLatentImage, LatentUpscale, LatentUpscaleBy
 from .loaders import (
     CheckpointLoaderSimple,
@@ -61,7 +64,7 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     KSamplerSelect, BasicScheduler, SDTurboScheduler, RandomNoise, DisableNoise,
     BasicGuider, CFGGuider, DualCFGGuider, SamplerCustom, SamplerCustomAdvanced,
     EmptySD3LatentImage, ModelSamplingFlux, ModelSamplingSD3, ModelSamplingAuraFlow,
-    FluxGuidance, ReferenceLatent, FluxKontextImageScale,
+    FluxGuidance, ReferenceLatent, FluxKontextImageScale, CLIPTextEncodeFlux, CLIPTextEncodeSD3, ImageStitch,
     ConditioningZeroOut, ConditioningSetTimestepRange, InstructPixToPixConditioning, InpaintModelConditioning,
 )
 

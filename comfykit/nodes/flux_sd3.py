@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import FLOAT, INT, LINK, MAX_RESOLUTION, Node
+from .base import COMBO, FLOAT, INT, LINK, MAX_RESOLUTION, STRING, Node
 from .conditioning import set_options
 
 _ADVANCED = "comfy_extras.nodes_model_advanced"
@@ -137,3 +137,40 @@ class FluxKontextImageScale(Node):
         aspect = image.shape[2] / image.shape[1]
         _, width, height = min((abs(aspect - w / h), w, h) for w, h in KONTEXT_RESOLUTIONS)
         return (common_upscale(image.movedim(-1, 1), width, height, "lanczos", "center").movedim(1, -1),)
+
+
+def _encode_towers(node: Node, clip: Any, *texts: Any) -> tuple[Any, Any]:
+    if clip is None or not hasattr(clip, "encode_towers"):
+        raise RuntimeError(f"{type(node).__name__} needs the text encoder of its model family (got {clip!r}); load "
+                           "it with the family's CLIP loader (DualCLIPLoader type flux, TripleCLIPLoader) or its "
+                           "checkpoint")
+    return node.call_with(lambda: clip.encode_towers(*texts), clip)
+
+
+class CLIPTextEncodeFlux(Node):
+    """Encodes a FLUX.1 prompt: one text for CLIP-L (pooled), one for T5-XXL (tokens), and the guidance."""
+
+    DISPLAY, CATEGORY, PYTHON_MODULE = None, "advanced/conditioning/flux", "comfy_extras.nodes_flux"
+    INPUTS = {"clip": LINK("CLIP"), "clip_l": STRING(multiline=True), "t5xxl": STRING(multiline=True),
+              "guidance": FLOAT(3.5, 0.0, 100.0, 0.1)}
+    OUTPUTS = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    def encode(self, clip: Any, clip_l: str, t5xxl: str, guidance: float) -> tuple[list]:
+        cond, pooled = _encode_towers(self, clip, clip_l, t5xxl)
+        return ([[cond, {"pooled_output": pooled, "guidance": guidance}]],)
+
+
+class CLIPTextEncodeSD3(Node):
+    """Encodes an SD3/SD3.5 prompt with one text per text encoder (CLIP-L, CLIP-G, T5-XXL)."""
+
+    DISPLAY, CATEGORY, PYTHON_MODULE = None, "advanced/conditioning", "comfy_extras.nodes_sd3"
+    INPUTS = {"clip": LINK("CLIP"), "clip_l": STRING(multiline=True), "clip_g": STRING(multiline=True),
+              "t5xxl": STRING(multiline=True),
+              "empty_padding": COMBO(("none", "empty_prompt"), "What an empty text encodes to.")}
+    OUTPUTS = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    def encode(self, clip: Any, clip_l: str, clip_g: str, t5xxl: str, empty_padding: str) -> tuple[list]:
+        cond, pooled = _encode_towers(self, clip, clip_l, clip_g, t5xxl, empty_padding)
+        return ([[cond, {"pooled_output": pooled}]],)
