@@ -162,15 +162,23 @@ def _dit_parts(family: str, seed: int, t5: bool = True) -> dict[str, dict[str, A
     return parts
 
 
-def make_dit_checkpoint(path: str | Path, family: str = "flux", *, seed: int = 0, t5: bool = True) -> Path:
+def make_dit_checkpoint(path: str | Path, family: str = "flux", *, seed: int = 0, t5: bool = True,
+                        text_encoders: bool = True, vae: bool = True) -> Path:
     """Write a tiny all-in-one FLUX.1 ("flux" = schnell, "flux-dev") or SD3.5 ("sd3") checkpoint, laid out as
-    ComfyUI's (``model.diffusion_model.*``, ``text_encoders.<name>.transformer.*``, ``vae.*``)."""
+    ComfyUI's (``model.diffusion_model.*``, ``text_encoders.<name>.transformer.*``, ``vae.*``).
+
+    ``text_encoders=False`` leaves them out, as Stability's SD3.5 single files do; ``vae=False`` as well gives a
+    bare transformer (what UNETLoader, not CheckpointLoaderSimple, loads).
+    """
     from .engine.models.tiny_text_encoders import checkpoint_keys
 
     parts = _dit_parts(family, seed, t5)
     sd = {"model.diffusion_model." + k: v for k, v in parts.pop("unet").items()}
-    sd.update({"vae." + k: v for k, v in parts.pop("vae").items()})
-    sd.update(checkpoint_keys(parts))
+    vae_sd = parts.pop("vae")
+    if vae:
+        sd.update({"vae." + k: v for k, v in vae_sd.items()})
+    if text_encoders:
+        sd.update(checkpoint_keys(parts))
     return _save(sd, path, {"comfykit.demo": family})
 
 

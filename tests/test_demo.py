@@ -88,3 +88,37 @@ def test_offline_download_fails_clearly_and_falls_back_to_the_demo(tmp_path, mon
 def test_hub_reachable_respects_offline_mode(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.hub_reachable() is False
+
+
+def test_hub_bundles_fetch_every_file_of_a_split_model_into_its_folder(tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls = []
+
+    def fake_download(repo_id, filename, local_dir, token=None):
+        calls.append((repo_id, filename))
+        target = tmp_path / "dl" / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"weights")
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    paths = hub.download("flux-schnell-split", tmp_path / "models")
+    assert sorted(p.relative_to(tmp_path / "models").as_posix() for p in paths) == [
+        "diffusion_models/flux1-schnell.safetensors", "text_encoders/clip_l.safetensors",
+        "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors", "vae/ae.safetensors"]
+    assert hub.download("flux-schnell", tmp_path / "models").parent.name == "checkpoints"
+
+
+def test_a_gated_model_says_how_to_log_in(tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    class GatedRepoError(Exception):
+        pass
+
+    def gated(**kwargs):
+        raise GatedRepoError("401 Client Error: access to model stabilityai/stable-diffusion-3.5-medium is restricted")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    with pytest.raises(ModelError, match=r"is gated: accept its licence at https://huggingface.co/stabilityai/"
+                                         r"stable-diffusion-3.5-medium.*huggingface-cli login"):
+        hub.download("sd3.5-medium", tmp_path)

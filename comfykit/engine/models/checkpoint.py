@@ -180,14 +180,12 @@ _SPLIT_LOADERS = {"flux": "UNETLoader (models/diffusion_models) + DualCLIPLoader
 
 def _check_complete(path: Path, family: ModelFamily, parts: dict[str, dict[str, Any]]) -> None:
     """A ModelError naming what a checkpoint lacks and which loaders take the pieces instead."""
-    optional = {"t5xxl"} if family.name == "sd3" else set()  # ComfyUI runs SD3.5 without T5
-    missing = [n for n in family.text_encoders if n not in parts and n not in optional]
     split = _SPLIT_LOADERS.get(family.name)
-    if split and (missing or not parts["vae"]):
-        what = ", ".join(missing + ([] if parts["vae"] else ["vae"]))
-        raise ModelError(f"{path}: a {family.name} diffusion model without its {what} weights, so "
-                         f"CheckpointLoaderSimple cannot load it alone; put it in models/diffusion_models and load "
-                         f"it with {split}")
+    if split and not parts["vae"]:
+        missing = [n for n in family.text_encoders if n not in parts] + ["vae"]
+        raise ModelError(f"{path}: a bare {family.name} diffusion model (no {', '.join(missing)} weights), so "
+                         f"CheckpointLoaderSimple cannot load it; put it in models/diffusion_models and load it with "
+                         f"{split}")
     if not parts["vae"]:
         raise ModelError(f"{path}: has a {family.name} diffusion model but no VAE weights (first_stage_model.*); "
                          "load the VAE separately with load_vae() / VAELoader")
@@ -270,7 +268,9 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
         config.num_heads = unet_heads if isinstance(unet_heads, int) else unet_heads[0]
     network = _build_network(family, config, net_sd, path, device, unet_dtype)
     vae = _load_module(lambda: AutoencoderKL(vcfg), parts["vae"], "VAE", path).to(device, vae_dtype)
-    if family.name in _CLIP_SLOTS:
+    if family.name not in _CLIP_SLOTS and not any(k in parts for k in family.text_encoders):
+        te = None  # ComfyUI's SD3.5 single files carry no text encoders: a CLIP loader gives them, CLIP is None
+    elif family.name in _CLIP_SLOTS:
         te = _text_encoder(parts, family, path, heads, acts, embeddings_dir).to(device, te_dtype)
     else:
         from .text_encoder_files import build_text_encoder

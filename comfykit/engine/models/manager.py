@@ -97,7 +97,7 @@ class ModelManager:
     def _models(self) -> list[Any]:
         out = []
         for value in self._loaded.values():
-            out += list(value) if isinstance(value, tuple) else [value]
+            out += [m for m in (value if isinstance(value, tuple) else (value,)) if m is not None]
         return out
 
     def offload(self, keep: tuple = ()) -> None:
