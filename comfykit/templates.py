@@ -74,9 +74,14 @@ def _samplers(wf: Workflow) -> list[Node]:
 
 
 def _text_node(sampler: Node, name: str) -> Node | None:
+    """The CLIPTextEncode behind a sampler input, through edits such as FluxGuidance (not through a zero-out)."""
     value = sampler._inputs.get(name)
-    if isinstance(value, Output) and value.node.class_type == "CLIPTextEncode":
-        return value.node
+    for _ in range(8):
+        if not isinstance(value, Output) or value.node.class_type == "ConditioningZeroOut":
+            return None
+        if value.node.class_type == "CLIPTextEncode":
+            return value.node
+        value = value.node._inputs.get("conditioning")
     return None
 
 
@@ -89,7 +94,7 @@ def fill(name: str | Workflow, prompt: str | None = None, negative: str | None =
 
     ``prompt``/``negative`` go to the CLIPTextEncode nodes feeding the first sampler; ``steps``, ``sampler_name``,
     ``scheduler`` and ``denoise`` to the first sampler; ``seed`` and ``cfg`` to every sampler; ``width``,
-    ``height``, ``batch_size`` to every EmptyLatentImage; ``ckpt_name``, ``lora_name``, ``image`` and
+    ``height``, ``batch_size`` to every EmptyLatentImage / EmptySD3LatentImage; ``ckpt_name``, ``lora_name``, ``image`` and
     ``filename_prefix`` to every loader, LoadImage and SaveImage.
     """
     wf = name if isinstance(name, Workflow) else load(name, schema)
@@ -108,7 +113,7 @@ def fill(name: str | Workflow, prompt: str | None = None, negative: str | None =
     elif any(v is not None for v in (prompt, negative, steps, seed, cfg)):
         raise ValueError(f"template {name!r} has no KSampler to set prompt/seed/steps/cfg on")
     for node in wf:
-        if node.class_type == "EmptyLatentImage":
+        if node.class_type in ("EmptyLatentImage", "EmptySD3LatentImage"):
             _set(node, width=width, height=height, batch_size=batch_size)
         elif node.class_type == "CheckpointLoaderSimple":
             _set(node, ckpt_name=ckpt_name)

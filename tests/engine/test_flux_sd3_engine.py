@@ -103,3 +103,24 @@ def test_a_t5_given_as_clip_l_says_what_it_is(dit_engine):
                                                           "type": "stable_diffusion"}}
     with pytest.raises(ExecutionError, match=r"sd3_t5xxl.safetensors.*T5"):
         dit_engine.run(graph)
+
+
+@pytest.mark.parametrize("name", ["flux_schnell_txt2img", "flux_dev_txt2img", "sd35_txt2img"])
+def test_shipped_flux_and_sd35_templates_run_on_tiny_models(name, tmp_path):
+    from comfykit import templates
+    from comfykit.engine import Engine
+
+    prompt = templates.fill(name, prompt="a red fox", width=64, height=64, steps=2, seed=3)
+    models = tmp_path / "models"
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            family = "sd3" if "sd3" in node["inputs"]["ckpt_name"] else "flux"
+            demo.make_dit_checkpoint(models / "checkpoints" / node["inputs"]["ckpt_name"], family)
+        if node["class_type"] == "UNETLoader":
+            demo.make_dit_files(models, "flux-dev", fp8=True)
+    engine = Engine(models, output_dir=tmp_path / "out", device="cpu", previews="none")
+    try:
+        result = engine.run(prompt)
+    finally:
+        engine.shutdown()
+    assert result.status == "success" and result.image.size == (64, 64) and result.files
