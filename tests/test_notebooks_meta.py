@@ -9,7 +9,8 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXPECTED = ["01_quickstart", "02_prompt_box", "03_server_backend", "04_import_and_convert",
-            "05_sweeps_and_grids", "06_serve_and_share", "07_img2img_lora_hires", "08_scale_out"]
+            "05_sweeps_and_grids", "06_serve_and_share", "07_img2img_lora_hires", "08_scale_out",
+            "09_flux_and_sd35"]
 BADGE_URL = "https://colab.research.google.com/github/comfykit/comfykit/blob/main/notebooks/{name}.ipynb"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 
@@ -28,7 +29,7 @@ def _code_cells(nb: dict) -> list[dict]:
 
 
 def test_all_example_notebooks_are_present():
-    assert [p.stem for p in PATHS] == EXPECTED, "notebooks/ should hold exactly the eight numbered examples"
+    assert [p.stem for p in PATHS] == EXPECTED, "notebooks/ should hold exactly the numbered examples"
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
