@@ -124,3 +124,28 @@ def test_shipped_flux_and_sd35_templates_run_on_tiny_models(name, tmp_path):
     finally:
         engine.shutdown()
     assert result.status == "success" and result.image.size == (64, 64) and result.files
+
+
+def test_taef1_previews_for_flux_when_the_decoder_is_in_vae_approx(tmp_path):
+    from safetensors.torch import save_file
+
+    from comfykit.engine import Engine
+    from comfykit.engine.sampling.taesd import Decoder
+
+    models = tmp_path / "models"
+    demo.make_dit_checkpoint(models / "checkpoints" / "flux.safetensors", "flux")
+    (models / "vae_approx").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in Decoder(latent_channels=16).state_dict().items()},
+              str(models / "vae_approx" / "taef1_decoder.safetensors"))
+    engine = Engine(models, output_dir=tmp_path / "out", device="cpu", previews="taesd")
+    graph = _t2i({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "flux.safetensors"}},
+                 ["1", 1], ["1", 0], ["1", 2])
+    events = []
+    try:
+        assert engine.run(graph, on_event=events.append).status == "success"
+        previewer = engine._previewer(engine.models.load_checkpoint(models / "checkpoints" / "flux.safetensors")[0])
+    finally:
+        engine.shutdown()
+    assert previewer.method == "taesd"  # TAEF1 chosen for the Flux latent format, not latent2rgb
+    previews = [e.preview for e in events if e.type == "progress" and e.preview is not None]
+    assert previews and previews[-1].size == (64, 48)
