@@ -67,3 +67,12 @@ def test_executor_passes_only_declared_inputs(tmp_path):
     ex = Executor({"Echo": Echo})
     result = ex.execute({"1": {"class_type": "Echo", "inputs": {"n": 3, "stray": "x"}}}, "p")
     assert result.status == "success" and seen == {"n": 3}
+
+
+def test_docs_list_every_node():
+    from pathlib import Path
+
+    from comfykit.nodes import markdown
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "nodes.md"
+    assert docs.read_text() == markdown(), "docs/nodes.md is stale: regenerate it with the command at its top"
