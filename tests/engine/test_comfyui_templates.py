@@ -28,6 +28,7 @@ TEMPLATES = {
     "flux_kontext_dev_basic": "FLUX.1 Kontext: LoadImage, ImageStitch, FluxKontextImageScale, ReferenceLatent",
     "sd3.5_simple_example": "SD3.5 single-file checkpoint",
     "sdxl_simple_example": "SDXL base + refiner with KSamplerAdvanced",
+    "image_sdxl_simple": "SDXL base + refiner (the newer template of the same graph)",
     "sdxl_refiner_prompt_example": "SDXL refiner (OpenCLIP-G only)",
     "sdxlturbo_example": "SDXL turbo with SamplerCustom",
 }
