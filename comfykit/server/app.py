@@ -157,6 +157,16 @@ def _origin_only_middleware() -> Any:
     return origin_only
 
 
+#: The Content-Security-Policy of every response but the page: nothing runs, nothing loads but images and media.
+DEFAULT_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, errors and sockets included: no MIME sniffing and a restrictive CSP."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault("Content-Security-Policy", DEFAULT_CSP)
+
+
 def _cors_middleware(allowed_origin: str) -> Any:
     @web.middleware
     async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -290,7 +300,7 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.get("/view")
     async def view(request: web.Request) -> web.StreamResponse:
-        return files.view(request, state.dirs)
+        return await files.view(request, state.dirs)
 
     @routes.post("/upload/image")
     async def upload(request: web.Request) -> web.Response:
@@ -346,7 +356,7 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
     ``enable_cors``: an origin (``"*"`` for any) to allow cross-origin requests, as ``--enable-cors-header``;
     None keeps ComfyUI's default of refusing cross-origin requests to a loopback server.
     """
-    from .generate import add_page_routes
+    from .generate import PAGE_ASSETS, add_page_routes
 
     dirs = engine_dirs(engine)
     for kind, value in (("output", output_dir), ("input", input_dir), ("temp", temp_dir)):
@@ -362,10 +372,11 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
     app[STATE] = state
     routes = _routes(state)
     add_page_routes(routes, state)
+    page_paths = {"/"} | {"/" + name for name in PAGE_ASSETS}
     for route in routes:
         assert isinstance(route, web.RouteDef)
         app.router.add_route(route.method, route.path, route.handler)
-        if route.path != "/":
+        if route.path not in page_paths:
             app.router.add_route(route.method, "/api" + route.path, route.handler)
 
     async def start(app: web.Application) -> None:
@@ -380,6 +391,7 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
         if state.hub is not None:
             await state.hub.close_all()
 
+    app.on_response_prepare.append(_security_headers)
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     return app
