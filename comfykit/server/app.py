@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import json
 import logging
 import os
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from aiohttp import web
 
 from ..errors import ValidationError
 from . import files
+from .guard import origin_only_middleware, security_headers
 from .hub import Hub
 from .queue import PromptQueue
 from .worker import Worker
@@ -36,8 +36,9 @@ class ServerState:
     """Everything one running server owns: engine, queue, sockets, worker and settings."""
 
     def __init__(self, engine: Any, dirs: dict[str, str], *, max_upload_size: int, preview_size: int,
-                 max_history: int):
+                 max_history: int, body_timeout: float = 120.0):
         self.engine = engine
+        self.body_timeout = body_timeout
         self.dirs = dirs
         self.max_upload_size = max_upload_size
         self.preview_size = preview_size
@@ -123,50 +124,6 @@ def list_files(engine: Any, folder: str) -> list[str]:
         return []
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _origin_only_middleware() -> Any:
-    """403 for requests whose Origin differs from Host on a loopback server (drive-by POSTs from websites)."""
-
-    @web.middleware
-    async def origin_only(request: web.Request, handler: Any) -> web.StreamResponse:
-        host = request.headers.get("Host")
-        origin = request.headers.get("Origin")
-        if host and origin:
-            host_n = host.lower()
-            origin_n = urlparse(origin).netloc.lower()
-            parsed_host = urlparse("//" + host_n)
-            parsed_origin = urlparse("//" + origin_n)
-            # Default ports are implied on one side and spelled out on the other.
-            if parsed_host.port is None and parsed_origin.port in (80, 443):
-                origin_n = parsed_origin.hostname or origin_n
-            if _is_loopback(parsed_host.hostname) and host_n != origin_n:
-                return web.json_response({"error": "cross-origin request refused by this local server; start "
-                                          "it with --enable-cors-header to allow other origins"}, status=403)
-        return await handler(request)
-
-    return origin_only
-
-
-#: The Content-Security-Policy of every response but the page: nothing runs, nothing loads but images and media.
-DEFAULT_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
-
-
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Every response, errors and sockets included: no MIME sniffing and a restrictive CSP."""
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers.setdefault("Content-Security-Policy", DEFAULT_CSP)
-
-
 def _cors_middleware(allowed_origin: str) -> Any:
     @web.middleware
     async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -196,14 +153,39 @@ async def _auth_middleware(request: web.Request, handler: Any) -> web.StreamResp
     return response
 
 
-async def _json_body(request: web.Request) -> Any:
+def _bad_request(message: str, status: int = 400) -> web.HTTPException:
+    cls = web.HTTPRequestTimeout if status == 408 else web.HTTPBadRequest
+    return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+async def read_body(request: web.Request, timeout: float) -> bytes:
+    """The whole request body, or 408 when it does not arrive within ``timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        raise _bad_request(f"the request body did not arrive within {timeout:g} s", 408) from None
+
+
+async def _json_body(request: web.Request, timeout: float, *, what: str = "") -> Any:
+    """The JSON body (``{}`` when there is none); with ``what``, refuse anything but a JSON object."""
     if not request.can_read_body:
         return {}
+    raw = await read_body(request, timeout)
     try:
-        return await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error": "the request body must be JSON"}',
-                                 content_type="application/json") from None
+        body = json.loads(raw.decode(request.charset or "utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise _bad_request("the request body must be JSON") from None
+    except RecursionError:  # json nests by recursion; 100k '[' would otherwise end in a 500
+        raise _bad_request("the request body nests too deeply") from None
+    if what and not isinstance(body, dict):
+        raise _bad_request(f"{what} takes a JSON object like {{\"clear\": true}}, got {type(body).__name__}")
+    return body
+
+
+def _id_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+        raise _bad_request(f"{what}: 'delete' must be a list of prompt ids, got {json.dumps(value)[:80]}")
+    return [str(v) for v in value]
 
 
 def _routes(state: ServerState) -> web.RouteTableDef:
@@ -216,7 +198,7 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.post("/prompt")
     async def post_prompt(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout)
         if not isinstance(body, dict):
             body = {}
         if "number" in body:
@@ -252,11 +234,11 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.post("/queue")
     async def post_queue(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout, what="POST /queue")
         if body.get("clear"):
             state.queue.wipe()
         if "delete" in body:
-            state.queue.delete(list(body["delete"]))
+            state.queue.delete(_id_list(body["delete"], "POST /queue"))
         return web.Response(status=200)
 
     @routes.get("/history")
@@ -274,16 +256,16 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.post("/history")
     async def post_history(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout, what="POST /history")
         if body.get("clear"):
             state.queue.wipe_history()
         if "delete" in body:
-            state.queue.delete_history(list(body["delete"]))
+            state.queue.delete_history(_id_list(body["delete"], "POST /history"))
         return web.Response(status=200)
 
     @routes.post("/interrupt")
     async def interrupt(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout)
         prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
         if prompt_id is None or prompt_id in state.queue.running_ids():
             engine.interrupt()
@@ -291,7 +273,7 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.post("/free")
     async def free(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout, what="POST /free")
         free_memory = bool(body.get("free_memory", False))
         unload = bool(body.get("unload_models", free_memory))
         if state.worker is not None and (unload or free_memory):
@@ -304,7 +286,7 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.post("/upload/image")
     async def upload(request: web.Request) -> web.Response:
-        return await files.upload_image(request, state.dirs)
+        return await files.upload_image(request, state.dirs, state.body_timeout)
 
     @routes.get("/object_info")
     async def object_info(request: web.Request) -> web.Response:
@@ -350,11 +332,14 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
                input_dir: str | os.PathLike[str] | None = None, temp_dir: str | os.PathLike[str] | None = None,
                max_upload_size_mb: float = 100, enable_cors: str | None = None, preview_size: int = 512,
-               max_history: int = 10000) -> web.Application:
+               max_history: int = 10000, header_timeout: float = 30.0,
+               body_timeout: float = 120.0) -> web.Application:
     """The aiohttp app serving ``engine`` with ComfyUI's routes; folders default to the engine's own.
 
     ``enable_cors``: an origin (``"*"`` for any) to allow cross-origin requests, as ``--enable-cors-header``;
     None keeps ComfyUI's default of refusing cross-origin requests to a loopback server.
+    ``header_timeout``: seconds a connection may take to send a request's headers (and may stay idle between
+    requests); ``body_timeout``: seconds a request body may take to arrive (408 after that).
     """
     from .generate import PAGE_ASSETS, add_page_routes
 
@@ -366,9 +351,11 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
         os.makedirs(path, exist_ok=True)
     max_upload = int(max_upload_size_mb * 1024 * 1024)
     state = ServerState(engine, dirs, max_upload_size=max_upload, preview_size=preview_size,
-                        max_history=max_history)
-    middlewares = [_cors_middleware(enable_cors) if enable_cors else _origin_only_middleware(), _auth_middleware]
-    app = web.Application(client_max_size=max_upload, middlewares=middlewares)
+                        max_history=max_history, body_timeout=body_timeout)
+    middlewares = [_cors_middleware(enable_cors) if enable_cors else origin_only_middleware(), _auth_middleware]
+    # aiohttp starts its keep-alive timer when a connection opens, so it also bounds the wait for headers.
+    app = web.Application(client_max_size=max_upload, middlewares=middlewares,
+                          handler_args={"keepalive_timeout": header_timeout})
     app[STATE] = state
     routes = _routes(state)
     add_page_routes(routes, state)
@@ -391,7 +378,7 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
         if state.hub is not None:
             await state.hub.close_all()
 
-    app.on_response_prepare.append(_security_headers)
+    app.on_response_prepare.append(security_headers)
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     return app

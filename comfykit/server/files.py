@@ -184,10 +184,12 @@ def _sha256(data: bytes | None = None, path: str | None = None) -> str:
     return digest.hexdigest()
 
 
-async def upload_image(request: web.Request, dirs: dict[str, str]) -> web.Response:
+async def upload_image(request: web.Request, dirs: dict[str, str], timeout: float = 120.0) -> web.Response:
     """ComfyUI's ``/upload/image``: a name clash gets ``name (1).ext`` unless the bytes are identical."""
     try:
-        post = await request.post()  # aiohttp answers 413 itself above client_max_size
+        post = await asyncio.wait_for(request.post(), timeout)  # aiohttp answers 413 above client_max_size
+    except asyncio.TimeoutError:
+        return _bad(408, f"the upload did not arrive within {timeout:g} s")
     except (HttpProcessingError, ValueError) as exc:  # e.g. a NUL or a line break in a part's header
         return _bad(400, f"malformed multipart body: {getattr(exc, 'message', exc)!s}"[:300])
     image: Any = post.get("image")
