@@ -7,6 +7,7 @@ ids it needs, so a 10,000-node chain does not hit Python's recursion limit.
 from __future__ import annotations
 
 import difflib
+import math
 import traceback
 from collections.abc import Generator
 from typing import Any, NamedTuple
@@ -34,6 +35,9 @@ def check_value(spec: InputSpec, value: Any) -> tuple[Any, dict | None]:
     if convert is not None:
         try:
             value = convert(value)
+            if spec.type == "FLOAT" and not math.isfinite(value):
+                # NaN passes every min/max comparison, runs, and then breaks the JSON of /history.
+                raise ValueError(f"{value} is not a finite number")
         except Exception as exc:  # ComfyUI reports whatever int()/float() raised
             return value, {"type": "invalid_input_type",
                            "message": f"Failed to convert an input value to a {spec.type} value",
@@ -204,6 +208,14 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
             _fail({"type": "invalid_prompt", "message": "Cannot execute because a node is missing the class_type "
                    "property.", "details": f"Node ID '#{node_id}'", "extra_info": {}})
         class_type = node["class_type"]
+        if not isinstance(class_type, str):
+            _fail({"type": "invalid_prompt", "message": "Cannot execute because a node's class_type is not a "
+                   "string.", "details": f"Node ID '#{node_id}'", "extra_info": {}},
+                  f"got {type(class_type).__name__}; write the node's class name, e.g. \"KSampler\"")
+        if not isinstance(node.get("inputs", {}), dict):
+            _fail({"type": "invalid_prompt", "message": "Cannot execute because a node's inputs are not an "
+                   "object.", "details": f"Node ID '#{node_id}'", "extra_info": {}},
+                  "inputs must map input names to values or [node_id, output_index] links")
         spec = schema.get(class_type)
         if spec is None:
             hint = _suggest(class_type, schema.names())

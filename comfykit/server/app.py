@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -36,14 +37,17 @@ class ServerState:
     """Everything one running server owns: engine, queue, sockets, worker and settings."""
 
     def __init__(self, engine: Any, dirs: dict[str, str], *, max_upload_size: int, preview_size: int,
-                 max_history: int, body_timeout: float = 120.0):
+                 max_history: int, body_timeout: float = 120.0, max_history_mb: float = 256,
+                 max_extra_data_mb: float = 10):
         self.engine = engine
         self.body_timeout = body_timeout
+        self.max_extra_data = int(max_extra_data_mb * 1024 * 1024)
         self.dirs = dirs
         self.max_upload_size = max_upload_size
         self.preview_size = preview_size
         self.number = 0
-        self.queue = PromptQueue(max_history, on_change=self._status_changed)
+        self.queue = PromptQueue(max_history, on_change=self._status_changed,
+                                 max_bytes=int(max_history_mb * 1024 * 1024))
         self.hub: Hub | None = None
         self.worker: Worker | None = None
         self.auth: Any = None  # set by comfykit.share: an object with .check(request) -> bool
@@ -78,16 +82,43 @@ class ServerState:
             self.number += 1
         prompt_id = str(prompt_id) if prompt_id is not None else str(uuid.uuid4())
         if not isinstance(prompt, dict):
-            raise ValidationError("the prompt must be a JSON object {node_id: {class_type, inputs}}",
-                                  {"type": "invalid_prompt", "message": "Prompt must be a JSON object",
-                                   "details": f"got {type(prompt).__name__}", "extra_info": {}})
+            raise _invalid("Prompt must be a JSON object", f"got {type(prompt).__name__}",
+                           "the prompt must be a JSON object {node_id: {class_type, inputs}}")
+        if self.queue.known(prompt_id):
+            raise _invalid("prompt_id is already in use", f"prompt_id {prompt_id[:100]!r}",
+                           "each prompt needs its own prompt_id; leave it out to get a fresh one")
+        extra_data = dict(extra_data or {})
+        extra_size = _json_size(extra_data)
+        if extra_size is None:
+            raise _invalid("extra_data must be plain JSON", "it holds NaN or Infinity",
+                           "extra_data must not contain NaN or Infinity")
+        if extra_size > self.max_extra_data:
+            raise _invalid("extra_data is too large", f"{extra_size} bytes, at most {self.max_extra_data}",
+                           "send a smaller extra_data (it is kept in the queue and the history)")
         valid = self.engine.validate(prompt, partial_targets)
-        item = [number, prompt_id, valid.prompt, dict(extra_data or {}), list(valid.outputs)]
+        if _json_size(valid.prompt) is None:  # a non-finite number in an input the schema does not know
+            raise _invalid("Prompt must be plain JSON", "it holds NaN or Infinity",
+                           "the prompt must not contain NaN or Infinity")
+        item = [number, prompt_id, valid.prompt, extra_data, list(valid.outputs)]
         # Queue it right after this handler's response is written: once the worker wakes it holds the GIL for
         # milliseconds at a time, and the answer would wait for it. Later requests still see the item, since
         # this callback runs before the loop reads another request.
         asyncio.get_running_loop().call_soon(self.queue.put, item)
         return {"prompt_id": prompt_id, "number": number, "node_errors": valid.node_errors}
+
+
+def _invalid(message: str, details: str, hint: str) -> ValidationError:
+    """A ValidationError with ComfyUI's ``invalid_prompt`` body for a request the engine never sees."""
+    return ValidationError(f"{message} ({details}); {hint}",
+                           {"type": "invalid_prompt", "message": message, "details": details, "extra_info": {}})
+
+
+def _json_size(value: Any) -> int | None:
+    """Bytes of ``value`` as strict JSON, or None when it holds NaN or Infinity (which JSON has no words for)."""
+    try:
+        return len(json.dumps(value, allow_nan=False, separators=(",", ":")))
+    except ValueError:
+        return None
 
 
 def engine_dirs(engine: Any) -> dict[str, str]:
@@ -182,6 +213,15 @@ async def _json_body(request: web.Request, timeout: float, *, what: str = "") ->
     return body
 
 
+def _optional_str(value: Any, what: str, *, numbers: bool = False) -> Any:
+    """``value`` when it is None or a string (or a number, with ``numbers``); else an invalid_prompt error."""
+    if value is None or isinstance(value, str) or (numbers and isinstance(value, (int, float))
+                                                   and not isinstance(value, bool)):
+        return value
+    raise _invalid(f"{what} must be a string", f"got {type(value).__name__}",
+                   f"send {what} as a string or leave it out")
+
+
 def _id_list(value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
         raise _bad_request(f"{what}: 'delete' must be a list of prompt ids, got {json.dumps(value)[:80]}")
@@ -204,9 +244,11 @@ def _routes(state: ServerState) -> web.RouteTableDef:
         if "number" in body:
             try:
                 number = float(body["number"])
+                if not math.isfinite(number):
+                    raise ValueError
             except (TypeError, ValueError):
-                return web.json_response({"error": f"number must be a number, got {body['number']!r}"},
-                                         status=400)
+                return web.json_response({"error": f"number must be a finite number, got "
+                                                   f"{json.dumps(body['number'])[:80]}"}, status=400)
         else:  # ComfyUI counts every POST without a number, valid or not
             number = -state.number if body.get("front") else state.number
             state.number += 1
@@ -217,12 +259,19 @@ def _routes(state: ServerState) -> web.RouteTableDef:
         extra_data = body.get("extra_data") or {}
         if not isinstance(extra_data, dict):
             extra_data = {}
-        if "client_id" in body:
-            extra_data["client_id"] = body["client_id"]
         try:
-            answer = state.enqueue(body["prompt"], prompt_id=body.get("prompt_id"), extra_data=extra_data,
-                                   number=number,
-                                   partial_targets=body.get("partial_execution_targets"))
+            if "client_id" in body:
+                extra_data["client_id"] = _optional_str(body["client_id"], "client_id")
+            if "client_id" in extra_data:
+                _optional_str(extra_data["client_id"], "extra_data.client_id")
+            prompt_id = _optional_str(body.get("prompt_id"), "prompt_id", numbers=True)
+            targets = body.get("partial_execution_targets")
+            if targets is not None and (not isinstance(targets, list)
+                                        or not all(isinstance(t, str) for t in targets)):
+                raise _invalid("partial_execution_targets must be a list of node ids",
+                               f"got {json.dumps(targets)[:80]}", 'send e.g. ["9"] or leave it out')
+            answer = state.enqueue(body["prompt"], prompt_id=prompt_id, extra_data=extra_data, number=number,
+                                   partial_targets=targets)
         except ValidationError as exc:
             return web.json_response(exc.to_dict(), status=400)
         return web.json_response(answer)
@@ -332,13 +381,14 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
                input_dir: str | os.PathLike[str] | None = None, temp_dir: str | os.PathLike[str] | None = None,
                max_upload_size_mb: float = 100, enable_cors: str | None = None, preview_size: int = 512,
-               max_history: int = 10000, header_timeout: float = 30.0,
-               body_timeout: float = 120.0) -> web.Application:
+               max_history: int = 10000, header_timeout: float = 30.0, body_timeout: float = 120.0,
+               max_history_mb: float = 256, max_extra_data_mb: float = 10) -> web.Application:
     """The aiohttp app serving ``engine`` with ComfyUI's routes; folders default to the engine's own.
 
     ``enable_cors``: an origin (``"*"`` for any) to allow cross-origin requests, as ``--enable-cors-header``;
     None keeps ComfyUI's default of refusing cross-origin requests to a loopback server.
-    ``header_timeout``: seconds a connection may take to send a request's headers (and may stay idle between
+    ``max_history_mb`` bounds the history's JSON size besides its ``max_history`` items; ``max_extra_data_mb``
+    the ``extra_data`` of one prompt. ``header_timeout``: seconds a connection may take to send a request's headers (and may stay idle between
     requests); ``body_timeout``: seconds a request body may take to arrive (408 after that).
     """
     from .generate import PAGE_ASSETS, add_page_routes
@@ -351,7 +401,8 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
         os.makedirs(path, exist_ok=True)
     max_upload = int(max_upload_size_mb * 1024 * 1024)
     state = ServerState(engine, dirs, max_upload_size=max_upload, preview_size=preview_size,
-                        max_history=max_history, body_timeout=body_timeout)
+                        max_history=max_history, body_timeout=body_timeout, max_history_mb=max_history_mb,
+                        max_extra_data_mb=max_extra_data_mb)
     middlewares = [_cors_middleware(enable_cors) if enable_cors else origin_only_middleware(), _auth_middleware]
     # aiohttp starts its keep-alive timer when a connection opens, so it also bounds the wait for headers.
     app = web.Application(client_max_size=max_upload, middlewares=middlewares,

@@ -88,3 +88,29 @@ def test_load_image_checks_the_file_like_comfyuis_validate_inputs():
         prompt["1"]["inputs"]["image"] = ok
         assert validate_prompt(prompt, schema).outputs == ["2"]
     assert validate_prompt(prompt, Schema.builtin()).outputs == ["2"]  # no file list: the backend checks
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "inf"])
+def test_non_finite_floats_are_refused(value):
+    info = {"F": {"input": {"required": {"v": ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0}]}},
+                  "output": [], "output_node": True},
+            "G": {"input": {"required": {"v": ["FLOAT", {"default": 1.0}]}}, "output": [], "output_node": True}}
+    for class_type in ("F", "G"):  # with and without a range: NaN passes every comparison
+        with pytest.raises(ValidationError) as caught:
+            validate_prompt({"1": {"class_type": class_type, "inputs": {"v": value}}}, Schema(info))
+        error = caught.value.node_errors["1"]["errors"][0]
+        assert error["type"] == "invalid_input_type" and error["extra_info"]["input_name"] == "v"
+        assert "finite" in str(caught.value)
+
+
+@pytest.mark.parametrize("class_type", [["Out"], {"a": 1}, 5, None])
+def test_class_type_that_is_not_a_string_is_a_validation_error(class_type):
+    with pytest.raises(ValidationError) as caught:
+        validate_prompt({"1": {"class_type": class_type, "inputs": {}}}, _schema())
+    assert caught.value.error["type"] == "invalid_prompt" and "#1" in caught.value.error["details"]
+
+
+def test_inputs_that_are_not_an_object_are_a_validation_error():
+    with pytest.raises(ValidationError, match="inputs"):
+        validate_prompt({"1": {"class_type": "Start", "inputs": ["x"]}, "2": {"class_type": "Out",
+                                                                           "inputs": {"x": ["1", 0]}}}, _schema())
