@@ -129,7 +129,7 @@ class Engine(Backend):
                 outputs: list[str] | None = None, on_event: EventCallback | None = None) -> Result:
         """Validate and run one prompt in this thread; raises only ValidationError (failures are in the Result)."""
         validated = self.validate(prompt, outputs)
-        targets = list(validated.outputs) if outputs is None else [o for o in outputs if o in validated.outputs]
+        targets = list(validated.outputs) if outputs is None else [o for ok in [set(validated.outputs)] for o in outputs if o in ok]
         with self._run_lock:  # one prompt at a time, whichever thread calls
             with self._state_lock:
                 self._executor.interrupt_flag.clear()

@@ -10,10 +10,15 @@ import difflib
 import math
 import traceback
 from collections.abc import Generator
+from itertools import islice
 from typing import Any, NamedTuple
 
 from ..errors import ValidationError
 from .schema import InputSpec, Schema, types_match
+
+#: Longest ``dependent_outputs`` list of one node error: ComfyUI's lists grow with every failing output after the
+#: node, so 10,000 failing outputs would make an answer of 10^8 entries.
+MAX_DEPENDENT_OUTPUTS = 100
 
 _COERCE = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
@@ -32,10 +37,10 @@ def check_value(spec: InputSpec, value: Any) -> tuple[Any, dict | None]:
     if isinstance(value, dict) and "__value__" in value:
         value = value["__value__"]
     convert = _COERCE.get(spec.type)
-    if convert is not None:
+    if convert is not None and (type(value) is not convert or convert is float):  # skip int(int), str(str)
         try:
             value = convert(value)
-            if spec.type == "FLOAT" and not math.isfinite(value):
+            if convert is float and not math.isfinite(value):
                 # NaN passes every min/max comparison, runs, and then breaks the JSON of /history.
                 raise ValueError(f"{value} is not a finite number")
         except Exception as exc:  # ComfyUI reports whatever int()/float() raised
@@ -202,6 +207,7 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
     comfykit.errors.ValidationError: Prompt has no outputs...
     """
     schema = Schema.load(schema)
+    targets = None if partial_targets is None else set(partial_targets)  # O(1) lookups for 100k targets
     outputs: list[str] = []
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
@@ -221,7 +227,7 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
             hint = _suggest(class_type, schema.names())
             _fail({"type": "invalid_prompt", "message": f"Cannot execute because node {class_type} does not exist.",
                    "details": f"Node ID '#{node_id}'", "extra_info": {}}, hint)
-        if spec.output_node and (partial_targets is None or node_id in partial_targets):
+        if spec.output_node and (targets is None or node_id in targets):
             outputs.append(node_id)
     if not outputs:
         _fail({"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
@@ -231,7 +237,9 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
     coerced: dict[str, dict] = {}
     good: list[str] = []
     failed: list[tuple[str, list]] = []
-    node_errors: dict[str, dict] = {}
+    failing_outputs: list[str] = []
+    first_seen: dict[str, int] = {}  # failing node -> index into failing_outputs when it was first listed
+    scanned = 0  # validated entries already looked at (dicts keep insertion order)
     for output in outputs:
         try:
             valid, reasons, _ = _validate_output(prompt, schema, output, coerced, validated)
@@ -246,12 +254,20 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
             continue
         if reasons:
             failed.append((output, reasons))
-        # Like ComfyUI: every failing node seen so far is listed, with the outputs being validated when it was.
-        for node_id, (ok, why, _) in validated.items():
-            if ok is not True and why:
-                entry = node_errors.setdefault(node_id, {"errors": why, "dependent_outputs": [],
-                                                         "class_type": prompt[node_id]["class_type"]})
-                entry["dependent_outputs"].append(output)
+        # Like ComfyUI: every failing node seen so far is listed, with the outputs being validated when it was
+        # and every failing output after it. Only new entries are scanned, so this stays linear.
+        new = list(islice(reversed(validated), len(validated) - scanned))  # entries are only ever added
+        for node_id in reversed(new):
+            ok, why, _ = validated[node_id]
+            if ok is not True and why and node_id not in first_seen:
+                first_seen[node_id] = len(failing_outputs)
+        scanned = len(validated)
+        failing_outputs.append(output)
+    node_errors: dict[str, dict] = {}
+    for node_id, start in first_seen.items():
+        node_errors[node_id] = {"errors": validated[node_id][1],
+                                "dependent_outputs": failing_outputs[start:start + MAX_DEPENDENT_OUTPUTS],
+                                "class_type": prompt[node_id]["class_type"]}
     if not good:
         details = "\n".join(f"{e['message']}: {e['details']}" for _, reasons in failed for e in reasons)
         error = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import ValidationError
+from ..graph.limits import Limits, check_limits
 from . import files
 from .guard import origin_only_middleware, security_headers
 from .hub import Hub
@@ -38,8 +39,9 @@ class ServerState:
 
     def __init__(self, engine: Any, dirs: dict[str, str], *, max_upload_size: int, preview_size: int,
                  max_history: int, body_timeout: float = 120.0, max_history_mb: float = 256,
-                 max_extra_data_mb: float = 10):
+                 max_extra_data_mb: float = 10, limits: Limits | None = None):
         self.engine = engine
+        self.limits = limits
         self.body_timeout = body_timeout
         self.max_extra_data = int(max_extra_data_mb * 1024 * 1024)
         self.dirs = dirs
@@ -95,6 +97,7 @@ class ServerState:
         if extra_size > self.max_extra_data:
             raise _invalid("extra_data is too large", f"{extra_size} bytes, at most {self.max_extra_data}",
                            "send a smaller extra_data (it is kept in the queue and the history)")
+        check_limits(prompt, self.limits)  # before validation: it is linear and refuses the huge prompts
         valid = self.engine.validate(prompt, partial_targets)
         if _json_size(valid.prompt) is None:  # a non-finite number in an input the schema does not know
             raise _invalid("Prompt must be plain JSON", "it holds NaN or Infinity",
@@ -382,12 +385,14 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
                input_dir: str | os.PathLike[str] | None = None, temp_dir: str | os.PathLike[str] | None = None,
                max_upload_size_mb: float = 100, enable_cors: str | None = None, preview_size: int = 512,
                max_history: int = 10000, header_timeout: float = 30.0, body_timeout: float = 120.0,
-               max_history_mb: float = 256, max_extra_data_mb: float = 10) -> web.Application:
+               max_history_mb: float = 256, max_extra_data_mb: float = 10,
+               limits: Limits | None | str = "default") -> web.Application:
     """The aiohttp app serving ``engine`` with ComfyUI's routes; folders default to the engine's own.
 
     ``enable_cors``: an origin (``"*"`` for any) to allow cross-origin requests, as ``--enable-cors-header``;
     None keeps ComfyUI's default of refusing cross-origin requests to a loopback server.
-    ``max_history_mb`` bounds the history's JSON size besides its ``max_history`` items; ``max_extra_data_mb``
+    ``limits``: a :class:`comfykit.graph.limits.Limits` for every prompt ("default": ``Limits.server_defaults()``,
+    None: no limits). ``max_history_mb`` bounds the history's JSON size besides its ``max_history`` items; ``max_extra_data_mb``
     the ``extra_data`` of one prompt. ``header_timeout``: seconds a connection may take to send a request's headers (and may stay idle between
     requests); ``body_timeout``: seconds a request body may take to arrive (408 after that).
     """
@@ -402,7 +407,8 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
     max_upload = int(max_upload_size_mb * 1024 * 1024)
     state = ServerState(engine, dirs, max_upload_size=max_upload, preview_size=preview_size,
                         max_history=max_history, body_timeout=body_timeout, max_history_mb=max_history_mb,
-                        max_extra_data_mb=max_extra_data_mb)
+                        max_extra_data_mb=max_extra_data_mb,
+                        limits=Limits.server_defaults() if limits == "default" else limits)
     middlewares = [_cors_middleware(enable_cors) if enable_cors else origin_only_middleware(), _auth_middleware]
     # aiohttp starts its keep-alive timer when a connection opens, so it also bounds the wait for headers.
     app = web.Application(client_max_size=max_upload, middlewares=middlewares,

@@ -7,7 +7,19 @@ import logging
 import sys
 from typing import Any
 
+from ..graph.limits import Limits
+
 log = logging.getLogger(__name__)
+
+
+class DefaultsHelp(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it is empty or the text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m comfykit.server",
         description="Serve comfykit's embedded engine over ComfyUI's HTTP/WebSocket API. Flags of ComfyUI's "
-                    "main.py that comfykit does not know are accepted and ignored with a warning.")
+                    "main.py that comfykit does not know are accepted and ignored with a warning.",
+        formatter_class=DefaultsHelp)
     p.add_argument("--listen", type=str, default="127.0.0.1", metavar="IP", nargs="?", const="0.0.0.0",
                    help="address(es) to listen on, comma separated; bare --listen means 0.0.0.0 (all)")
     p.add_argument("--port", type=int, default=8188, help="port to listen on; 0 picks a free one (default 8188)")
@@ -45,7 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-metadata", action="store_true", help="do not embed the prompt in saved PNGs")
     p.add_argument("--quick-test-for-ci", action="store_true", help="build everything, then exit")
     p.add_argument("--max-history", type=int, default=10000, help="finished prompts kept in /history")
+    limits = Limits.server_defaults()
+    p.add_argument("--max-pixels", type=int, default=limits.max_pixels, metavar="N",
+                   help="largest width x height a prompt may ask for (0: no limit)")
+    p.add_argument("--max-batch", type=int, default=limits.max_batch, metavar="N",
+                   help="largest batch_size a prompt may ask for (0: no limit)")
+    p.add_argument("--max-prompt-nodes", type=int, default=limits.max_prompt_nodes, metavar="N",
+                   help="most nodes in one prompt (0: no limit)")
+    p.add_argument("--max-text-tokens", type=int, default=limits.max_text_tokens, metavar="N",
+                   help="longest text input, in estimated CLIP tokens (0: no limit)")
     return p
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    """The prompt limits the flags ask for (0 or less switches one off)."""
+    def bound(value: int) -> int | None:
+        return value if value and value > 0 else None
+
+    return Limits(max_pixels=bound(args.max_pixels), max_batch=bound(args.max_batch),
+                  max_prompt_nodes=bound(args.max_prompt_nodes), max_text_tokens=bound(args.max_text_tokens))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.disable_metadata:
         engine.disable_metadata = True
     app = create_app(engine, max_upload_size_mb=args.max_upload_size, enable_cors=args.enable_cors_header,
-                     preview_size=args.preview_size, max_history=args.max_history)
+                     preview_size=args.preview_size, max_history=args.max_history, limits=limits_from(args))
     if args.quick_test_for_ci:
         print("quick test for CI: engine and server built, exiting", flush=True)
         return 0

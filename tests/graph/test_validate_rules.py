@@ -114,3 +114,24 @@ def test_inputs_that_are_not_an_object_are_a_validation_error():
     with pytest.raises(ValidationError, match="inputs"):
         validate_prompt({"1": {"class_type": "Start", "inputs": ["x"]}, "2": {"class_type": "Out",
                                                                            "inputs": {"x": ["1", 0]}}}, _schema())
+
+
+def test_many_failing_outputs_keep_comfyui_dependent_outputs_but_bounded():
+    from comfykit.graph.validate import MAX_DEPENDENT_OUTPUTS
+
+    prompt = {"1": {"class_type": "Pass", "inputs": {}}}  # missing its required input: fails
+    for i in range(2, 300):
+        prompt[str(i)] = {"class_type": "Out", "inputs": {"x": ["1", 0]}}
+    prompt["good"] = {"class_type": "Out", "inputs": {"x": ["s", 0]}}
+    prompt["s"] = {"class_type": "Start", "inputs": {}}
+    result = validate_prompt(prompt, _schema())
+    assert result.outputs == ["good"]
+    deps = result.node_errors["1"]["dependent_outputs"]
+    assert deps == [str(i) for i in range(2, 2 + MAX_DEPENDENT_OUTPUTS)]
+
+
+def test_partial_targets_pick_outputs_in_prompt_order():
+    prompt = {"s": {"class_type": "Start", "inputs": {}}}
+    for i in range(5):
+        prompt[f"o{i}"] = {"class_type": "Out", "inputs": {"x": ["s", 0]}}
+    assert validate_prompt(prompt, _schema(), partial_targets=["o3", "o1"]).outputs == ["o1", "o3"]
