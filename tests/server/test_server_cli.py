@@ -78,7 +78,7 @@ def test_server_process_starts_prints_url_serves_and_stops(tmp_path, server_root
             _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
+            _, err = proc.communicate(timeout=30)
     assert "--disable-xformers" in err  # unknown ComfyUI flags: accepted with a warning
 
 
