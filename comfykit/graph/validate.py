@@ -14,6 +14,7 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from ..errors import ValidationError
+from .comfy_nodes import unknown_node_hint
 from .schema import InputSpec, Schema, types_match
 
 #: Longest ``dependent_outputs`` list of one node error: ComfyUI's lists grow with every failing output after the
@@ -224,7 +225,7 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
                   "inputs must map input names to values or [node_id, output_index] links")
         spec = schema.get(class_type)
         if spec is None:
-            hint = _suggest(class_type, schema.names())
+            hint = unknown_node_hint(class_type, schema.names())
             _fail({"type": "invalid_prompt", "message": f"Cannot execute because node {class_type} does not exist.",
                    "details": f"Node ID '#{node_id}'", "extra_info": {}}, hint)
         if spec.output_node and (targets is None or node_id in targets):
@@ -297,6 +298,9 @@ def explain(error: dict, spec: InputSpec | None = None) -> str:
     kind = error["type"]
     value = info.get("received_value")
     if kind == "value_not_in_list" and spec is not None and spec.choices is not None:
+        if not spec.choices:  # an empty file list: say so instead of "is not one of " and nothing
+            return (f"{value!r} is not available: there is nothing to choose from (for a file input, put the "
+                    "file into its folder, e.g. models/checkpoints for ckpt_name)")
         hint = _suggest(value, spec.choices)
         shown = ", ".join(repr(c) for c in spec.choices[:10]) + (", ..." if len(spec.choices) > 10 else "")
         return f"{value!r} is not one of {shown}" + (f"; {hint}" if hint else "")
@@ -305,6 +309,8 @@ def explain(error: dict, spec: InputSpec | None = None) -> str:
     if kind == "invalid_input_type":
         return f"{value!r} is not a valid {spec.type if spec else 'value'} ({info.get('exception_message')})"
     if kind == "custom_validation_failed" and spec is not None and spec.choices is not None:
+        if not spec.choices:
+            return f"{error['details']} (the folder has no files to choose from)"
         hint = _suggest(error["details"].rsplit(": ", 1)[-1], spec.choices)
         return f"{error['details']}" + (f"; {hint}" if hint else "")
     if kind == "return_type_mismatch":

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ComfyUI-style models folder (checkpoints/, loras/, vae/, ...); default $COMFYKIT_MODELS "
                         "or ./models")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    p.add_argument("--demo", action="store_true",
+                   help="also serve comfykit's tiny random demo checkpoint (made in MODELS/checkpoints if absent)")
     p.add_argument("--output-directory", default=None, help="where SaveImage writes (default ./output)")
     p.add_argument("--input-directory", default=None, help="where LoadImage reads and uploads go (./input)")
     p.add_argument("--temp-directory", default=None,
@@ -105,8 +107,28 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def missing_extra(prog: str, modules: dict[str, str]) -> str | None:
+    """The install hint when a module an extra provides is missing ({module: extra}), else None."""
+    import importlib.util
+
+    for module, extra in modules.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
+            found = False
+        if not found:
+            return (f"{prog} needs {module}, which is not installed: pip install 'comfykit[{extra}]'"
+                    + (" (install torch first, the CPU or CUDA build you want)" if extra == "engine" else ""))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the server until Ctrl-C; returns the exit status."""
+    # Checked before parsing, so even --help says what to install instead of a ModuleNotFoundError later.
+    hint = missing_extra("comfykit serve", {"aiohttp": "server", "torch": "engine", "safetensors": "engine"})
+    if hint:
+        print(f"error: {hint}", file=sys.stderr)
+        return 1
     from ..errors import ServerError
     from .app import create_app
     from .runner import run_blocking
@@ -115,9 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..engine import Engine
 
+    if args.demo:
+        from .. import demo
+        from ..engine.folders import Folders
+
+        models = Folders(args.models_dir).models
+        name = demo.ensure_demo_checkpoint(models)
+        args.models_dir = str(models)
+        print(f"serving comfykit's demo checkpoint {name} from {models}/checkpoints: tiny random weights, so its "
+              "pictures are noise. For real pictures put a Stable Diffusion checkpoint there (see README, "
+              "Models).", flush=True)
     try:
         engine = Engine(**engine_kwargs(args))
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.disable_metadata:

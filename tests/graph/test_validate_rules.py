@@ -135,3 +135,11 @@ def test_partial_targets_pick_outputs_in_prompt_order():
     for i in range(5):
         prompt[f"o{i}"] = {"class_type": "Out", "inputs": {"x": ["s", 0]}}
     assert validate_prompt(prompt, _schema(), partial_targets=["o3", "o1"]).outputs == ["o1", "o3"]
+
+
+def test_an_empty_choice_list_is_said_so_not_left_blank():
+    info = {"L": {"input": {"required": {"ckpt_name": [[]]}}, "output": [], "output_node": True}}
+    with pytest.raises(ValidationError) as caught:
+        validate_prompt({"1": {"class_type": "L", "inputs": {"ckpt_name": "x.safetensors"}}}, Schema(info))
+    message = str(caught.value)
+    assert "is not one of" not in message and "nothing to choose from" in message
