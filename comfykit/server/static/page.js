@@ -18,7 +18,7 @@ function connect() {
       const blob = new Blob([ev.data.slice(8)], { type: "image/jpeg" });
       if (previewUrl) URL.revokeObjectURL(previewUrl);
       previewUrl = URL.createObjectURL(blob);
-      $("preview").src = previewUrl;
+      showPreview(previewUrl);
       return;
     }
     const msg = JSON.parse(ev.data);
@@ -33,6 +33,13 @@ function connect() {
       if (n === 0 && $("generate").disabled === false) $("status").textContent = "ready";
     }
   };
+}
+
+function showPreview(src) {
+  // The image stays hidden until it has something to show: no broken-image icon before the first run.
+  $("preview").src = src;
+  $("preview").hidden = false;
+  $("placeholder").hidden = true;
 }
 
 function addToGallery(src, title) {
@@ -53,7 +60,10 @@ async function generate() {
     prompt: $("prompt").value, negative: $("negative").value,
     seed: parseInt($("seed").value, 10), steps: parseInt($("steps").value, 10),
     width: parseInt($("width").value, 10), height: parseInt($("height").value, 10), client_id: clientId,
+    cfg: parseFloat($("cfg").value),
   };
+  if ($("sampler").value) body.sampler_name = $("sampler").value;
+  if ($("scheduler").value) body.scheduler = $("scheduler").value;
   if ($("ckpt").value) body.ckpt_name = $("ckpt").value;
   try {
     const res = await fetch("/generate", {
@@ -77,6 +87,25 @@ async function generate() {
   }
 }
 
+async function loadSamplerChoices() {
+  // The choices of this server's KSampler, with ComfyUI's defaults selected.
+  const res = await fetch("/object_info/KSampler");
+  if (!res.ok) return;
+  const info = (await res.json()).KSampler;
+  if (!info) return;
+  const required = info.input.required;
+  for (const [field, input, fallback] of [["sampler", "sampler_name", "euler"], ["scheduler", "scheduler", "normal"]]) {
+    const spec = required[input];
+    const choices = Array.isArray(spec[0]) ? spec[0] : ((spec[1] || {}).options || []);
+    for (const name of choices) {
+      const opt = document.createElement("option");
+      opt.value = opt.textContent = name;
+      opt.selected = name === fallback;
+      $(field).appendChild(opt);
+    }
+  }
+}
+
 async function loadCheckpoints() {
   const res = await fetch("/models/checkpoints");
   if (!res.ok) return;
@@ -92,3 +121,4 @@ $("stop").addEventListener("click", () => fetch("/interrupt", { method: "POST" }
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
 connect();
 loadCheckpoints();
+loadSamplerChoices();
