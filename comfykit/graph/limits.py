@@ -98,6 +98,54 @@ def _node_errors(node: dict[str, Any], limits: Limits) -> list[dict[str, Any]]:
     return errors
 
 
+#: Inputs that carry the image or latent a node works on (its output has that size unless the node sets one).
+_CARRIERS = ("samples", "latent_image", "image", "pixels", "images", "latent")
+
+
+def _linked(value: Any) -> str | None:
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+        return value[0]
+    return None
+
+
+def _scaled_sizes(prompt: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Pixel sizes known before running: set by width/height, carried through, multiplied by ``scale_by``.
+
+    One pass in dependency order (iterative, so long chains are fine); unknown sizes (a loaded image) stay out.
+    """
+    sizes: dict[str, tuple[float, float]] = {}
+    done: set[str] = set()
+    expanded: set[str] = set()  # waiting for their carrier; meeting one again means a cycle
+    for root in prompt:
+        stack = [root]
+        while stack:
+            node_id = stack[-1]
+            if node_id in done:
+                stack.pop()
+                continue
+            node = prompt.get(node_id)
+            inputs = node.get("inputs") if isinstance(node, dict) else None
+            if not isinstance(inputs, dict):
+                done.add(node_id)
+                stack.pop()
+                continue
+            carrier = next((_linked(inputs[n]) for n in _CARRIERS if _linked(inputs.get(n)) in prompt), None)
+            if carrier is not None and carrier not in done and carrier not in expanded:
+                expanded.add(node_id)
+                stack.append(carrier)
+                continue
+            done.add(node_id)
+            stack.pop()
+            width, height = _number(inputs.get("width")), _number(inputs.get("height"))
+            if width is not None and height is not None and "TextEncode" not in str(node.get("class_type")):
+                sizes[node_id] = (width, height)
+            elif carrier in sizes:
+                scale = _number(inputs.get("scale_by"))
+                w, h = sizes[carrier]
+                sizes[node_id] = (w * scale, h * scale) if scale is not None else (w, h)
+    return sizes
+
+
 def check_limits(prompt: dict[str, Any], limits: Limits | None) -> None:
     """Raise ValidationError (ComfyUI's 400 body, naming node, input and limit) if ``prompt`` exceeds ``limits``.
 
@@ -112,8 +160,17 @@ def check_limits(prompt: dict[str, Any], limits: Limits | None) -> None:
             "limit": limits.max_prompt_nodes, "limit_flag": "--max-prompt-nodes"}}
         raise ValidationError(message + "; split the work into smaller prompts", error, {})
     node_errors: dict[str, Any] = {}
+    sizes = _scaled_sizes(prompt) if limits.max_pixels is not None else {}
     for node_id, node in prompt.items():
         errors = _node_errors(node, limits) if isinstance(node, dict) else []
+        scale = _number(node.get("inputs", {}).get("scale_by")) if isinstance(node, dict) and isinstance(
+            node.get("inputs"), dict) else None
+        if scale is not None and node_id in sizes and limits.max_pixels is not None:
+            width, height = sizes[node_id]
+            if width * height > limits.max_pixels:
+                errors.append(_error("scale_by", f"scale_by {scale} makes {int(width)} x {int(height)} = "
+                                     f"{int(width * height)} pixels, more than the server allows", scale,
+                                     limits.max_pixels, "--max-pixels"))
         if errors:
             node_errors[str(node_id)] = {"errors": errors, "dependent_outputs": [],
                                          "class_type": node.get("class_type")}

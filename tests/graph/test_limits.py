@@ -74,3 +74,28 @@ def test_estimate_tokens():
     assert estimate_tokens("a photo of a cat") == 5
     assert estimate_tokens("masterpiece, best quality") == 6
     assert estimate_tokens("x" * 400) == 100
+
+
+def test_scale_by_is_bounded_through_the_chain():
+    prompt = {"5": {"class_type": "EmptyLatentImage", "inputs": {"width": 2048, "height": 2048, "batch_size": 1}},
+              "3": {"class_type": "KSampler", "inputs": {"latent_image": ["5", 0], "model": ["4", 0]}},
+              "10": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["3", 0], "scale_by": 1.5}},
+              "11": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["10", 0], "scale_by": 2.0}}}
+    exc = _refusal(prompt)
+    assert list(exc.node_errors) == ["11"]  # 2048 * 1.5 = 3072 fits; * 2 = 6144 does not
+    assert exc.node_errors["11"]["errors"][0]["extra_info"]["input_name"] == "scale_by"
+    prompt["11"]["inputs"]["scale_by"] = 1.25
+    check_limits(prompt, LIMITS)
+    unknown = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+               "2": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "scale_by": 8.0}}}
+    check_limits(unknown, LIMITS)  # a loaded image's size is not known before running
+
+
+def test_scale_sizes_on_a_long_chain_and_a_cycle():
+    prompt = {"0": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}}}
+    for i in range(1, 20_000):
+        prompt[str(i)] = {"class_type": "LatentUpscaleBy", "inputs": {"samples": [str(i - 1), 0], "scale_by": 1.0}}
+    check_limits(prompt, Limits(max_pixels=4096 * 4096))
+    cycle = {"1": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["2", 0], "scale_by": 2.0}},
+             "2": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["1", 0], "scale_by": 2.0}}}
+    check_limits(cycle, LIMITS)
