@@ -3,7 +3,8 @@
     comfykit generate "a beautiful sunset" --steps 20 --seed 5 -o sunset.png
     comfykit generate "a cat" --demo                    # tiny random local model, no download
     comfykit run workflow.json --set 6.text="a cat" --set 3.seed=5 -o out/
-    comfykit serve --port 8188
+    comfykit run workflows/sd15_txt2img.json --demo      # every checkpoint loader on the demo model
+    comfykit serve --port 8188                           # add --demo to serve the demo model too
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -34,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 1
+    from .server.cli import missing_extra
+
+    hint = missing_extra(f"comfykit {args.command}", {"torch": "engine", "safetensors": "engine"})
+    if hint:
+        print(f"error: {hint}", file=sys.stderr)
+        return 1
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -46,31 +54,43 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="comfykit", description="ComfyUI-style image generation from Python.")
+    from . import __version__
+    from .server.cli import DefaultsHelp
+
+    parser = argparse.ArgumentParser(prog="comfykit", description="ComfyUI-style image generation from Python.",
+                                     formatter_class=DefaultsHelp)
+    parser.add_argument("--version", action="version", version=f"comfykit {__version__}")
     sub = parser.add_subparsers(dest="command")
 
-    gen = sub.add_parser("generate", help="text-to-image with the standard SD1.5 template")
+    gen = sub.add_parser("generate", help="text-to-image with the standard SD1.5 template",
+                         formatter_class=DefaultsHelp)
     gen.add_argument("prompt", help="what the image should show")
-    gen.add_argument("--negative", default=None, help="what the image should avoid")
-    gen.add_argument("--ckpt", default=None, help="checkpoint file path, or a name in MODELS/checkpoints")
-    gen.add_argument("--steps", type=int, default=None)
-    gen.add_argument("--seed", type=int, default=None, help="noise seed (random if omitted)")
-    gen.add_argument("--cfg", type=float, default=None)
-    gen.add_argument("--sampler", default=None, help="sampler name, e.g. euler, dpmpp_2m")
-    gen.add_argument("--scheduler", default=None, help="scheduler name, e.g. normal, karras")
-    gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--negative", default=None, help="what the image should avoid (default: the template's)")
+    gen.add_argument("--ckpt", default=None, help="checkpoint file path, or a name in MODELS/checkpoints "
+                                                  "(default: the first one there)")
+    gen.add_argument("--steps", type=int, default=None, help="sampler steps (default: 20; 10 with --demo)")
+    gen.add_argument("--seed", type=int, default=None, help="noise seed (default: random)")
+    gen.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: 8.0)")
+    gen.add_argument("--sampler", default=None, help="sampler name, e.g. euler, dpmpp_2m (default: euler)")
+    gen.add_argument("--scheduler", default=None, help="scheduler name, e.g. normal, karras (default: normal)")
+    gen.add_argument("--width", type=int, default=None, help="image width (default: 512; 256 with --demo)")
+    gen.add_argument("--height", type=int, default=None, help="image height (default: 512; 256 with --demo)")
     gen.add_argument("--demo", action="store_true",
-                     help="use (and create if needed) a tiny random demo model; unless set, 256x256 and 10 steps")
-    gen.add_argument("-o", "--output", default=None, help="PNG file to write (default: the output folder)")
+                     help="use (and create if needed) a tiny random demo model: no download, the picture is noise")
+    gen.add_argument("-o", "--output", default=None,
+                     help="image file to write: .png, .jpg or .webp (default: a PNG in the output folder)")
     _engine_flags(gen)
     gen.set_defaults(func=_generate)
 
-    run = sub.add_parser("run", help="run a workflow JSON file (API or UI format)")
+    run = sub.add_parser("run", help="run a workflow JSON file (API or UI format)", formatter_class=DefaultsHelp)
     run.add_argument("workflow", help="workflow .json file")
     run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override an input; VALUE is parsed as JSON when possible (repeatable)")
-    run.add_argument("-o", "--output", default=None, help="output folder for saved images")
+    run.add_argument("--ckpt", default=None,
+                     help="checkpoint for every checkpoint loader: a file path or a name in MODELS/checkpoints")
+    run.add_argument("--demo", action="store_true",
+                     help="run every checkpoint loader on the tiny random demo model (no download; noise)")
+    run.add_argument("-o", "--output", default=None, help="output folder for saved images (default: ./output)")
     _engine_flags(run)
     run.set_defaults(func=_run)
 
@@ -81,13 +101,35 @@ def _parser() -> argparse.ArgumentParser:
 def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", default=None, help="models folder (default: $COMFYKIT_MODELS or ./models)")
     p.add_argument("--input-dir", default=None, help="input folder for LoadImage (default: ./input)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
+
+#: File suffixes ``generate -o`` writes, with the Pillow format for each.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device name torch will not take, and CUDA where there is none, before loading anything."""
+    if device is None:
+        return
+    if not _DEVICE.fullmatch(device):
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N (the N-th GPU) or mps")
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch sees no CUDA GPU (torch {torch.__version__}); use "
+                         "--device cpu, or install a CUDA build of torch")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: Apple's Metal backend is not available here; use --device cpu")
 
 
 def _engine(args: argparse.Namespace, models_dir: Any = None, output_dir: Any = None) -> Any:
     from .engine import Engine
 
+    _check_device(args.device)
     return Engine(models_dir if models_dir is not None else args.models_dir, output_dir=output_dir,
                   input_dir=args.input_dir, device=args.device, previews="none")
 
@@ -134,6 +176,8 @@ def _checkpoint(args: argparse.Namespace) -> tuple[Path | None, str | None]:
     from .engine.folders import Folders
 
     folders = Folders(args.models_dir)
+    if args.demo and args.ckpt:
+        raise ValueError("pass either --demo or --ckpt, not both")
     if args.demo:
         from . import demo
 
@@ -164,19 +208,55 @@ def _checkpoint(args: argparse.Namespace) -> tuple[Path | None, str | None]:
     return folders.models, (names[0] if names else None)
 
 
+def _note_demo(ckpt: str, asked: bool) -> None:
+    """Say so when the checkpoint is comfykit's random demo model, unless --demo asked for it."""
+    from .demo import DEMO_CHECKPOINT
+
+    if not asked and Path(ckpt).name == DEMO_CHECKPOINT:
+        print(f"note: using {ckpt}, comfykit's tiny random demo model (its pictures are noise); for real "
+              "pictures put a Stable Diffusion 1.5 checkpoint into the models/checkpoints folder or pass --ckpt "
+              "FILE (see the README, Models)", file=sys.stderr)
+
+
+def _output_format(output: str | None) -> str | None:
+    """The Pillow format for ``-o``, refusing a suffix it cannot be before anything runs."""
+    if output is None:
+        return None
+    suffix = Path(output).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"-o {output}: cannot write a {suffix or 'suffix-less'} file; end the name in "
+                         f"{', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
+def _write_image(src: Path, dst: Path, fmt: str) -> None:
+    """Copy a saved PNG to ``dst``, converted when ``fmt`` is not PNG (the prompt stays in PNG files only)."""
+    if fmt == "PNG":
+        shutil.copyfile(src, dst)
+        return
+    from PIL import Image
+
+    with Image.open(src) as img:
+        img.convert("RGB").save(dst, format=fmt, quality=95)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from . import templates
 
+    fmt = _output_format(args.output)
+    _check_device(args.device)
     models_dir, ckpt = _checkpoint(args)
     if ckpt is None:
         print(f"No checkpoint found in {Path(models_dir) / 'checkpoints'}.\n"
               "Put a .safetensors checkpoint there, pass --ckpt FILE or --models-dir DIR, or run with --demo to "
               "try a tiny random demo model (no download; its picture is noise).", file=sys.stderr)
         return NO_CHECKPOINT
+    _note_demo(ckpt, args.demo)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     if args.demo:  # the demo picture is noise anyway: keep the CPU run short unless asked otherwise
-        args.width, args.height = args.width or 256, args.height or 256
-        args.steps = args.steps or 10
+        args.width = 256 if args.width is None else args.width  # a given value, even a bad one, is kept
+        args.height = 256 if args.height is None else args.height
+        args.steps = 10 if args.steps is None else args.steps
     prompt = templates.fill("sd15_txt2img", prompt=args.prompt, negative=args.negative, seed=seed,
                             steps=args.steps, cfg=args.cfg, width=args.width, height=args.height,
                             ckpt_name=ckpt, sampler_name=args.sampler, scheduler=args.scheduler)
@@ -190,8 +270,8 @@ def _generate(args: argparse.Namespace) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         written = []
         for i, src in enumerate(files):
-            dst = target if i == 0 else target.with_name(f"{target.stem}_{i + 1}{target.suffix or '.png'}")
-            shutil.copyfile(src, dst)
+            dst = target if i == 0 else target.with_name(f"{target.stem}_{i + 1}{target.suffix}")
+            _write_image(Path(src), dst, fmt or "PNG")
             written.append(dst)
         shutil.rmtree(out_dir, ignore_errors=True)
         files = written
@@ -223,12 +303,58 @@ def _apply_sets(prompt: dict[str, Any], sets: list[str]) -> None:
         inputs[name] = _parse_value(value)
 
 
-def _run(args: argparse.Namespace) -> int:
-    path = Path(args.workflow)
+def _read_workflow(path: Path) -> Any:
+    """The JSON of a workflow file, with a message that says what the file should be when it is not JSON."""
     if not path.is_file():
         raise FileNotFoundError(f"workflow file {path} does not exist")
-    engine = _engine(args, output_dir=args.output)
-    data = json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" (line {exc.lineno} column {exc.colno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) \
+            else ""
+        raise ValueError(f"{path} is not a JSON workflow{where}; pass a file saved from ComfyUI (Workflow > "
+                         "Export, or Export (API)) or one of comfykit's workflows/*.json") from None
+    except RecursionError:
+        raise ValueError(f"{path} nests too deeply to be a workflow") from None
+
+
+def _map_checkpoints(prompt: dict[str, Any], args: argparse.Namespace) -> Path | None:
+    """Point every ``ckpt_name`` at --ckpt or --demo; without them, at the only checkpoint when the named one
+    is missing. Each change is noted on stderr. Returns the models folder to use (None: the default)."""
+    loaders = {nid: node for nid, node in prompt.items() if isinstance(node, dict)
+               and isinstance(node.get("inputs"), dict) and isinstance(node["inputs"].get("ckpt_name"), str)}
+    if args.ckpt or args.demo:
+        models_dir, ckpt = _checkpoint(args)
+    else:
+        from .engine.folders import Folders
+
+        folders = Folders(args.models_dir)
+        names = folders.list_files("checkpoints")
+        missing = [nid for nid, node in loaders.items() if node["inputs"]["ckpt_name"] not in names]
+        if not missing:
+            return None
+        if len(names) != 1:
+            wanted = sorted({loaders[nid]["inputs"]["ckpt_name"] for nid in missing})
+            print(f"note: the workflow wants {', '.join(wanted)}, which {folders.folder('checkpoints')} does not "
+                  f"have ({len(names)} checkpoints there); pass --ckpt FILE, or --demo to try the random demo "
+                  "model", file=sys.stderr)
+            return None
+        models_dir, ckpt = folders.models, names[0]
+        loaders = {nid: loaders[nid] for nid in missing}
+    assert ckpt is not None
+    for nid, node in loaders.items():
+        old = node["inputs"]["ckpt_name"]
+        if old != ckpt:
+            print(f"note: node {nid} ({node.get('class_type')}): ckpt_name {old!r} -> {ckpt!r}", file=sys.stderr)
+            node["inputs"]["ckpt_name"] = ckpt
+    _note_demo(ckpt, args.demo)
+    return models_dir
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = Path(args.workflow)
+    data = _read_workflow(path)
+    _check_device(args.device)
     if isinstance(data, dict) and "nodes" in data and "links" in data:
         from .graph import Workflow
 
@@ -237,7 +363,12 @@ def _run(args: argparse.Namespace) -> int:
         prompt = data["prompt"]
     else:
         prompt = data
+    if not isinstance(prompt, dict):
+        raise ValueError(f"{path} holds a JSON {type(prompt).__name__}, not a workflow; pass a file saved from "
+                         "ComfyUI or one of comfykit's workflows/*.json")
     _apply_sets(prompt, args.set)
+    models_dir = _map_checkpoints(prompt, args)
+    engine = _engine(args, models_dir, output_dir=args.output)
     result = _execute(engine, prompt, args)
     for path_out in result.files:
         print(path_out)

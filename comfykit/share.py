@@ -14,12 +14,31 @@ import binascii
 import hmac
 import os
 import secrets
+import warnings
 from typing import Any
 
 from .errors import ServerError
 
 _AUTH_MODES = ("basic", "token", None)
 _COOKIE = "comfykit_token"
+
+
+#: Shorter passwords and tokens get a warning: they can be guessed over the tunnel.
+MIN_SECRET_LENGTH = 12
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _same(presented: bytes | str, expected: str) -> bool:
+    """Constant-time comparison of any text (compare_digest refuses non-ASCII str, so compare UTF-8 bytes)."""
+    if isinstance(presented, str):
+        try:
+            presented = _utf8(presented)
+        except UnicodeEncodeError:  # a lone surrogate no client can mean
+            return False
+    return hmac.compare_digest(presented, _utf8(expected))
 
 
 class BasicAuth:
@@ -34,10 +53,12 @@ class BasicAuth:
         header = request.headers.get("Authorization", "")
         if header.startswith("Basic "):
             try:
-                user, _, pw = base64.b64decode(header[6:]).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                user, pw = "", ""
-            if hmac.compare_digest(user, self.username) and hmac.compare_digest(pw, self.password):
+                user, _, pw = base64.b64decode(header[6:], validate=True).partition(b":")
+            except (binascii.Error, ValueError):
+                user, pw = b"", b""
+            # Both comparisons always run, so the time taken does not tell which part was wrong.
+            user_ok = _same(user, self.username)
+            if _same(pw, self.password) and user_ok:
                 return None
         from aiohttp import web
 
@@ -62,7 +83,7 @@ class TokenAuth:
 
     def check(self, request: Any) -> Any:
         """None when the request carries the token, else a 401 response explaining how to pass it."""
-        if hmac.compare_digest(self._presented(request), self.token):
+        if _same(self._presented(request), self.token):
             return None
         from aiohttp import web
 
@@ -72,7 +93,7 @@ class TokenAuth:
 
     def after(self, request: Any, response: Any) -> None:
         """Turn a ``?token=`` visit into a cookie so the page's own requests and WebSocket pass too."""
-        if request.query.get("token") == self.token and hasattr(response, "set_cookie") and not response.prepared:
+        if _same(request.query.get("token", ""), self.token) and hasattr(response, "set_cookie") and not response.prepared:
             response.set_cookie(_COOKIE, self.token, httponly=True, samesite="Strict",
                                 secure=request.headers.get("X-Forwarded-Proto") == "https")
 
@@ -116,6 +137,13 @@ class Share:
         return f"Share({self.public_url!r} -> {self.local_url!r}, {how})"
 
 
+def _warn_if_short(what: str, secret: str) -> None:
+    if len(secret) < MIN_SECRET_LENGTH:
+        warnings.warn(f"the share {what} has {len(secret)} characters; anyone who reaches the public URL can "
+                      f"try to guess it: use at least {MIN_SECRET_LENGTH}, or leave {what}=None to get a "
+                      "generated one", UserWarning, stacklevel=3)
+
+
 def share(server: Any, *, authtoken: str | None = None, auth: str | None = "basic", username: str = "comfy",
           password: str | None = None, token: str | None = None, ngrok_path: str | None = None,
           region: str | None = None, quiet: bool = False) -> Share:
@@ -150,12 +178,16 @@ def share(server: Any, *, authtoken: str | None = None, auth: str | None = "basi
     if auth == "basic":
         if ":" in username:
             raise ValueError(f"username must not contain ':', got {username!r}")
+        if password is not None:
+            _warn_if_short("password", password)
         password = password or secrets.token_urlsafe(12)
         if handle is None:  # a bare port: only ngrok can check
             options["basic_auth"] = [f"{username}:{password}"]
         else:  # our own server checks itself (works on every ngrok plan, and for local requests too)
             checker = BasicAuth(username, password)
     elif auth == "token":
+        if token is not None:
+            _warn_if_short("token", token)
         token = token or secrets.token_urlsafe(24)
         checker = TokenAuth(token)
     # Install our own check first, so no request slips through between the tunnel opening and the check.

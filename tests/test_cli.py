@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,129 @@ def test_serve_passes_its_arguments(monkeypatch):
     monkeypatch.setattr(comfykit.server, "main", lambda argv: seen.append(argv) or 0)
     assert cli.main(["serve", "--port", "9999", "--cpu"]) == 0
     assert seen == [["--port", "9999", "--cpu"]]
+
+
+# -- the first hour ------------------------------------------------------------------------------------------
+def _hidden(module: str, *argv: str) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter where ``module`` cannot be imported (as without its extra)."""
+    code = (f"import sys; sys.modules[{module!r}] = None; from comfykit.cli import main; "
+            f"sys.exit(main({list(argv)!r}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("argv", [["serve", "--help"], ["serve"], ["serve", "--port", "0"]])
+def test_serve_without_aiohttp_says_what_to_install(argv):
+    done = _hidden("aiohttp", *argv)
+    assert done.returncode == 1
+    assert "pip install 'comfykit[server]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_generate_without_torch_says_what_to_install():
+    done = _hidden("torch", "generate", "a cat", "--demo")
+    assert done.returncode == 1
+    assert "pip install 'comfykit[engine]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_version_and_defaults_in_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip().startswith("comfykit ")
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 20; 10 with --demo)", "(default: 8.0)", "(default: euler)", "(default: random)"):
+        assert default in text
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--width", "0"), ("--height", "-8")])
+def test_demo_refuses_bad_values_like_everything_else(tmp_path, capsys, models_dir, flag, value):
+    rc_demo = cli.main(["generate", "a cat", "--demo", "--models-dir", str(models_dir), flag, value,
+                        "--no-progress"])
+    err_demo = capsys.readouterr().err
+    ckpt = next((models_dir / "checkpoints").iterdir())
+    rc_plain = cli.main(["generate", "a cat", "--ckpt", str(ckpt), "--models-dir", str(models_dir), flag, value,
+                         "--no-progress"])
+    err_plain = capsys.readouterr().err
+    assert rc_demo == rc_plain == 1 and "Traceback" not in err_demo
+    name = {"--steps": "steps", "--width": "width", "--height": "height"}[flag]
+    assert f"input '{name}'" in err_demo and f"input '{name}'" in err_plain
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
+def test_bad_device_is_a_clean_error(tmp_path, capsys, models_dir, device):
+    rc = cli.main(["generate", "a cat", "--demo", "--models-dir", str(models_dir), "--device", device, *FAST])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and "--device" in err and "cpu" in err
+
+
+def test_run_on_a_non_json_file_says_what_it_needs(capsys):
+    rc = cli.main(["run", str(ROOT / "README.md")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "README.md is not a JSON workflow" in err and "line 1 column 1" in err
+    assert "Export (API)" in err
+
+
+@pytest.mark.parametrize("suffix,fmt", [(".jpg", "JPEG"), (".jpeg", "JPEG"), (".webp", "WEBP"), (".png", "PNG")])
+def test_generate_writes_the_format_of_the_suffix(tmp_path, capsys, models_dir, suffix, fmt):
+    out = tmp_path / f"out{suffix}"
+    rc = cli.main(["generate", "a cat", "--demo", "--models-dir", str(models_dir), "--seed", "1", "-o", str(out),
+                   *FAST])
+    assert rc == 0, capsys.readouterr().err
+    with Image.open(out) as img:
+        assert img.format == fmt and img.size == (64, 64)
+
+
+def test_generate_refuses_an_unknown_suffix_before_running(tmp_path, capsys, models_dir):
+    rc = cli.main(["generate", "a cat", "--demo", "--models-dir", str(models_dir), "-o", str(tmp_path / "x.gif"),
+                   *FAST])
+    err = capsys.readouterr().err
+    assert rc == 1 and ".gif" in err and ".png" in err and not (tmp_path / "x.gif").exists()
+
+
+def test_generate_says_when_it_falls_back_to_the_demo_model(tmp_path, capsys, models_dir):
+    rc = cli.main(["generate", "a cat", "--models-dir", str(models_dir), "--seed", "1", "-o",
+                   str(tmp_path / "x.png"), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 0 and "demo model" in err and "noise" in err and "--ckpt" in err
+
+
+def _small(*extra: str) -> list[str]:
+    return ["--set", "5.width=64", "--set", "5.height=64", "--set", "3.steps=1", *extra, "--no-progress"]
+
+
+def test_run_a_shipped_template_with_demo(tmp_path, capsys, models_dir):
+    rc = cli.main(["run", str(ROOT / "workflows" / "sd15_txt2img.json"), "--demo", "--models-dir",
+                   str(models_dir), "-o", str(tmp_path / "o"), *_small()])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "ckpt_name 'v1-5-pruned-emaonly-fp16.safetensors' -> " in err
+    assert len(list((tmp_path / "o").glob("*.png"))) == 1
+
+
+def test_run_with_ckpt_maps_every_loader(tmp_path, capsys, models_dir):
+    ckpt = next((models_dir / "checkpoints").iterdir())
+    rc = cli.main(["run", str(ROOT / "workflows" / "sd15_txt2img.json"), "--ckpt", ckpt.name, "--models-dir",
+                   str(models_dir), "-o", str(tmp_path / "o"), *_small()])
+    assert rc == 0, capsys.readouterr().err
+    prompt = json.loads(Image.open(next((tmp_path / "o").glob("*.png"))).text["prompt"])
+    assert prompt["4"]["inputs"]["ckpt_name"] == ckpt.name
+
+
+def test_run_maps_a_missing_checkpoint_to_the_only_one_with_a_note(tmp_path, capsys, models_dir):
+    rc = cli.main(["run", str(ROOT / "workflows" / "sd15_txt2img.json"), "--models-dir", str(models_dir),
+                   "-o", str(tmp_path / "o"), *_small()])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "note: node 4 (CheckpointLoaderSimple)" in err and "demo model" in err
+
+
+def test_serve_demo_makes_and_announces_the_demo_checkpoint(tmp_path, capsys):
+    from comfykit.demo import DEMO_CHECKPOINT
+    from comfykit.server.cli import main as serve_main
+
+    code = serve_main(["--demo", "--quick-test-for-ci", "--cpu", "--models-dir", str(tmp_path / "m"),
+                       "--output-directory", str(tmp_path / "o"), "--input-directory", str(tmp_path / "i"),
+                       "--temp-directory", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and DEMO_CHECKPOINT in out and "noise" in out
+    assert (tmp_path / "m" / "checkpoints" / DEMO_CHECKPOINT).is_file()

@@ -81,3 +81,23 @@ def test_writes_only_under_out_and_skips_the_network_cells(path):
         src = _source(cell)
         if "ck.share(" in src or "ngrok" in src.lower():
             assert src.startswith("# NBVAL_SKIP"), f"{path.name}: a share cell needs a token: NBVAL_SKIP it"
+
+
+def _share_cells() -> tuple[str, str]:
+    cells = _code_cells(_load(NOTEBOOKS / "06_serve_and_share.ipynb"))
+    share = next(i for i, c in enumerate(cells) if "ck.share(" in _source(c))
+    return _source(cells[share]), _source(cells[share + 1])
+
+
+def test_the_share_cells_skip_cleanly_without_a_token(monkeypatch, capsys):
+    import comfykit as ck
+
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    calls = []
+    namespace = {"ck": ck, "server": object()}
+    monkeypatch.setattr(ck, "share", lambda *a, **k: calls.append(a), raising=False)
+    share, close = _share_cells()
+    exec(compile(share, "06-share", "exec"), namespace)  # Run All must get past it to server.stop()
+    exec(compile(close, "06-close", "exec"), namespace)
+    assert namespace["link"] is None and calls == []
+    assert "Skipping the share" in capsys.readouterr().out

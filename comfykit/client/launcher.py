@@ -120,6 +120,66 @@ def option_from_argv(argv: Sequence[str], name: str) -> str | None:
     return None
 
 
+#: The watchdog: a tiny Python process in a session of its own that holds the read end of a pipe whose only
+#: write end stays in this process. When this process dies, however it dies (SIGKILL included), the pipe
+#: reaches EOF and the watchdog ends the server's process group: TERM, then KILL after the grace time.
+#: A "q" byte first (a normal stop) lets it exit without touching anything.
+_WATCHDOG = """
+import os, signal, sys, time
+fd, pgid, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+class Stop(Exception):
+    pass
+def stop(*_):
+    raise Stop
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGHUP, stop)
+try:
+    while True:
+        data = os.read(fd, 64)
+        if not data:
+            break
+        if b"q" in data:
+            sys.exit(0)
+except (Stop, OSError):
+    pass
+def alive():
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except OSError:
+        return False
+try:
+    os.killpg(pgid, signal.SIGTERM)
+except OSError:
+    sys.exit(0)
+deadline = time.monotonic() + grace
+while time.monotonic() < deadline and alive():
+    time.sleep(0.1)
+try:
+    os.killpg(pgid, signal.SIGKILL)
+except OSError:
+    pass
+"""
+
+
+def _start_watchdog(pgid: int, grace: float) -> tuple[subprocess.Popen | None, int | None]:
+    """Start the watchdog of process group ``pgid``; returns it and the pipe end this process keeps."""
+    import sys
+
+    read_end, write_end = os.pipe()  # both non-inheritable: only the watchdog gets read_end (pass_fds)
+    try:
+        watchdog = subprocess.Popen([sys.executable, "-S", "-c", _WATCHDOG, str(read_end), str(pgid), str(grace)],
+                                    pass_fds=(read_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:  # no watchdog: atexit and stop() still end the server, only a hard crash would orphan it
+        os.close(write_end)
+        return None, None
+    finally:
+        os.close(read_end)
+    return watchdog, write_end
+
+
 class ServerProcess:
     """A server subprocess in its own process group, its log file, and a guaranteed stop."""
 
@@ -143,6 +203,9 @@ class ServerProcess:
                                                 start_new_session=(os.name == "posix"))
             except OSError as exc:
                 raise explain(f"cannot start the server command {argv[0]!r}: {exc}", self.log_file) from exc
+        self._watchdog, self._lifeline = (None, None)
+        if os.name == "posix":
+            self._watchdog, self._lifeline = _start_watchdog(self.process.pid, grace=10.0)
         self._atexit = self.stop
         atexit.register(self._atexit)
 
@@ -191,6 +254,20 @@ class ServerProcess:
         self._signal(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
+        self._release_watchdog()
+
+    def _release_watchdog(self) -> None:
+        """Tell the watchdog the server is stopped, so it exits without signalling anything."""
+        if self._lifeline is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._lifeline, b"q")
+            with contextlib.suppress(OSError):
+                os.close(self._lifeline)
+            self._lifeline = None
+        if self._watchdog is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(5)
+            self._watchdog = None
 
     def _signal(self, sig: int) -> None:
         if os.name == "posix":

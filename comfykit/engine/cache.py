@@ -1,7 +1,7 @@
 """ComfyUI's input-signature caches: node ids are not in the key, so identical sub-graphs share one entry.
 
-The key of a node is its class, its ``IS_CHANGED`` value and its constant inputs, followed by the same for each
-ancestor in a fixed DFS order, with links written as ``("ANCESTOR", index, socket)``. Three policies:
+The key of a node is a digest of its class, its ``IS_CHANGED`` value and its constant inputs, with each link
+written as the linked node's own key (see :func:`signatures`). Three policies:
 
 * ``classic``: after each prompt is set, drop every entry the prompt does not use (A -> B -> A re-runs A);
 * ``lru``: keep the entries of the last prompts while there are more than ``size`` of them;
@@ -10,6 +10,8 @@ ancestor in a fixed DFS order, with links written as ``("ANCESTOR", index, socke
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -57,61 +59,78 @@ def changed_value(value: Any) -> Any:
 
 def signatures(prompt: dict[str, Any], changed: Callable[[str], Any],
                unique: Callable[[str], bool]) -> dict[str, Any]:
-    """The cache key of every node of ``prompt``.
+    """The cache key of every node of ``prompt``, in time linear in nodes plus links.
 
     ``changed(node_id)`` gives the node's normalised ``IS_CHANGED`` value and ``unique(node_id)`` says whether
     the node id belongs in the key (NOT_IDEMPOTENT nodes and nodes taking the hidden UNIQUE_ID).
+
+    A key is a digest of the node's class, ``IS_CHANGED`` value and constants, with each link written as the
+    linked node's key and socket. It equals another node's key exactly when ComfyUI's ancestry signature
+    would, except that two identical branches count as one: a node fed by two identical copies of a sub-graph
+    shares the entry of one fed twice by one copy (their outputs are the same). Spelling out each ancestry as
+    ComfyUI does makes keys of a chain grow with its length, which is quadratic over the prompt.
     """
-    immediate: dict[str, tuple] = {}
-
-    def immediate_sig(node_id: str, order: dict[str, int]) -> tuple:
-        node = prompt[node_id]
-        parts: list[Any] = [node["class_type"], changed(node_id)]
-        if unique(node_id):
-            parts.append(node_id)
-        inputs = node.get("inputs", {})
-        for name in sorted(inputs):
-            value = inputs[name]
-            if is_link(value) and value[0] in prompt:
-                parts.append((name, ("ANCESTOR", order[value[0]], value[1])))
-            else:
-                parts.append((name, to_hashable(value)))
-        return tuple(parts)
-
-    out: dict[str, Any] = {}
-    for node_id in prompt:
-        ancestors: list[str] = []
-        order: dict[str, int] = {}
-        _ordered_ancestry(prompt, node_id, ancestors, order)
-        key = [immediate_sig(node_id, order)]
-        for anc in ancestors:
-            # each ancestor's own signature uses its own ancestry indices (ComfyUI computes them per ancestor)
-            if anc not in immediate:
-                a_anc: list[str] = []
-                a_order: dict[str, int] = {}
-                _ordered_ancestry(prompt, anc, a_anc, a_order)
-                immediate[anc] = immediate_sig(anc, a_order)
-            key.append(immediate[anc])
-        out[node_id] = tuple(key)
-    return out
+    keys: dict[str, bytes] = {}
+    expanded: set[str] = set()
+    for root in prompt:
+        stack = [root]
+        while stack:  # iterative post-order DFS: parents get their keys first; safe on very long chains
+            node_id = stack[-1]
+            if node_id in keys:
+                stack.pop()
+                continue
+            inputs = prompt[node_id].get("inputs") or {}
+            if node_id not in expanded:
+                expanded.add(node_id)
+                parents = [p for p in map(_linked, inputs.values())
+                           if p is not None and p in prompt and p not in keys and p not in expanded]
+                if parents:
+                    stack.extend(parents)
+                    continue
+            keys[node_id] = _node_key(prompt[node_id]["class_type"], node_id, inputs, keys, changed, unique)
+            stack.pop()
+    return keys
 
 
-def _ordered_ancestry(prompt: dict[str, Any], node_id: str, ancestors: list[str], order: dict[str, int]) -> None:
-    """DFS over sorted input names; the first time an ancestor is seen fixes its index."""
-    # iterative pre-order DFS, equivalent to the recursive walk but safe on very long chains
-    work: list[tuple[str, list[str]]] = [(node_id, sorted(prompt[node_id].get("inputs", {})))]
-    while work:
-        current, names = work[-1]
-        if not names:
-            work.pop()
+def _linked(value: Any) -> str | None:
+    """The node id a ``[node_id, output_index]`` link points at, else None (``is_link``, made fast)."""
+    if type(value) is list or type(value) is tuple:
+        if len(value) == 2 and type(value[0]) is str and type(value[1]) is int:
+            return value[0]
+    return None
+
+
+def _node_key(class_type: str, node_id: str, inputs: dict[str, Any], keys: dict[str, bytes],
+              changed: Callable[[str], Any], unique: Callable[[str], bool]) -> bytes:
+    is_changed = changed(node_id)
+    parts: list[Any] = [class_type, _stable(is_changed)]
+    if isinstance(is_changed, _Never):  # "always re-run": a key nothing else has, so its descendants re-run too
+        parts.append(os.urandom(16))
+    if unique(node_id):
+        parts.append(("UNIQUE", node_id))
+    for name in sorted(inputs):
+        value = inputs[name]
+        kind = type(value)
+        if kind is str or kind is int:  # the common constants, already hashable and spelled one way
+            parts.append((name, value))
             continue
-        name = names.pop(0)
-        value = prompt[current].get("inputs", {}).get(name)
-        if is_link(value) and value[0] in prompt and value[0] not in order:
-            anc = value[0]
-            ancestors.append(anc)
-            order[anc] = len(ancestors) - 1
-            work.append((anc, sorted(prompt[anc].get("inputs", {}))))
+        parent = _linked(value)
+        if parent is not None and parent in keys:
+            parts.append((name, "LINK", keys[parent], value[1]))
+        else:  # a constant, a link to a missing node, or a link back into a cycle (reported when executing)
+            parts.append((name, _stable(to_hashable(value))))
+    return hashlib.blake2b(repr(parts).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _stable(value: Any) -> Any:
+    """``value`` with numbers that compare equal spelled alike (True, 1 and 1.0; 0.0 and -0.0) for ``repr``."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, tuple):
+        return tuple(_stable(v) for v in value)
+    return value
 
 
 class SignatureCache:

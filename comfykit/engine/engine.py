@@ -199,8 +199,8 @@ class Engine(Backend):
                     self._executor.interrupt_flag.set()
             try:
                 validated = prompt if isinstance(prompt, ValidatedPrompt) else self.validate(prompt, outputs)
-                targets = (list(validated.outputs) if outputs is None
-                           else [o for o in outputs if o in validated.outputs])
+                valid = set(validated.outputs)  # a set: a prompt may list 100k output targets
+                targets = list(validated.outputs) if outputs is None else [o for o in outputs if o in valid]
                 # no_grad, not ComfyUI's inference_mode: models loaded here and the tensors the nodes return
                 # stay usable (and patchable in place) by notebook code running outside the engine
                 with torch.no_grad():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ValidationError
+from .comfy_nodes import unknown_node_hint
 from .schema import Schema
 from .subgraphs import OVERRIDES, flatten, link_table
 
@@ -72,26 +73,70 @@ def _wrap(value: Any) -> Any:
     return {"__value__": value} if isinstance(value, list) else value
 
 
-def _widget_inputs(node: dict, spec: Any) -> dict[str, Any]:
+def _fits(ispec: Any, value: Any) -> bool:
+    """Whether a saved widget value can belong to this widget slot at all (to spot shifted values)."""
+    if isinstance(value, dict) and "__value__" in value:
+        value = value["__value__"]
+    kind = ispec.type
+    if kind in ("INT", "FLOAT"):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "BOOLEAN":
+        return isinstance(value, bool)
+    if kind == "STRING":
+        return isinstance(value, str)
+    if ispec.choices is not None and ispec.list_combo and not ispec.any_value and ispec.choices:
+        return value in ispec.choices
+    return True
+
+
+def _widget_inputs(node: dict, spec: Any, node_id: str = "?") -> dict[str, Any]:
     names = [n for n, i in spec.inputs.items() if i.is_widget and not i.options.get("forceInput")]
     values = node.get("widgets_values")
     inputs: dict[str, Any] = {}
     if isinstance(values, dict):
-        return {n: _wrap(values[n]) for n in names if n in values}
-    values = list(values or [])
-    pos = 0
-    for name in names:
-        if pos >= len(values):
-            break
-        inputs[name] = _wrap(values[pos])
-        pos += 1
-        ispec = spec.inputs[name]
-        # The page stores a "control after generate" choice right after seed-like widgets.
-        if ispec.control_after_generate or (
-                ispec.type == "INT" and name in ("seed", "noise_seed") and pos < len(values)
-                and values[pos] in _CONTROL_VALUES):
+        inputs = {n: _wrap(values[n]) for n in names if n in values}
+    else:
+        values = list(values or [])
+        pos = 0
+        for name in names:
+            if pos >= len(values):
+                break
+            inputs[name] = _wrap(values[pos])
             pos += 1
+            ispec = spec.inputs[name]
+            # The page stores a "control after generate" choice right after seed-like widgets.
+            if ispec.control_after_generate or (
+                    ispec.type == "INT" and name in ("seed", "noise_seed") and pos < len(values)
+                    and values[pos] in _CONTROL_VALUES):
+                pos += 1
+        if values and (pos != len(values) or len(inputs) != len(names)):
+            _check_shift(node, spec, node_id, inputs, len(values), len(names))
+    # Widgets the saved node has no value for (saved without widgets_values, or by an older version of the
+    # node) take the schema default, as the page fills them in when it loads the workflow.
+    for name in names:
+        if name not in inputs and spec.inputs[name].has_default:
+            inputs[name] = _wrap(spec.inputs[name].default)
     return inputs
+
+
+def _check_shift(node: dict, spec: Any, node_id: str, inputs: dict[str, Any], saved: int, slots: int) -> None:
+    """Refuse, naming the node, widget values that were saved for another version of the node and now sit in
+    slots they cannot fill; a count mismatch whose values all still fit passes (missing ones get defaults)."""
+    links = {(e.get("widget") or {}).get("name") or e.get("name") for e in node.get("inputs") or []
+             if e.get("link") is not None}
+    bad = [(name, value) for name, value in inputs.items()
+           if name not in links and not _fits(spec.inputs[name], value)]
+    if not bad:
+        return
+    name, value = bad[0]
+    value = value["__value__"] if isinstance(value, dict) and "__value__" in value else value
+    raise ValidationError(
+        f"UI node {node_id} ({node.get('type')}) has {saved} widget values but this schema's {node.get('type')} "
+        f"has {slots} widgets, so the values do not line up ({value!r} would go into {name!r}, a "
+        f"{spec.inputs[name].type}): the workflow was saved with another version of this node. Open it in a "
+        "ComfyUI that matches the server and save it again, or set that node's inputs by hand",
+        {"type": "invalid_prompt", "message": f"Widget values of node {node_id} do not match its schema",
+         "details": f"Node ID '#{node_id}'", "extra_info": {}}, {})
 
 
 def ui_to_api(data: dict, schema: Schema) -> dict[str, dict]:
@@ -116,12 +161,13 @@ def ui_to_api(data: dict, schema: Schema) -> dict[str, dict]:
                                   "convert it to nodes in ComfyUI first")
         if spec is None:
             message = f"Cannot execute because node {kind} does not exist."
-            raise ValidationError(f"UI node {node_id}: unknown node class {kind!r} in {schema!r}; load the "
-                                  "workflow with the schema of the server that has it (Workflow.from_ui(x, "
-                                  "schema=url_or_backend))",
+            hint = unknown_node_hint(str(kind), schema.names())
+            raise ValidationError(f"UI node {node_id}: unknown node class {kind!r} in {schema!r}; "
+                                  + (f"{hint}; " if hint else "") + "load the workflow with the schema of the "
+                                  "server that has it (Workflow.from_ui(x, schema=url_or_backend))",
                                   {"type": "invalid_prompt", "message": message, "details": f"Node ID '#{node_id}'",
                                    "extra_info": {}}, {})
-        inputs = _widget_inputs(node, spec)
+        inputs = _widget_inputs(node, spec, node_id)
         for name, value in (node.get(OVERRIDES) or {}).items():
             if name in spec.inputs:
                 inputs[name] = _wrap(value)

@@ -7,12 +7,19 @@ ids it needs, so a 10,000-node chain does not hit Python's recursion limit.
 from __future__ import annotations
 
 import difflib
+import math
 import traceback
 from collections.abc import Generator
+from itertools import islice
 from typing import Any, NamedTuple
 
 from ..errors import ValidationError
+from .comfy_nodes import unknown_node_hint
 from .schema import InputSpec, Schema, types_match
+
+#: Longest ``dependent_outputs`` list of one node error: ComfyUI's lists grow with every failing output after the
+#: node, so 10,000 failing outputs would make an answer of 10^8 entries.
+MAX_DEPENDENT_OUTPUTS = 100
 
 _COERCE = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
@@ -31,9 +38,12 @@ def check_value(spec: InputSpec, value: Any) -> tuple[Any, dict | None]:
     if isinstance(value, dict) and "__value__" in value:
         value = value["__value__"]
     convert = _COERCE.get(spec.type)
-    if convert is not None:
+    if convert is not None and (type(value) is not convert or convert is float):  # skip int(int), str(str)
         try:
             value = convert(value)
+            if convert is float and not math.isfinite(value):
+                # NaN passes every min/max comparison, runs, and then breaks the JSON of /history.
+                raise ValueError(f"{value} is not a finite number")
         except Exception as exc:  # ComfyUI reports whatever int()/float() raised
             return value, {"type": "invalid_input_type",
                            "message": f"Failed to convert an input value to a {spec.type} value",
@@ -198,18 +208,27 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
     comfykit.errors.ValidationError: Prompt has no outputs...
     """
     schema = Schema.load(schema)
+    targets = None if partial_targets is None else set(partial_targets)  # O(1) lookups for 100k targets
     outputs: list[str] = []
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
             _fail({"type": "invalid_prompt", "message": "Cannot execute because a node is missing the class_type "
                    "property.", "details": f"Node ID '#{node_id}'", "extra_info": {}})
         class_type = node["class_type"]
+        if not isinstance(class_type, str):
+            _fail({"type": "invalid_prompt", "message": "Cannot execute because a node's class_type is not a "
+                   "string.", "details": f"Node ID '#{node_id}'", "extra_info": {}},
+                  f"got {type(class_type).__name__}; write the node's class name, e.g. \"KSampler\"")
+        if not isinstance(node.get("inputs", {}), dict):
+            _fail({"type": "invalid_prompt", "message": "Cannot execute because a node's inputs are not an "
+                   "object.", "details": f"Node ID '#{node_id}'", "extra_info": {}},
+                  "inputs must map input names to values or [node_id, output_index] links")
         spec = schema.get(class_type)
         if spec is None:
-            hint = _suggest(class_type, schema.names())
+            hint = unknown_node_hint(class_type, schema.names())
             _fail({"type": "invalid_prompt", "message": f"Cannot execute because node {class_type} does not exist.",
                    "details": f"Node ID '#{node_id}'", "extra_info": {}}, hint)
-        if spec.output_node and (partial_targets is None or node_id in partial_targets):
+        if spec.output_node and (targets is None or node_id in targets):
             outputs.append(node_id)
     if not outputs:
         _fail({"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
@@ -219,7 +238,9 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
     coerced: dict[str, dict] = {}
     good: list[str] = []
     failed: list[tuple[str, list]] = []
-    node_errors: dict[str, dict] = {}
+    failing_outputs: list[str] = []
+    first_seen: dict[str, int] = {}  # failing node -> index into failing_outputs when it was first listed
+    scanned = 0  # validated entries already looked at (dicts keep insertion order)
     for output in outputs:
         try:
             valid, reasons, _ = _validate_output(prompt, schema, output, coerced, validated)
@@ -234,12 +255,20 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
             continue
         if reasons:
             failed.append((output, reasons))
-        # Like ComfyUI: every failing node seen so far is listed, with the outputs being validated when it was.
-        for node_id, (ok, why, _) in validated.items():
-            if ok is not True and why:
-                entry = node_errors.setdefault(node_id, {"errors": why, "dependent_outputs": [],
-                                                         "class_type": prompt[node_id]["class_type"]})
-                entry["dependent_outputs"].append(output)
+        # Like ComfyUI: every failing node seen so far is listed, with the outputs being validated when it was
+        # and every failing output after it. Only new entries are scanned, so this stays linear.
+        new = list(islice(reversed(validated), len(validated) - scanned))  # entries are only ever added
+        for node_id in reversed(new):
+            ok, why, _ = validated[node_id]
+            if ok is not True and why and node_id not in first_seen:
+                first_seen[node_id] = len(failing_outputs)
+        scanned = len(validated)
+        failing_outputs.append(output)
+    node_errors: dict[str, dict] = {}
+    for node_id, start in first_seen.items():
+        node_errors[node_id] = {"errors": validated[node_id][1],
+                                "dependent_outputs": failing_outputs[start:start + MAX_DEPENDENT_OUTPUTS],
+                                "class_type": prompt[node_id]["class_type"]}
     if not good:
         details = "\n".join(f"{e['message']}: {e['details']}" for _, reasons in failed for e in reasons)
         error = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
@@ -269,6 +298,9 @@ def explain(error: dict, spec: InputSpec | None = None) -> str:
     kind = error["type"]
     value = info.get("received_value")
     if kind == "value_not_in_list" and spec is not None and spec.choices is not None:
+        if not spec.choices:  # an empty file list: say so instead of "is not one of " and nothing
+            return (f"{value!r} is not available: there is nothing to choose from (for a file input, put the "
+                    "file into its folder, e.g. models/checkpoints for ckpt_name)")
         hint = _suggest(value, spec.choices)
         shown = ", ".join(repr(c) for c in spec.choices[:10]) + (", ..." if len(spec.choices) > 10 else "")
         return f"{value!r} is not one of {shown}" + (f"; {hint}" if hint else "")
@@ -277,6 +309,8 @@ def explain(error: dict, spec: InputSpec | None = None) -> str:
     if kind == "invalid_input_type":
         return f"{value!r} is not a valid {spec.type if spec else 'value'} ({info.get('exception_message')})"
     if kind == "custom_validation_failed" and spec is not None and spec.choices is not None:
+        if not spec.choices:
+            return f"{error['details']} (the folder has no files to choose from)"
         hint = _suggest(error["details"].rsplit(": ", 1)[-1], spec.choices)
         return f"{error['details']}" + (f"; {hint}" if hint else "")
     if kind == "return_type_mismatch":

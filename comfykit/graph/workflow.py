@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ValidationError
+from .comfy_nodes import unknown_node_hint
 from .nodes import InputRef, Node, Output
 from .schema import InputSpec, NodeSpec, Schema, types_match
 from .validate import ValidatedPrompt, check_input, describe_errors, find_cycle, validate_prompt
@@ -104,8 +105,7 @@ class Workflow:
     def _spec(self, class_type: str) -> NodeSpec:
         spec = self.schema._specs.get(class_type) or self.schema.get(class_type)
         if spec is None:
-            close = difflib.get_close_matches(class_type, self.schema.names(), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f"; {h}" if (h := unknown_node_hint(class_type, self.schema.names())) else ""
             error = {"type": "invalid_prompt", "message": f"Cannot execute because node {class_type} does not exist.",
                      "details": "", "extra_info": {}}
             raise UnknownNodeError(f"unknown node class {class_type!r} in {self.schema!r}{hint}", error, {})

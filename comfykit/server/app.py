@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from aiohttp import web
 
 from ..errors import ValidationError
+from ..graph.limits import Limits, check_limits
 from . import files
+from .guard import origin_only_middleware, security_headers
 from .hub import Hub
 from .protocol import check_engine, engine_dirs, list_files
 from .queue import PromptQueue
@@ -37,13 +39,18 @@ class ServerState:
     """Everything one running server owns: engine, queue, sockets, worker and settings."""
 
     def __init__(self, engine: Any, dirs: dict[str, str], *, max_upload_size: int, preview_size: int,
-                 max_history: int):
+                 max_history: int, body_timeout: float = 120.0, max_history_mb: float = 256,
+                 max_extra_data_mb: float = 10, limits: Limits | None = None):
         self.engine = engine
+        self.limits = limits
+        self.body_timeout = body_timeout
+        self.max_extra_data = int(max_extra_data_mb * 1024 * 1024)
         self.dirs = dirs
         self.max_upload_size = max_upload_size
         self.preview_size = preview_size
         self.number = 0
-        self.queue = PromptQueue(max_history, on_change=self._status_changed)
+        self.queue = PromptQueue(max_history, on_change=self._status_changed,
+                                 max_bytes=int(max_history_mb * 1024 * 1024))
         self.hub: Hub | None = None
         self.worker: Worker | None = None
         self.auth: Any = None  # set by comfykit.share: an object with .check(request) -> bool
@@ -78,11 +85,25 @@ class ServerState:
             self.number += 1
         prompt_id = str(prompt_id) if prompt_id is not None else str(uuid.uuid4())
         if not isinstance(prompt, dict):
-            raise ValidationError("the prompt must be a JSON object {node_id: {class_type, inputs}}",
-                                  {"type": "invalid_prompt", "message": "Prompt must be a JSON object",
-                                   "details": f"got {type(prompt).__name__}", "extra_info": {}})
+            raise _invalid("Prompt must be a JSON object", f"got {type(prompt).__name__}",
+                           "the prompt must be a JSON object {node_id: {class_type, inputs}}")
+        if self.queue.known(prompt_id):
+            raise _invalid("prompt_id is already in use", f"prompt_id {prompt_id[:100]!r}",
+                           "each prompt needs its own prompt_id; leave it out to get a fresh one")
+        extra_data = dict(extra_data or {})
+        extra_size = _json_size(extra_data)
+        if extra_size is None:
+            raise _invalid("extra_data must be plain JSON", "it holds NaN or Infinity",
+                           "extra_data must not contain NaN or Infinity")
+        if extra_size > self.max_extra_data:
+            raise _invalid("extra_data is too large", f"{extra_size} bytes, at most {self.max_extra_data}",
+                           "send a smaller extra_data (it is kept in the queue and the history)")
+        check_limits(prompt, self.limits)  # before validation: it is linear and refuses the huge prompts
         valid = self.engine.validate(prompt, partial_targets)
-        item = [number, prompt_id, valid.prompt, dict(extra_data or {}), list(valid.outputs)]
+        if _json_size(valid.prompt) is None:  # a non-finite number in an input the schema does not know
+            raise _invalid("Prompt must be plain JSON", "it holds NaN or Infinity",
+                           "the prompt must not contain NaN or Infinity")
+        item = [number, prompt_id, valid.prompt, extra_data, list(valid.outputs)]
         # Queue it right after this handler's response is written: once the worker wakes it holds the GIL for
         # milliseconds at a time, and the answer would wait for it. Later requests still see the item, since
         # this callback runs before the loop reads another request.
@@ -90,38 +111,18 @@ class ServerState:
         return {"prompt_id": prompt_id, "number": number, "node_errors": valid.node_errors}
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
+def _invalid(message: str, details: str, hint: str) -> ValidationError:
+    """A ValidationError with ComfyUI's ``invalid_prompt`` body for a request the engine never sees."""
+    return ValidationError(f"{message} ({details}); {hint}",
+                           {"type": "invalid_prompt", "message": message, "details": details, "extra_info": {}})
+
+
+def _json_size(value: Any) -> int | None:
+    """Bytes of ``value`` as strict JSON, or None when it holds NaN or Infinity (which JSON has no words for)."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return len(json.dumps(value, allow_nan=False, separators=(",", ":")))
     except ValueError:
-        return False
-
-
-def _origin_only_middleware() -> Any:
-    """403 for requests whose Origin differs from Host on a loopback server (drive-by POSTs from websites)."""
-
-    @web.middleware
-    async def origin_only(request: web.Request, handler: Any) -> web.StreamResponse:
-        host = request.headers.get("Host")
-        origin = request.headers.get("Origin")
-        if host and origin:
-            host_n = host.lower()
-            origin_n = urlparse(origin).netloc.lower()
-            parsed_host = urlparse("//" + host_n)
-            parsed_origin = urlparse("//" + origin_n)
-            # Default ports are implied on one side and spelled out on the other.
-            if parsed_host.port is None and parsed_origin.port in (80, 443):
-                origin_n = parsed_origin.hostname or origin_n
-            if _is_loopback(parsed_host.hostname) and host_n != origin_n:
-                return web.json_response({"error": "cross-origin request refused by this local server; start "
-                                          "it with --enable-cors-header to allow other origins"}, status=403)
-        return await handler(request)
-
-    return origin_only
+        return None
 
 
 def _cors_middleware(allowed_origin: str) -> Any:
@@ -153,14 +154,48 @@ async def _auth_middleware(request: web.Request, handler: Any) -> web.StreamResp
     return response
 
 
-async def _json_body(request: web.Request) -> Any:
+def _bad_request(message: str, status: int = 400) -> web.HTTPException:
+    cls = web.HTTPRequestTimeout if status == 408 else web.HTTPBadRequest
+    return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+async def read_body(request: web.Request, timeout: float) -> bytes:
+    """The whole request body, or 408 when it does not arrive within ``timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        raise _bad_request(f"the request body did not arrive within {timeout:g} s", 408) from None
+
+
+async def _json_body(request: web.Request, timeout: float, *, what: str = "") -> Any:
+    """The JSON body (``{}`` when there is none); with ``what``, refuse anything but a JSON object."""
     if not request.can_read_body:
         return {}
+    raw = await read_body(request, timeout)
     try:
-        return await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error": "the request body must be JSON"}',
-                                 content_type="application/json") from None
+        body = json.loads(raw.decode(request.charset or "utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise _bad_request("the request body must be JSON") from None
+    except RecursionError:  # json nests by recursion; 100k '[' would otherwise end in a 500
+        raise _bad_request("the request body nests too deeply") from None
+    if what and not isinstance(body, dict):
+        raise _bad_request(f"{what} takes a JSON object like {{\"clear\": true}}, got {type(body).__name__}")
+    return body
+
+
+def _optional_str(value: Any, what: str, *, numbers: bool = False) -> Any:
+    """``value`` when it is None or a string (or a number, with ``numbers``); else an invalid_prompt error."""
+    if value is None or isinstance(value, str) or (numbers and isinstance(value, (int, float))
+                                                   and not isinstance(value, bool)):
+        return value
+    raise _invalid(f"{what} must be a string", f"got {type(value).__name__}",
+                   f"send {what} as a string or leave it out")
+
+
+def _id_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+        raise _bad_request(f"{what}: 'delete' must be a list of prompt ids, got {json.dumps(value)[:80]}")
+    return [str(v) for v in value]
 
 
 def _routes(state: ServerState) -> web.RouteTableDef:
@@ -173,15 +208,17 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.post("/prompt")
     async def post_prompt(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout)
         if not isinstance(body, dict):
             body = {}
         if "number" in body:
             try:
                 number = float(body["number"])
+                if not math.isfinite(number):
+                    raise ValueError
             except (TypeError, ValueError):
-                return web.json_response({"error": f"number must be a number, got {body['number']!r}"},
-                                         status=400)
+                return web.json_response({"error": f"number must be a finite number, got "
+                                                   f"{json.dumps(body['number'])[:80]}"}, status=400)
         else:  # ComfyUI counts every POST without a number, valid or not
             number = -state.number if body.get("front") else state.number
             state.number += 1
@@ -192,12 +229,19 @@ def _routes(state: ServerState) -> web.RouteTableDef:
         extra_data = body.get("extra_data") or {}
         if not isinstance(extra_data, dict):
             extra_data = {}
-        if "client_id" in body:
-            extra_data["client_id"] = body["client_id"]
         try:
-            answer = state.enqueue(body["prompt"], prompt_id=body.get("prompt_id"), extra_data=extra_data,
-                                   number=number,
-                                   partial_targets=body.get("partial_execution_targets"))
+            if "client_id" in body:
+                extra_data["client_id"] = _optional_str(body["client_id"], "client_id")
+            if "client_id" in extra_data:
+                _optional_str(extra_data["client_id"], "extra_data.client_id")
+            prompt_id = _optional_str(body.get("prompt_id"), "prompt_id", numbers=True)
+            targets = body.get("partial_execution_targets")
+            if targets is not None and (not isinstance(targets, list)
+                                        or not all(isinstance(t, str) for t in targets)):
+                raise _invalid("partial_execution_targets must be a list of node ids",
+                               f"got {json.dumps(targets)[:80]}", 'send e.g. ["9"] or leave it out')
+            answer = state.enqueue(body["prompt"], prompt_id=prompt_id, extra_data=extra_data, number=number,
+                                   partial_targets=targets)
         except ValidationError as exc:
             return web.json_response(exc.to_dict(), status=400)
         return web.json_response(answer)
@@ -209,11 +253,11 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.post("/queue")
     async def post_queue(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout, what="POST /queue")
         if body.get("clear"):
             state.queue.wipe()
         if "delete" in body:
-            state.queue.delete(list(body["delete"]))
+            state.queue.delete(_id_list(body["delete"], "POST /queue"))
         return web.Response(status=200)
 
     @routes.get("/history")
@@ -231,16 +275,16 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.post("/history")
     async def post_history(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout, what="POST /history")
         if body.get("clear"):
             state.queue.wipe_history()
         if "delete" in body:
-            state.queue.delete_history(list(body["delete"]))
+            state.queue.delete_history(_id_list(body["delete"], "POST /history"))
         return web.Response(status=200)
 
     @routes.post("/interrupt")
     async def interrupt(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout)
         prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
         if prompt_id is None or prompt_id in state.queue.running_ids():
             engine.interrupt()
@@ -248,7 +292,7 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.post("/free")
     async def free(request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state.body_timeout, what="POST /free")
         free_memory = bool(body.get("free_memory", False))
         unload = bool(body.get("unload_models", free_memory))
         if state.worker is not None and (unload or free_memory):
@@ -257,11 +301,11 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 
     @routes.get("/view")
     async def view(request: web.Request) -> web.StreamResponse:
-        return files.view(request, state.dirs)
+        return await files.view(request, state.dirs)
 
     @routes.post("/upload/image")
     async def upload(request: web.Request) -> web.Response:
-        return await files.upload_image(request, state.dirs)
+        return await files.upload_image(request, state.dirs, state.body_timeout)
 
     @routes.get("/object_info")
     async def object_info(request: web.Request) -> web.Response:
@@ -307,13 +351,19 @@ def _routes(state: ServerState) -> web.RouteTableDef:
 def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
                input_dir: str | os.PathLike[str] | None = None, temp_dir: str | os.PathLike[str] | None = None,
                max_upload_size_mb: float = 100, enable_cors: str | None = None, preview_size: int = 512,
-               max_history: int = 10000) -> web.Application:
+               max_history: int = 10000, header_timeout: float = 30.0, body_timeout: float = 120.0,
+               max_history_mb: float = 256, max_extra_data_mb: float = 10,
+               limits: Limits | None | str = "default") -> web.Application:
     """The aiohttp app serving ``engine`` with ComfyUI's routes; folders default to the engine's own.
 
     ``enable_cors``: an origin (``"*"`` for any) to allow cross-origin requests, as ``--enable-cors-header``;
     None keeps ComfyUI's default of refusing cross-origin requests to a loopback server.
+    ``limits``: a :class:`comfykit.graph.limits.Limits` for every prompt ("default": ``Limits.server_defaults()``,
+    None: no limits). ``max_history_mb`` bounds the history's JSON size besides its ``max_history`` items; ``max_extra_data_mb``
+    the ``extra_data`` of one prompt. ``header_timeout``: seconds a connection may take to send a request's headers (and may stay idle between
+    requests); ``body_timeout``: seconds a request body may take to arrive (408 after that).
     """
-    from .generate import add_page_routes
+    from .generate import PAGE_ASSETS, add_page_routes
 
     dirs = engine_dirs(check_engine(engine))
     for kind, value in (("output", output_dir), ("input", input_dir), ("temp", temp_dir)):
@@ -323,16 +373,21 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
         os.makedirs(path, exist_ok=True)
     max_upload = int(max_upload_size_mb * 1024 * 1024)
     state = ServerState(engine, dirs, max_upload_size=max_upload, preview_size=preview_size,
-                        max_history=max_history)
-    middlewares = [_cors_middleware(enable_cors) if enable_cors else _origin_only_middleware(), _auth_middleware]
-    app = web.Application(client_max_size=max_upload, middlewares=middlewares)
+                        max_history=max_history, body_timeout=body_timeout, max_history_mb=max_history_mb,
+                        max_extra_data_mb=max_extra_data_mb,
+                        limits=Limits.server_defaults() if limits == "default" else limits)
+    middlewares = [_cors_middleware(enable_cors) if enable_cors else origin_only_middleware(), _auth_middleware]
+    # aiohttp starts its keep-alive timer when a connection opens, so it also bounds the wait for headers.
+    app = web.Application(client_max_size=max_upload, middlewares=middlewares,
+                          handler_args={"keepalive_timeout": header_timeout})
     app[STATE] = state
     routes = _routes(state)
     add_page_routes(routes, state)
+    page_paths = {"/"} | {"/" + name for name in PAGE_ASSETS}
     for route in routes:
         assert isinstance(route, web.RouteDef)
         app.router.add_route(route.method, route.path, route.handler)
-        if route.path != "/":
+        if route.path not in page_paths:
             app.router.add_route(route.method, "/api" + route.path, route.handler)
 
     async def start(app: web.Application) -> None:
@@ -347,6 +402,7 @@ def create_app(engine: Any, *, output_dir: str | os.PathLike[str] | None = None,
         if state.hub is not None:
             await state.hub.close_all()
 
+    app.on_response_prepare.append(security_headers)
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     return app

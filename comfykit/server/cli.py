@@ -7,7 +7,19 @@ import logging
 import sys
 from typing import Any
 
+from ..graph.limits import Limits
+
 log = logging.getLogger(__name__)
+
+
+class DefaultsHelp(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it is empty or the text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m comfykit.server",
         description="Serve comfykit's embedded engine over ComfyUI's HTTP/WebSocket API. Flags of ComfyUI's "
-                    "main.py that comfykit does not know are accepted and ignored with a warning.")
+                    "main.py that comfykit does not know are accepted and ignored with a warning.",
+        formatter_class=DefaultsHelp)
     p.add_argument("--listen", type=str, default="127.0.0.1", metavar="IP", nargs="?", const="0.0.0.0",
                    help="address(es) to listen on, comma separated; bare --listen means 0.0.0.0 (all)")
     p.add_argument("--port", type=int, default=8188, help="port to listen on; 0 picks a free one (default 8188)")
@@ -23,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ComfyUI-style models folder (checkpoints/, loras/, vae/, ...); default $COMFYKIT_MODELS "
                         "or ./models")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    p.add_argument("--demo", action="store_true",
+                   help="also serve comfykit's tiny random demo checkpoint (made in MODELS/checkpoints if absent)")
     p.add_argument("--output-directory", default=None, help="where SaveImage writes (default ./output)")
     p.add_argument("--input-directory", default=None, help="where LoadImage reads and uploads go (./input)")
     p.add_argument("--temp-directory", default=None,
@@ -45,7 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-metadata", action="store_true", help="do not embed the prompt in saved PNGs")
     p.add_argument("--quick-test-for-ci", action="store_true", help="build everything, then exit")
     p.add_argument("--max-history", type=int, default=10000, help="finished prompts kept in /history")
+    limits = Limits.server_defaults()
+    p.add_argument("--max-pixels", type=int, default=limits.max_pixels, metavar="N",
+                   help="largest width x height a prompt may ask for (0: no limit)")
+    p.add_argument("--max-batch", type=int, default=limits.max_batch, metavar="N",
+                   help="largest batch_size a prompt may ask for (0: no limit)")
+    p.add_argument("--max-prompt-nodes", type=int, default=limits.max_prompt_nodes, metavar="N",
+                   help="most nodes in one prompt (0: no limit)")
+    p.add_argument("--max-text-tokens", type=int, default=limits.max_text_tokens, metavar="N",
+                   help="longest text input, in estimated CLIP tokens (0: no limit)")
     return p
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    """The prompt limits the flags ask for (0 or less switches one off)."""
+    def bound(value: int) -> int | None:
+        return value if value and value > 0 else None
+
+    return Limits(max_pixels=bound(args.max_pixels), max_batch=bound(args.max_batch),
+                  max_prompt_nodes=bound(args.max_prompt_nodes), max_text_tokens=bound(args.max_text_tokens))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,8 +107,28 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def missing_extra(prog: str, modules: dict[str, str]) -> str | None:
+    """The install hint when a module an extra provides is missing ({module: extra}), else None."""
+    import importlib.util
+
+    for module, extra in modules.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
+            found = False
+        if not found:
+            return (f"{prog} needs {module}, which is not installed: pip install 'comfykit[{extra}]'"
+                    + (" (install torch first, the CPU or CUDA build you want)" if extra == "engine" else ""))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the server until Ctrl-C; returns the exit status."""
+    # Checked before parsing, so even --help says what to install instead of a ModuleNotFoundError later.
+    hint = missing_extra("comfykit serve", {"aiohttp": "server", "torch": "engine", "safetensors": "engine"})
+    if hint:
+        print(f"error: {hint}", file=sys.stderr)
+        return 1
     from ..errors import ServerError
     from .app import create_app
     from .runner import run_blocking
@@ -84,15 +137,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from ..engine import Engine
 
+    if args.demo:
+        from .. import demo
+        from ..engine.folders import Folders
+
+        models = Folders(args.models_dir).models
+        name = demo.ensure_demo_checkpoint(models)
+        args.models_dir = str(models)
+        print(f"serving comfykit's demo checkpoint {name} from {models}/checkpoints: tiny random weights, so its "
+              "pictures are noise. For real pictures put a Stable Diffusion checkpoint there (see README, "
+              "Models).", flush=True)
     try:
         engine = Engine(**engine_kwargs(args))
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.disable_metadata:
         engine.disable_metadata = True
     app = create_app(engine, max_upload_size_mb=args.max_upload_size, enable_cors=args.enable_cors_header,
-                     preview_size=args.preview_size, max_history=args.max_history)
+                     preview_size=args.preview_size, max_history=args.max_history, limits=limits_from(args))
     if args.quick_test_for_ci:
         print("quick test for CI: engine and server built, exiting", flush=True)
         return 0

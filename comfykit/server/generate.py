@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -48,13 +49,38 @@ def _first_image(outputs: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+#: Files of the page served next to ``/`` (not under ``/api``).
+PAGE_ASSETS = ("page.js", "page.css", "favicon.ico")
+
+_HOST_CHARS = re.compile(r"[A-Za-z0-9.:\[\]-]+")
+
+
+def page_csp(request: web.Request) -> str:
+    """The page's Content-Security-Policy: its own script, style and images, and sockets to this host only."""
+    host = request.host
+    sockets = f" ws://{host} wss://{host}" if _HOST_CHARS.fullmatch(host or "") else ""
+    return ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+            f"connect-src 'self'{sockets}; object-src 'none'; base-uri 'none'; form-action 'self'")
+
+
+def _asset_handler(path: Any) -> Any:
+    async def asset(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return asset
+
+
 def add_page_routes(routes: web.RouteTableDef, state: Any) -> None:
     """Add ``GET /`` and ``POST /generate`` to ``routes`` for the server ``state``."""
     from .app import STATIC, list_files
 
     @routes.get("/")
     async def index(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache",
+                                                                "Content-Security-Policy": page_csp(request)})
+
+    for name in PAGE_ASSETS:
+        routes.get("/" + name)(_asset_handler(STATIC / name))
 
     @routes.post("/generate")
     async def generate(request: web.Request) -> web.Response:

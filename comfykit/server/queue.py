@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,10 +21,15 @@ class PromptQueue:
     is where the server broadcasts its ``status`` message.
     """
 
-    def __init__(self, max_history: int = 10000, on_change: Callable[[int], None] | None = None):
+    def __init__(self, max_history: int = 10000, on_change: Callable[[int], None] | None = None, *,
+                 max_bytes: int = 256 << 20):
         if max_history < 1:
             raise ValueError(f"max_history must be at least 1, got {max_history}")
         self.max_history = max_history
+        self.max_bytes = max_bytes
+        self._sizes: dict[str, int] = {}  # JSON bytes of each history entry
+        self._history_bytes = 0
+        self._active: dict[str, int] = {}  # prompt ids pending or running, with how many items carry each
         self._on_change = on_change
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, list[Any]]] = []  # (number, tie-breaker, item)
@@ -39,6 +45,7 @@ class PromptQueue:
             # The sequence number keeps equal numbers FIFO and never lets heapq compare two prompt dicts.
             heapq.heappush(self._heap, (item[0], self._seq, item))
             self._seq += 1
+            self._active[item[1]] = self._active.get(item[1], 0) + 1
             remaining = self._remaining()
             self._cond.notify()
         self._changed(remaining)
@@ -62,11 +69,19 @@ class PromptQueue:
         with self._cond:
             item = self._running.pop(task_id)
             prompt_id = item[1]
-            while len(self._history) >= self.max_history:
-                self._history.popitem(last=False)
-            entry = {"prompt": _public_item(item)}
-            entry.update(history_item)
+        entry = {"prompt": _public_item(item)}
+        entry.update(history_item)
+        size = _size(entry)  # outside the lock: a big prompt takes milliseconds to measure
+        with self._cond:
+            self._release(prompt_id)  # only now, so known() sees the id at every moment
+            self._forget(prompt_id)
+            # Oldest first, until both the count and the bytes fit (the newest entry always stays).
+            while self._history and (len(self._history) >= self.max_history
+                                     or self._history_bytes + size > self.max_bytes):
+                self._forget(next(iter(self._history)))
             self._history[prompt_id] = entry
+            self._sizes[prompt_id] = size
+            self._history_bytes += size
             remaining = self._remaining()
         self._changed(remaining)
 
@@ -75,6 +90,16 @@ class PromptQueue:
         """Pending plus running prompts, as ComfyUI's ``exec_info.queue_remaining``."""
         with self._cond:
             return self._remaining()
+
+    def known(self, prompt_id: str) -> bool:
+        """True when ``prompt_id`` is pending, running or in the history."""
+        with self._cond:
+            return prompt_id in self._active or prompt_id in self._history
+
+    def history_bytes(self) -> int:
+        """JSON size of the history in bytes (what ``max_bytes`` bounds)."""
+        with self._cond:
+            return self._history_bytes
 
     def running_ids(self) -> list[str]:
         with self._cond:
@@ -92,6 +117,9 @@ class PromptQueue:
         wanted = set(map(str, prompt_ids))
         with self._cond:
             before = len(self._heap)
+            for entry in self._heap:
+                if entry[2][1] in wanted:
+                    self._release(entry[2][1])
             self._heap = [entry for entry in self._heap if entry[2][1] not in wanted]
             heapq.heapify(self._heap)
             removed = before - len(self._heap)
@@ -103,6 +131,8 @@ class PromptQueue:
     def wipe(self) -> None:
         """Drop every pending prompt."""
         with self._cond:
+            for entry in self._heap:
+                self._release(entry[2][1])
             self._heap = []
             remaining = self._remaining()
         self._changed(remaining)
@@ -130,11 +160,24 @@ class PromptQueue:
     def delete_history(self, prompt_ids: list[str]) -> None:
         with self._cond:
             for prompt_id in prompt_ids:
-                self._history.pop(str(prompt_id), None)
+                self._forget(str(prompt_id))
 
     def wipe_history(self) -> None:
         with self._cond:
             self._history.clear()
+            self._sizes.clear()
+            self._history_bytes = 0
+
+    def _forget(self, prompt_id: str) -> None:
+        if self._history.pop(prompt_id, None) is not None:
+            self._history_bytes -= self._sizes.pop(prompt_id, 0)
+
+    def _release(self, prompt_id: str) -> None:
+        count = self._active.get(prompt_id, 0) - 1
+        if count > 0:
+            self._active[prompt_id] = count
+        else:
+            self._active.pop(prompt_id, None)
 
     def _remaining(self) -> int:
         return len(self._heap) + len(self._running)
@@ -142,6 +185,11 @@ class PromptQueue:
     def _changed(self, remaining: int) -> None:
         if self._on_change is not None:
             self._on_change(remaining)
+
+
+def _size(entry: dict[str, Any]) -> int:
+    """Approximate bytes an entry takes, as the JSON /history sends (non-JSON values count by their repr)."""
+    return len(json.dumps(entry, separators=(",", ":"), default=repr))
 
 
 def _public_item(item: list[Any]) -> list[Any]:

@@ -73,3 +73,34 @@ def test_interpreter_exit_stops_a_server_nobody_stopped(tmp_path):
     assert done.returncode == 0, done.stderr
     pids = json.loads(pids_file.read_text())
     assert _gone(pids["server"]) and _gone(pids["child"])
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_parent_that_dies_takes_its_server_along(tmp_path, how):
+    import signal
+
+    pids_file = tmp_path / "pids.json"
+    script = (f"import sys, time; from comfykit.client import ComfyServer\n"
+              f"srv = ComfyServer.launch(cmd=[sys.executable, '-c', {FAKE_SERVER!r}, {str(pids_file)!r}], "
+              f"timeout=30)\nprint('ready', flush=True)\ntime.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        pids = json.loads(pids_file.read_text())
+        assert not _gone(pids["server"], timeout=0.5)
+        parent.send_signal(getattr(signal, how))  # no atexit runs: only the watchdog can clean up
+        parent.wait(30)
+        assert _gone(pids["server"], timeout=30) and _gone(pids["child"], timeout=30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(30)
+
+
+def test_a_normal_stop_ends_the_watchdog_quietly(tmp_path):
+    pids_file = tmp_path / "pids.json"
+    srv = ComfyServer.launch(cmd=[sys.executable, "-c", FAKE_SERVER, str(pids_file)], timeout=30)
+    watchdog = srv.process._watchdog
+    assert watchdog is not None and watchdog.poll() is None
+    srv.stop()
+    assert watchdog.wait(30) == 0 and srv.process._watchdog is None

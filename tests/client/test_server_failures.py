@@ -17,7 +17,7 @@ LONG = 5000  # sampler steps: far more than any test waits for
 
 
 def _first(job, kind):
-    for event in job:
+    for event in job.events(timeout=60):
         if event.type == kind:
             return event
     raise AssertionError(f"the run ended without a {kind} event")
@@ -28,7 +28,7 @@ def test_invalid_prompt_raises_validation_error_with_node_errors(server, ckpt_na
     prompt["3"]["inputs"]["sampler_name"] = "eulr"
     prompt["5"]["inputs"]["width"] = 8
     with pytest.raises(ck.ValidationError) as info:
-        server.run(prompt)
+        server.run(prompt, timeout=60)
     err = info.value
     assert err.error["type"] == "prompt_outputs_failed_validation"
     assert set(err.node_errors) == {"3", "5"}
@@ -41,15 +41,15 @@ def test_invalid_prompt_raises_validation_error_with_node_errors(server, ckpt_na
 
 def test_bad_workflow_objects_are_refused_before_posting(server):
     with pytest.raises(ValueError, match="node '1' has no class_type"):
-        server.run({"1": {"inputs": {}}})
+        server.run({"1": {"inputs": {}}}, timeout=60)
     with pytest.raises(TypeError, match="ck.Workflow or an API prompt dict"):
-        server.run(42)
+        server.run(42, timeout=60)
 
 
 def test_execution_error_carries_node_and_traceback(server):
     prompt = txt2img("broken.safetensors")
     job = server.submit(prompt)
-    events = list(job)
+    events = list(job.events(timeout=60))
     with pytest.raises(ck.ExecutionError) as info:
         job.result(timeout=60)
     err = info.value
@@ -78,14 +78,33 @@ def test_ctrl_c_in_run_also_stops_the_prompt_on_the_server(server, ckpt_name):
         if event.type == "progress" and event.data["value"] == 1:
             os.kill(os.getpid(), signal.SIGINT)  # what a notebook's stop button does to the kernel
 
-    with pytest.raises(KeyboardInterrupt):
-        server.run(txt2img(ckpt_name, seed=11, steps=LONG, prefix="ctrlc"), on_event=press_ctrl_c, timeout=60)
+    # A suite started in the background inherits SIGINT ignored; install Python's own handler for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.run(txt2img(ckpt_name, seed=11, steps=LONG, prefix="ctrlc"), on_event=press_ctrl_c,
+                       timeout=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if seen and server.history(seen[0].prompt_id) is None:
+            _stop_leftovers(server)  # never leave a 5000-step prompt for the next tests to queue behind
     prompt_id = seen[0].prompt_id
     deadline = time.monotonic() + 60
     while (item := server.history(prompt_id)) is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert item is not None, "the prompt kept running after Ctrl-C"
     assert item["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+def _stop_leftovers(server, timeout: float = 60.0) -> None:
+    """Interrupt whatever still runs on the server and wait (bounded) until its queue is empty."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = server.queue()
+        if not (queue.get("queue_running") or queue.get("queue_pending")):
+            return
+        server.interrupt()
+        time.sleep(0.5)
 
 
 def test_job_interrupt_of_a_pending_prompt(server, ckpt_name):

@@ -27,7 +27,7 @@ def test_txt2img_images_and_previews(launched, ckpt_name, preview_format):
     try:
         seen = []
         job = client.submit(txt2img(ckpt_name, seed=len(preview_format)), on_event=seen.append)
-        events = list(job)
+        events = list(job.events(timeout=120))
         result = job.result(timeout=60)
     finally:
         if client is not launched:
@@ -109,8 +109,9 @@ def test_concurrent_runs_from_threads_keep_their_events(server, ckpt_name):
 
 def test_arun_from_asyncio(server, ckpt_name):
     async def main():
-        return await asyncio.gather(server.arun(txt2img(ckpt_name, seed=5, prefix="async_a")),
-                                    server.arun(txt2img(ckpt_name, seed=6, prefix="async_b")))
+        return await asyncio.wait_for(asyncio.gather(server.arun(txt2img(ckpt_name, seed=5, prefix="async_a")),
+                                                     server.arun(txt2img(ckpt_name, seed=6, prefix="async_b"))),
+                                      120)
 
     a, b = asyncio.run(main())
     assert a.ok and b.ok and a.prompt_id != b.prompt_id

@@ -88,3 +88,58 @@ def test_load_image_checks_the_file_like_comfyuis_validate_inputs():
         prompt["1"]["inputs"]["image"] = ok
         assert validate_prompt(prompt, schema).outputs == ["2"]
     assert validate_prompt(prompt, Schema.builtin()).outputs == ["2"]  # no file list: the backend checks
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "inf"])
+def test_non_finite_floats_are_refused(value):
+    info = {"F": {"input": {"required": {"v": ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0}]}},
+                  "output": [], "output_node": True},
+            "G": {"input": {"required": {"v": ["FLOAT", {"default": 1.0}]}}, "output": [], "output_node": True}}
+    for class_type in ("F", "G"):  # with and without a range: NaN passes every comparison
+        with pytest.raises(ValidationError) as caught:
+            validate_prompt({"1": {"class_type": class_type, "inputs": {"v": value}}}, Schema(info))
+        error = caught.value.node_errors["1"]["errors"][0]
+        assert error["type"] == "invalid_input_type" and error["extra_info"]["input_name"] == "v"
+        assert "finite" in str(caught.value)
+
+
+@pytest.mark.parametrize("class_type", [["Out"], {"a": 1}, 5, None])
+def test_class_type_that_is_not_a_string_is_a_validation_error(class_type):
+    with pytest.raises(ValidationError) as caught:
+        validate_prompt({"1": {"class_type": class_type, "inputs": {}}}, _schema())
+    assert caught.value.error["type"] == "invalid_prompt" and "#1" in caught.value.error["details"]
+
+
+def test_inputs_that_are_not_an_object_are_a_validation_error():
+    with pytest.raises(ValidationError, match="inputs"):
+        validate_prompt({"1": {"class_type": "Start", "inputs": ["x"]}, "2": {"class_type": "Out",
+                                                                           "inputs": {"x": ["1", 0]}}}, _schema())
+
+
+def test_many_failing_outputs_keep_comfyui_dependent_outputs_but_bounded():
+    from comfykit.graph.validate import MAX_DEPENDENT_OUTPUTS
+
+    prompt = {"1": {"class_type": "Pass", "inputs": {}}}  # missing its required input: fails
+    for i in range(2, 300):
+        prompt[str(i)] = {"class_type": "Out", "inputs": {"x": ["1", 0]}}
+    prompt["good"] = {"class_type": "Out", "inputs": {"x": ["s", 0]}}
+    prompt["s"] = {"class_type": "Start", "inputs": {}}
+    result = validate_prompt(prompt, _schema())
+    assert result.outputs == ["good"]
+    deps = result.node_errors["1"]["dependent_outputs"]
+    assert deps == [str(i) for i in range(2, 2 + MAX_DEPENDENT_OUTPUTS)]
+
+
+def test_partial_targets_pick_outputs_in_prompt_order():
+    prompt = {"s": {"class_type": "Start", "inputs": {}}}
+    for i in range(5):
+        prompt[f"o{i}"] = {"class_type": "Out", "inputs": {"x": ["s", 0]}}
+    assert validate_prompt(prompt, _schema(), partial_targets=["o3", "o1"]).outputs == ["o1", "o3"]
+
+
+def test_an_empty_choice_list_is_said_so_not_left_blank():
+    info = {"L": {"input": {"required": {"ckpt_name": [[]]}}, "output": [], "output_node": True}}
+    with pytest.raises(ValidationError) as caught:
+        validate_prompt({"1": {"class_type": "L", "inputs": {"ckpt_name": "x.safetensors"}}}, Schema(info))
+    message = str(caught.value)
+    assert "is not one of" not in message and "nothing to choose from" in message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import uuid
 
@@ -55,6 +56,16 @@ def test_generate_bad_input_is_a_400_that_says_what_is_wrong(server, body, needl
     assert needle in answer.json()["error"]
 
 
+def test_favicon_and_page_assets_are_served(server):
+    icon = requests.get(server.url + "/favicon.ico", timeout=30)
+    assert icon.status_code == 200 and Image.open(io.BytesIO(icon.content)).size[0] >= 16
+    page = requests.get(server.url + "/", timeout=30)
+    assert "<script>" not in page.text and "script-src 'self'" in page.headers["Content-Security-Policy"]
+    for asset, kind in (("/page.js", "javascript"), ("/page.css", "text/css")):
+        answer = requests.get(server.url + asset, timeout=30)
+        assert answer.status_code == 200 and kind in answer.headers["Content-Type"]
+
+
 def test_generate_refuses_non_json(server):
     answer = requests.post(server.url + "/generate", data=b"prompt=cat", timeout=30)
     assert answer.status_code == 400 and "JSON" in answer.json()["error"]
@@ -90,9 +101,17 @@ def test_page_generates_into_the_gallery(server, demo_ckpt, tmp_path):
         wait = WebDriverWait(browser, 120)
         wait.until(lambda b: b.find_element(By.ID, "status").text == "ready")
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#ckpt option")) >= 2)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#sampler option")) >= 2)
+        # before the first run: no broken image, the placeholder instead; sampler fields with ComfyUI's defaults
+        assert not browser.find_element(By.ID, "preview").is_displayed()
+        assert browser.find_element(By.ID, "placeholder").is_displayed()
+        assert Select(browser.find_element(By.ID, "sampler")).first_selected_option.text == "euler"
+        assert Select(browser.find_element(By.ID, "scheduler")).first_selected_option.text == "normal"
+        Select(browser.find_element(By.ID, "sampler")).select_by_value("euler_ancestral")
         Select(browser.find_element(By.ID, "ckpt")).select_by_value(demo_ckpt)
         prompt = f"a lighthouse {uuid.uuid4().hex[:6]}"
-        for field, value in (("prompt", prompt), ("steps", "3"), ("width", "32"), ("height", "32")):
+        for field, value in (("prompt", prompt), ("steps", "3"), ("width", "32"), ("height", "32"),
+                             ("cfg", "6.5")):
             element = browser.find_element(By.ID, field)
             element.clear()
             element.send_keys(value)
@@ -106,5 +125,10 @@ def test_page_generates_into_the_gallery(server, demo_ckpt, tmp_path):
         assert browser.find_element(By.ID, "preview").get_attribute("src").startswith("blob:")
         assert browser.find_element(By.ID, "progress").get_attribute("value") == "3"
         assert browser.find_element(By.ID, "error").text == ""
+        assert browser.find_element(By.ID, "preview").is_displayed()
+        assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]  # no CSP refusals, no 404s
+        png = Image.open(io.BytesIO(requests.get(image.get_attribute("src"), timeout=30).content))
+        sampler = next(n for n in json.loads(png.text["prompt"]).values() if n["class_type"] == "KSampler")
+        assert sampler["inputs"]["cfg"] == 6.5 and sampler["inputs"]["sampler_name"] == "euler_ancestral"
     finally:
         browser.quit()

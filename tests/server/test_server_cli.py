@@ -78,7 +78,7 @@ def test_server_process_starts_prints_url_serves_and_stops(tmp_path, server_root
             _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
+            _, err = proc.communicate(timeout=30)
     assert "--disable-xformers" in err  # unknown ComfyUI flags: accepted with a warning
 
 
@@ -104,3 +104,17 @@ def test_serve_in_background_context_manager_and_port_clash(server_root, tmp_pat
             serve(handle.engine, port=0, device="cpu")
     with pytest.raises(requests.ConnectionError):
         requests.get(handle.url + "/features", timeout=5)
+
+
+def test_limit_flags_default_to_the_server_limits_and_zero_turns_one_off(capsys):
+    from comfykit.graph.limits import Limits
+    from comfykit.server.cli import limits_from
+
+    assert limits_from(parse_args([])) == Limits.server_defaults()
+    custom = limits_from(parse_args(["--max-pixels", "1000", "--max-batch", "0", "--max-prompt-nodes", "7",
+                                     "--max-text-tokens", "-1"]))
+    assert custom == Limits(max_pixels=1000, max_batch=None, max_prompt_nodes=7, max_text_tokens=None)
+    from comfykit.server.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "(default: 16777216)" in text and "(default: 8188)" not in text.replace("(default 8188)", "")

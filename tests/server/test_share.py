@@ -70,8 +70,8 @@ def test_token_auth_accepts_link_header_and_cookie(fake_ngrok, server, monkeypat
 
 
 def test_bare_port_uses_ngrok_basic_auth_and_no_auth_must_be_explicit(fake_ngrok, capsys):
-    link = share(8188, authtoken="tok", password="pw")
-    assert fake_ngrok["connect"][-1]["basic_auth"] == ["comfy:pw"]
+    link = share(8188, authtoken="tok", password="pw-long-enough")
+    assert fake_ngrok["connect"][-1]["basic_auth"] == ["comfy:pw-long-enough"]
     with pytest.raises(ValueError, match="handle"):
         share(8188, authtoken="tok", auth="token")
     with pytest.raises(ValueError, match="auth must be"):

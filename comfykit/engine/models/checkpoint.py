@@ -46,9 +46,21 @@ def _check_safetensors_header(path: Path) -> None:
         header = f.read(n)
     try:
         meta = json.loads(header)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a header nested thousands of levels deep
         raise ModelError(f"{path}: not a safetensors file (its header is not JSON); re-download it") from None
-    end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: not a safetensors file (its header is a JSON {type(meta).__name__}, not an "
+                         "object); re-download it")
+    end = 0
+    for name, entry in meta.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise ModelError(f"{path}: damaged safetensors header (tensor {str(name)[:80]!r} has no valid "
+                             "data_offsets); re-download it")
+        end = max(end, offsets[1])
     if 8 + n + end > size:
         raise ModelError(f"{path}: truncated ({size} bytes, the header promises {8 + n + end}); "
                          "the download was cut short, re-download it")
