@@ -22,6 +22,15 @@ from typing import Any
 from .errors import ComfykitError
 
 NO_CHECKPOINT = 2  # exit code when there is nothing to generate with
+#: --model shortcuts (comfykit.hub): single checkpoints and split-file bundles
+MODEL_CHOICES = ("sd15", "sdxl", "flux-schnell", "flux-schnell-split", "flux-dev", "sd3.5-large", "sd3.5-medium")
+#: --demo --family: tiny random models of each family
+DEMO_FAMILIES = ("sd15", "flux", "flux-dev", "sd3")
+#: family -> (template, steps, cfg, size): the settings ComfyUI's examples use for it
+FAMILY_DEFAULTS = {"sd1": ("sd15_txt2img", 20, 8.0, 512), "sd2": ("sd15_txt2img", 20, 7.0, 768),
+                   "sdxl": ("sdxl_txt2img", 20, 7.0, 1024), "flux": ("flux_schnell_txt2img", 4, 1.0, 1024),
+                   "flux-dev": ("flux_schnell_txt2img", 20, 1.0, 1024), "sd3": ("sd35_txt2img", 20, 4.0, 1024),
+                   "flux-split": ("flux_dev_txt2img", 20, 1.0, 1024)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--scheduler", default=None, help="scheduler name, e.g. normal, karras (default: normal)")
     gen.add_argument("--width", type=int, default=None, help="image width (default: 512; 256 with --demo)")
     gen.add_argument("--height", type=int, default=None, help="image height (default: 512; 256 with --demo)")
+    gen.add_argument("--model", default=None,
+                     help="a hub shortcut to download (if missing) and use: " + ", ".join(MODEL_CHOICES) +
+                          "; the workflow follows the model's family (FLUX.1: 4 steps at cfg 1 for schnell)")
     gen.add_argument("--demo", action="store_true",
                      help="use (and create if needed) a tiny random demo model: no download, the picture is noise")
+    gen.add_argument("--family", default="sd15", choices=DEMO_FAMILIES,
+                     help="with --demo: the demo model's family")
     gen.add_argument("-o", "--output", default=None,
                      help="image file to write: .png, .jpg or .webp (default: a PNG in the output folder)")
     _engine_flags(gen)
@@ -176,12 +190,25 @@ def _checkpoint(args: argparse.Namespace) -> tuple[Path | None, str | None]:
     from .engine.folders import Folders
 
     folders = Folders(args.models_dir)
-    if args.demo and args.ckpt:
-        raise ValueError("pass either --demo or --ckpt, not both")
+    if sum(bool(x) for x in (args.demo, args.ckpt, getattr(args, "model", None))) > 1:
+        raise ValueError("pass only one of --demo, --ckpt and --model")
     if args.demo:
         from . import demo
 
-        return folders.models, demo.ensure_demo_checkpoint(folders.models)
+        family = getattr(args, "family", "sd15")
+        if family == "sd15":
+            return folders.models, demo.ensure_demo_checkpoint(folders.models)
+        name = f"comfykit-demo-{family}.safetensors"
+        if not (folders.folder("checkpoints") / name).is_file():
+            demo.make_dit_checkpoint(folders.folder("checkpoints") / name, family)
+        return folders.models, name
+    if getattr(args, "model", None):
+        from . import hub
+
+        got = hub.download(args.model, folders.models)
+        if isinstance(got, list):  # split files: the diffusion model is the one in diffusion_models/
+            return folders.models, None
+        return folders.models, got.name
     if args.ckpt:
         path = Path(args.ckpt).expanduser()
         if path.is_file():
@@ -245,7 +272,12 @@ def _generate(args: argparse.Namespace) -> int:
 
     fmt = _output_format(args.output)
     _check_device(args.device)
+    if args.model is not None and args.model not in MODEL_CHOICES:
+        raise ValueError(f"--model {args.model!r} is not a shortcut; use one of {', '.join(MODEL_CHOICES)}, or "
+                         "--ckpt FILE for a checkpoint you have")
     models_dir, ckpt = _checkpoint(args)
+    if ckpt is None and args.model:
+        return _generate_split(args, models_dir)
     if ckpt is None:
         print(f"No checkpoint found in {Path(models_dir) / 'checkpoints'}.\n"
               "Put a .safetensors checkpoint there, pass --ckpt FILE or --models-dir DIR, or run with --demo to "
@@ -253,13 +285,74 @@ def _generate(args: argparse.Namespace) -> int:
         return NO_CHECKPOINT
     _note_demo(ckpt, args.demo)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
-    if args.demo:  # the demo picture is noise anyway: keep the CPU run short unless asked otherwise
-        args.width = 256 if args.width is None else args.width  # a given value, even a bad one, is kept
-        args.height = 256 if args.height is None else args.height
-        args.steps = 10 if args.steps is None else args.steps
-    prompt = templates.fill("sd15_txt2img", prompt=args.prompt, negative=args.negative, seed=seed,
+    template = _family_defaults(args, Path(models_dir) / "checkpoints" / ckpt)
+    negative = args.negative
+    if negative is not None and template.startswith("flux"):
+        print("note: FLUX.1 runs at cfg 1, where the negative prompt is not used; --negative is ignored",
+              file=sys.stderr)
+        negative = None
+    prompt = templates.fill(template, prompt=args.prompt, negative=negative, seed=seed,
                             steps=args.steps, cfg=args.cfg, width=args.width, height=args.height,
                             ckpt_name=ckpt, sampler_name=args.sampler, scheduler=args.scheduler)
+    return _run_generate(args, prompt, models_dir, ckpt, seed, fmt)
+
+
+def _family_defaults(args: argparse.Namespace, path: Path | None, family: str | None = None) -> str:
+    """The template for the checkpoint's family; fills the unset --steps/--cfg/--width/--height with its values."""
+    from .engine.models.checkpoint import checkpoint_family
+
+    if family is None:
+        family = checkpoint_family(path) if path is not None and path.is_file() else "sd1"
+        if family == "sdxl_refiner":
+            raise ValueError(f"{path.name} is an SDXL refiner: it refines an SDXL base model's latent and does not "
+                             "make pictures from text on its own; generate with the SDXL base checkpoint")
+        if family == "flux" and _guidance_distilled(path):
+            family = "flux-dev"
+    template, steps, cfg, size = FAMILY_DEFAULTS.get(family or "sd1", FAMILY_DEFAULTS["sd1"])
+    if args.demo:  # the demo picture is noise anyway: keep the CPU run short unless asked otherwise
+        size, steps = 256, min(steps, 10)
+    # a given value, even a bad one, is kept (and refused by validation with the usual message)
+    args.width = size if args.width is None else args.width
+    args.height = size if args.height is None else args.height
+    args.steps = steps if args.steps is None else args.steps
+    args.cfg = cfg if args.cfg is None else args.cfg
+    return template
+
+
+def _guidance_distilled(path: Path) -> bool:
+    """FLUX.1 dev and its derivatives carry a guidance embedder; schnell does not (read from the header only)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            header = f.read(struct.unpack("<Q", f.read(8))[0]).decode("utf-8", "replace")
+    except (OSError, struct.error):
+        return False
+    return "guidance_in." in header or "guidance_embedder." in header
+
+
+def _generate_split(args: argparse.Namespace, models_dir: Path) -> int:
+    """--model flux-dev / flux-schnell-split: the split-file FLUX.1 template with the downloaded files."""
+    from . import hub, templates
+
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    files = {Path(repo_file).name: folder for _, repo_file, folder in hub.BUNDLES[args.model]}
+    unet = next(name for name, folder in files.items() if folder == "diffusion_models")
+    wf = templates.load("flux_dev_txt2img")
+    by_type = {node.class_type: node for node in wf}
+    by_type["UNETLoader"].unet_name = unet
+    steps = args.steps
+    _family_defaults(args, None, family="flux-split")
+    if "schnell" in args.model:  # schnell: no distilled guidance, no resolution shift, 4 steps
+        by_type["KSampler"].model = by_type["UNETLoader"]
+        args.steps = 4 if steps is None else steps
+    prompt = templates.fill(wf, prompt=args.prompt, seed=seed, steps=args.steps, cfg=args.cfg, width=args.width,
+                            height=args.height, sampler_name=args.sampler, scheduler=args.scheduler)
+    return _run_generate(args, prompt, models_dir, unet, seed, _output_format(args.output))
+
+
+def _run_generate(args: argparse.Namespace, prompt: dict[str, Any], models_dir: Any, ckpt: str, seed: int,
+                  fmt: str | None) -> int:
     out_dir = tempfile.mkdtemp(prefix="comfykit-out-") if args.output else None
     engine = _engine(args, models_dir, out_dir)
     print(f"generating with {ckpt}, seed {seed}", file=sys.stderr)

@@ -242,3 +242,49 @@ def test_serve_demo_makes_and_announces_the_demo_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and DEMO_CHECKPOINT in out and "noise" in out
     assert (tmp_path / "m" / "checkpoints" / DEMO_CHECKPOINT).is_file()
+
+
+def _prompt_of(path: Path) -> dict:
+    with Image.open(path) as im:
+        return json.loads(im.text["prompt"])
+
+
+@pytest.mark.parametrize("family,template_node", [("flux", "EmptySD3LatentImage"), ("sd3", "EmptySD3LatentImage")])
+def test_generate_demo_family_uses_that_familys_workflow(tmp_path, capsys, family, template_node):
+    out = tmp_path / f"{family}.png"
+    rc = cli.main(["generate", "a red fox", "--demo", "--family", family, "--models-dir", str(tmp_path / "models"),
+                   "-o", str(out), *FAST])
+    assert rc == 0, capsys.readouterr().err
+    prompt = _prompt_of(out)
+    assert template_node in {n["class_type"] for n in prompt.values()}
+    sampler = next(n for n in prompt.values() if n["class_type"] == "KSampler")["inputs"]
+    assert sampler["cfg"] == (1.0 if family == "flux" else 4.0)  # FLUX.1 runs at cfg 1, SD3.5 at 4
+
+
+def test_generate_model_shortcut_downloads_and_picks_the_flux_schnell_workflow(tmp_path, capsys, monkeypatch):
+    from comfykit import demo, hub
+
+    fetched = []
+
+    def fake_download(what, models_dir, **kwargs):  # what the hub would put there, made tiny
+        fetched.append(what)
+        if what == "flux-dev":
+            names = demo.make_dit_files(models_dir, "flux-dev", fp8=True,
+                                        names={"unet": "flux1-dev.safetensors",
+                                               "t5xxl": "t5xxl_fp8_e4m3fn_scaled.safetensors"})
+            return [Path(models_dir) / "diffusion_models" / names["unet"]]
+        return demo.make_dit_checkpoint(Path(models_dir) / "checkpoints" / "flux1-schnell-fp8.safetensors", "flux")
+
+    monkeypatch.setattr(hub, "download", fake_download)
+    out = tmp_path / "fox.jpg"
+    args = ["--models-dir", str(tmp_path / "models"), "--width", "64", "--height", "64", "--no-progress"]
+    assert cli.main(["generate", "a red fox", "--model", "flux-schnell", "-o", str(out), *args]) == 0
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.size == (64, 64)
+    assert cli.main(["generate", "a red fox", "--model", "flux-dev", "--steps", "2", "-o", str(tmp_path / "d.png"),
+                     *args]) == 0
+    prompt = _prompt_of(tmp_path / "d.png")
+    assert {"UNETLoader", "DualCLIPLoader", "FluxGuidance"} <= {n["class_type"] for n in prompt.values()}
+    assert fetched == ["flux-schnell", "flux-dev"]
+    assert cli.main(["generate", "a fox", "--model", "nonsense", *args]) != 0
+    assert "is not a shortcut" in capsys.readouterr().err

@@ -26,10 +26,11 @@ _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_ou
              "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
 
 
-def split_checkpoint(sd: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def split_checkpoint(sd: dict[str, Any], convert_text: bool = True) -> dict[str, dict[str, Any]]:
     """A single-file checkpoint -> {"unet", "vae", "clip_l", "clip_g" | "clip_h", "t5xxl"} state dicts in our names.
 
     "unet" is the diffusion model (UNet or transformer) with ``model.diffusion_model.`` removed.
+    ``convert_text=False`` leaves the text encoders' keys as stored (enough to tell which are there).
     """
     parts: dict[str, dict[str, Any]] = {"unet": {}, "vae": {}}
     for key, value in sd.items():
@@ -48,7 +49,7 @@ def split_checkpoint(sd: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     parts.setdefault(prefixes[prefix], {})[key[len(prefix):]] = value
                     break
     for name in ("clip_l", "clip_h", "clip_g"):
-        if name in parts:
+        if name in parts and convert_text:
             sd_part = parts[name]
             in_openclip = any(k.startswith(("transformer.resblocks.", "token_embedding")) for k in sd_part)
             parts[name] = openclip_to_hf(sd_part) if in_openclip else hf_clip_keys(sd_part)
