@@ -51,6 +51,16 @@ def tiny_controlnet(arch: str = "sd1", seed: int = 0) -> torch.nn.Module:
     return net
 
 
+def tiny_sd3_controlnet(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A random diffusers ``SD3ControlNetModel`` fitting ``tiny_dit.tiny_sd3`` (one block unless overridden)."""
+    from diffusers import SD3ControlNetModel
+
+    from .tiny_dit import TINY_SD3, randomize
+
+    # q/k norms as SD3.5's: their size tells the head width, which the shapes otherwise leave open
+    return randomize(SD3ControlNetModel(**{**TINY_SD3, "num_layers": 1, "qk_norm": "rms_norm", **overrides}), seed)
+
+
 def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model.") -> dict[str, Any]:
     """A diffusers ``ControlNetModel`` state dict in lllyasviel's original key names (``control_model.*``)."""
     trunk = {k: v for k, v in sd.items() if not k.startswith("controlnet_")}
@@ -73,14 +83,16 @@ def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model
 
 
 def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm", seed: int = 0) -> Path:
-    """Write a tiny ControlNet for the demo ``arch`` checkpoint in ``layout`` ("ldm" .safetensors with
+    """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3") checkpoint in ``layout`` ("ldm" .safetensors with
     ``control_model.`` keys, "ldm-pth" the same as a torch pickle, "diffusers" a single file, "diffusers-folder"
     a folder with config.json); the same weights for the same seed whatever the layout."""
     from safetensors.torch import save_file
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    net = tiny_controlnet(arch, seed)
+    if arch == "sd3" and layout.startswith("ldm"):
+        raise ValueError("SD3 ControlNets come in the diffusers layout; use layout='diffusers' or 'diffusers-folder'")
+    net = tiny_sd3_controlnet(seed) if arch == "sd3" else tiny_controlnet(arch, seed)
     path = Path(path)
     if layout == "diffusers-folder":
         net.save_pretrained(path)

@@ -186,3 +186,62 @@ def test_a_file_that_is_not_a_controlnet_is_a_model_error(make_ckpt, tmp_path):
               str(tmp_path / "t2iadapter.safetensors"))
     with pytest.raises(ModelError, match="T2I-Adapter: not implemented yet.*ComfyServer"):
         load_controlnet(tmp_path / "t2iadapter.safetensors")
+
+
+def test_sd3_controlnet_equals_diffusers_transformer_with_block_residuals(tmp_path):
+    from safetensors.torch import save_file
+
+    from comfykit.engine.models.checkpoint import load_diffusion_model
+    from comfykit.engine.models.family import ModelInputs
+    from comfykit.engine.models.tiny_controlnet import tiny_sd3_controlnet
+    from comfykit.engine.models.tiny_dit import sd3_diffusers_to_sai, tiny_sd3
+
+    # a 4-block MMDiT (width 4 x 8: ComfyUI's depth 4) steered by a 2-block ControlNet: residual k serves 2 blocks
+    ref = tiny_sd3(seed=5, num_layers=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32)
+    save_file({k: v.contiguous() for k, v in sd3_diffusers_to_sai(ref.state_dict()).items()},
+              str(tmp_path / "sd35.safetensors"))
+    model = load_diffusion_model(tmp_path / "sd35.safetensors")
+    reference = tiny_sd3_controlnet(seed=6, num_layers=2, joint_attention_dim=32, caption_projection_dim=32,
+                                    pooled_projection_dim=32)
+    reference.save_pretrained(tmp_path / "sd3_cnet")
+    cnet = load_controlnet(tmp_path / "sd3_cnet")
+    assert "SD3/SD3.5 ControlNet (2 blocks" in repr(cnet.model)
+
+    gen = torch.Generator().manual_seed(0)
+    x, ctx, pooled = torch.randn(1, 16, 8, 8, generator=gen), torch.randn(1, 20, 32, generator=gen), \
+        torch.randn(1, 32, generator=gen)
+    hint, sigma = torch.randn(1, 16, 8, 8, generator=gen), torch.tensor([0.6])
+    t = sigma * 1000
+    residuals = cnet.model.network.residuals(x, t, hint, ctx, pooled)
+    assert len(residuals["output"]) == 3  # ComfyUI: 2 + 1 (the last MMDiT block takes none)
+    ours = model.apply(x, t, ModelInputs(context=ctx, pooled=pooled, control=lambda *_: residuals))
+    with torch.no_grad():
+        blocks = reference(hidden_states=x, controlnet_cond=hint, encoder_hidden_states=ctx,
+                           pooled_projections=torch.zeros_like(pooled), timestep=t, return_dict=False)[0]
+        theirs = ref(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=t,
+                     block_controlnet_hidden_states=blocks, return_dict=False)[0]
+        plain = ref(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=t,
+                    return_dict=False)[0]
+    assert (theirs - plain).abs().max() > 1e-3
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_sd3_controlnet_runs_in_sampling_and_needs_a_vae(tmp_path):
+    from comfykit.engine.models.checkpoint import load_checkpoint as load
+    from comfykit.nodes.controlnet import ControlNetApplySD3
+
+    model, clip, vae = load(demo.make_dit_checkpoint(tmp_path / "sd35.safetensors", "sd3", t5=False))
+    cnet = load_controlnet(make_controlnet(tmp_path / "sd3_cnet", arch="sd3", layout="diffusers-folder", seed=1))
+    cond, pooled = torch.randn(1, 20, 32), torch.randn(1, 32)
+    pos, neg = [[cond, {"pooled_output": pooled}]], [[cond * 0, {"pooled_output": pooled * 0}]]
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    plain = common_ksampler(model, 1, 2, 3.0, "euler", "simple", pos, neg, latent)["samples"]
+    cpos, cneg = ControlNetApplySD3().apply_controlnet(pos, neg, cnet, vae, _hint(0), 1.0, 0.0, 1.0)
+    controlled = common_ksampler(model, 1, 2, 3.0, "euler", "simple", cpos, cneg, latent)["samples"]
+    assert torch.isfinite(controlled).all() and (controlled - plain).abs().max() > 1e-4
+    cpos, cneg = ControlNetApplyAdvanced().apply_controlnet(pos, neg, cnet, _hint(0), 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="needs a VAE"):
+        common_ksampler(model, 1, 2, 3.0, "euler", "simple", cpos, cneg, latent)
+    with pytest.raises(ModelError, match="SD3/SD3.5 ControlNet .* model is sd1"):
+        _ours(load(demo.make_checkpoint(tmp_path / "sd1.safetensors"))[0], torch.randn(1, 77, 32),
+              torch.randn(1, 77, 32), [(cnet, _hint(0), 1.0)], steps=1)
