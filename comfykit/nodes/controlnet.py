@@ -117,8 +117,9 @@ class ControlNetApplySD3(ControlNetApplyAdvanced):
     OPTIONAL = {}
     FUNCTION = "apply_controlnet"
 
-    def apply_controlnet(self, positive: list, negative: list, control_net: Any, vae: Any, image: Any,  # type: ignore[override]
-                         strength: float, start_percent: float, end_percent: float) -> tuple[list, list]:
+    def apply_controlnet(self, positive: list, negative: list, control_net: Any,  # type: ignore[override]
+                         vae: Any, image: Any, strength: float, start_percent: float,
+                         end_percent: float) -> tuple[list, list]:
         return super().apply_controlnet(positive, negative, control_net, image, strength, start_percent,
                                         end_percent, vae)
 

@@ -188,10 +188,11 @@ class SD3Model(nn.Module):
                              f"{side * 8}px); generate smaller images")
         pooled_dim = self.transformer.config.pooled_projection_dim
         pooled = torch.zeros(b, pooled_dim) if pooled is None else pooled
+        residuals = block_residuals(control, len(self.transformer.transformer_blocks))
         out = self.transformer(hidden_states=x, encoder_hidden_states=context.to(device, dtype),
                                pooled_projections=pooled.to(device, dtype),
                                timestep=per_sample(sigma, b, device, "sigma") * 1000,
-                               block_controlnet_hidden_states=block_residuals(control, len(self.transformer.transformer_blocks)),
+                               block_controlnet_hidden_states=residuals,
                                return_dict=False)[0]
         return out[:, :, :h, :w].float()
 

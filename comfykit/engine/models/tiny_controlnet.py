@@ -91,7 +91,8 @@ def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm",
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if arch == "sd3" and layout.startswith("ldm"):
-        raise ValueError("SD3 ControlNets come in the diffusers layout; use layout='diffusers' or 'diffusers-folder'")
+        raise ValueError("SD3 ControlNets come in the diffusers layout; use layout 'diffusers' or "
+                         "'diffusers-folder'")
     net = tiny_sd3_controlnet(seed) if arch == "sd3" else tiny_controlnet(arch, seed)
     path = Path(path)
     if layout == "diffusers-folder":
