@@ -83,8 +83,8 @@ def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model
 
 
 def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm", seed: int = 0) -> Path:
-    """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3") checkpoint in ``layout`` ("ldm" .safetensors with
-    ``control_model.`` keys, "ldm-pth" the same as a torch pickle, "diffusers" a single file, "diffusers-folder"
+    """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3") checkpoint in ``layout``
+    ("ldm" .safetensors with ``control_model.`` keys, "ldm-pth" the same as a torch pickle, "diffusers" a single file, "diffusers-folder"
     a folder with config.json); the same weights for the same seed whatever the layout."""
     from safetensors.torch import save_file
 
