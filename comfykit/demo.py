@@ -270,3 +270,11 @@ def make_diffusers_folder(path: str | Path, arch: str = "sd1", *, seed: int = 0)
     from .engine.models import diffusers_export
 
     return diffusers_export.write_folder(Path(path), arch, _components(arch, seed), _configs(arch))
+
+
+def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm", seed: int = 0) -> Path:
+    """Write a tiny ControlNet fitting `make_checkpoint(arch=)`: "ldm" (lllyasviel's `control_model.*` keys,
+    .safetensors), "ldm-pth" (the same as a .pth pickle), "diffusers" (one file) or "diffusers-folder"."""
+    from .engine.models.tiny_controlnet import make_controlnet as write
+
+    return write(path, arch=arch, layout=layout, seed=seed)

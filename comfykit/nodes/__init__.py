@@ -16,6 +16,14 @@ from .conditioning_ops import (
     InpaintModelConditioning,
     InstructPixToPixConditioning,
 )
+from .controlnet import (
+    ControlNetApply,
+    ControlNetApplyAdvanced,
+    ControlNetApplySD3,
+    ControlNetLoader,
+    DiffControlNetLoader,
+    SetUnionControlNetType,
+)
 from .custom_sampling import (
     BasicGuider,
     BasicScheduler,
@@ -66,6 +74,8 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     EmptySD3LatentImage, ModelSamplingFlux, ModelSamplingSD3, ModelSamplingAuraFlow,
     FluxGuidance, ReferenceLatent, FluxKontextImageScale, CLIPTextEncodeFlux, CLIPTextEncodeSD3, ImageStitch,
     ConditioningZeroOut, ConditioningSetTimestepRange, InstructPixToPixConditioning, InpaintModelConditioning,
+    ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced, ControlNetApplySD3,
+    SetUnionControlNetType,
 )
 
 #: class_type -> node class, like ComfyUI's ``nodes.NODE_CLASS_MAPPINGS``.

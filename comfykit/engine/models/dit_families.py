@@ -114,7 +114,8 @@ class SD3Family(ModelFamily):
 
     def forward(self, network: nn.Module, x: torch.Tensor, t: torch.Tensor, inputs: ModelInputs) -> torch.Tensor:
         # the family's timestep is sigma x 1000 (ModelSamplingDiscreteFlow); the adapter takes sigma
-        return network(x, t / 1000.0, inputs.context, inputs.pooled, concat=inputs.concat)
+        control = inputs.control(x, t, inputs) if inputs.control is not None else None
+        return network(x, t / 1000.0, inputs.context, inputs.pooled, concat=inputs.concat, control=control)
 
     def describe(self, config: dict[str, Any]) -> str:
         return f"layers={config['num_layers']}, width={config['num_attention_heads'] * config['attention_head_dim']}"

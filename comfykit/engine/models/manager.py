@@ -89,6 +89,13 @@ class ModelManager:
 
         return self._get(key, load)
 
+    def load_controlnet(self, path: str | Path, model: Any = None) -> Any:
+        """A CONTROL_NET file (ControlNetLoader; ``model`` for DiffControlNetLoader), loaded once while unchanged."""
+        from .controlnet import load_controlnet
+
+        key = ("controlnet", file_key(path), None if model is None else id(model.network))
+        return self._get(key, lambda: load_controlnet(path, device=self.device, model=model))
+
     def loaded(self) -> list[tuple]:
         """Keys of what is loaded now, least recently used first."""
         return list(self._loaded)

@@ -113,9 +113,13 @@ class UNetFamily(ModelFamily):
         return inputs
 
     def forward(self, network: nn.Module, x: torch.Tensor, t: torch.Tensor, inputs: ModelInputs) -> torch.Tensor:
+        # ControlNets see the latent without the extra channels, as ComfyUI's do
+        control = inputs.control(x, t, inputs) if inputs.control is not None else None
         if inputs.concat is not None:  # inpainting UNets take the masked image's latent and the mask as channels
             x = torch.cat([x, inputs.concat], dim=1)
-        return network(x, t, inputs.context, inputs.pooled)
+        if control is None:
+            return network(x, t, inputs.context, inputs.pooled)
+        return network(x, t, inputs.context, inputs.pooled, control=control)
 
     def describe(self, config: UNetConfig) -> str:
         return f"channels={config.model_channels}, mult={config.channel_mult}"

@@ -164,13 +164,16 @@ class SD3Model(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor | None,
                 guidance: Any = None, concat: torch.Tensor | None = None, ref_latents: Any = None,
-                **_: Any) -> torch.Tensor:
+                control: dict[str, list] | None = None, **_: Any) -> torch.Tensor:
         """ComfyUI's SD3 output [B,16,h,w] float32 for a model-space latent x [B,16,h,w] at noise level sigma [B].
 
         context [B,T,4096] (CLIP-L + CLIP-G padded, then T5), pooled [B,2048]; the timestep is sigma x 1000.
         guidance and ref_latents are ignored, as ComfyUI's SD3 ignores those conditioning entries.
-        h and w are padded circularly to the patch size and the output cropped back.
+        h and w are padded circularly to the patch size and the output cropped back. control: ControlNet
+        residuals ({"output": [one per MMDiT block]}, ComfyUI's list) added after each block.
         """
+        from .controlnet_sd3 import block_residuals
+
         device, dtype = self.device, self.dtype
         b, _, h, w = x.shape
         if concat is not None:
@@ -185,9 +188,12 @@ class SD3Model(nn.Module):
                              f"{side * 8}px); generate smaller images")
         pooled_dim = self.transformer.config.pooled_projection_dim
         pooled = torch.zeros(b, pooled_dim) if pooled is None else pooled
+        residuals = block_residuals(control, len(self.transformer.transformer_blocks))
         out = self.transformer(hidden_states=x, encoder_hidden_states=context.to(device, dtype),
                                pooled_projections=pooled.to(device, dtype),
-                               timestep=per_sample(sigma, b, device, "sigma") * 1000, return_dict=False)[0]
+                               timestep=per_sample(sigma, b, device, "sigma") * 1000,
+                               block_controlnet_hidden_states=residuals,
+                               return_dict=False)[0]
         return out[:, :, :h, :w].float()
 
     def __repr__(self) -> str:

@@ -259,8 +259,13 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict eps (or v) for latents `x` at `timesteps` given cross-attention `context` and SDXL `y`."""
+                y: torch.Tensor | None = None, control: dict[str, list] | None = None) -> torch.Tensor:
+        """Predict eps (or v) for latents `x` at `timesteps` given cross-attention `context` and SDXL `y`.
+
+        `control`: ControlNet residuals as ComfyUI's UNet takes them, {"input"|"middle"|"output": [tensor|None]};
+        each list is used from its end: "input" after each input block, "middle" after the middle block, "output"
+        on each skip connection as the output blocks take it (so "output" lists residuals in input-block order).
+        """
         dtype = self.time_embed[0].weight.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         if self.config.adm_in_channels:
@@ -269,10 +274,25 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(y.to(dtype))
         h, skips = x.to(dtype), []
         context = context.to(dtype)
+        control = {k: list(v) for k, v in control.items()} if control else {}
         for block in self.input_blocks:
-            h = block(h, emb, context)
+            h = _add_control(block(h, emb, context), control, "input")
             skips.append(h)
-        h = self.middle_block(h, emb, context)
+        h = _add_control(self.middle_block(h, emb, context), control, "middle")
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+            h = block(torch.cat([h, _add_control(skips.pop(), control, "output")], dim=1), emb, context)
         return self.out(h)
+
+
+def _add_control(h: torch.Tensor, control: dict[str, list], name: str) -> torch.Tensor:
+    """`h` plus the last residual of `control[name]` (popped), as ComfyUI's UNet applies ControlNet outputs."""
+    residuals = control.get(name)
+    if not residuals:
+        return h
+    residual = residuals.pop()
+    if residual is None:
+        return h
+    if residual.shape[1:] != h.shape[1:]:
+        raise ValueError(f"a ControlNet residual of shape {tuple(residual.shape[1:])} does not fit this UNet's "
+                         f"{name} block ({tuple(h.shape[1:])}); the ControlNet is for another model family")
+    return h + residual.to(h.dtype)

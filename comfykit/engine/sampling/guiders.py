@@ -12,6 +12,7 @@ becomes the model's ModelInputs through ``model.model_inputs()``; the family dec
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -33,7 +34,7 @@ class _Cond:
     """One conditioning entry resolved against the latent: the model inputs, crop, weight map and sigma range."""
 
     def __init__(self, model: Any, entry: Any, x: torch.Tensor, model_sampling: Any, prompt_type: str,
-                 run_options: dict[str, Any]):
+                 run_options: dict[str, Any], start_control: Any = None):
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], dict)):
             raise ValueError("each conditioning entry must be [tensor [B, tokens, dim], dict]; got "
                              f"{type(entry).__name__}")
@@ -45,6 +46,8 @@ class _Cond:
         # the run's latent_image / denoise_mask reach the model as ComfyUI's extra_conds kwargs: the entry's own
         # options win (an inpainting model's concat falls back to them without InpaintModelConditioning)
         self.inputs = model.model_inputs(cond, {**run_options, **opts}, x)
+        if opts.get("control") is not None and start_control is not None:  # ControlNetApply's CONTROL_NET chain
+            self.inputs.control = start_control(opts["control"])
         # ConditioningSetTimestepRange: the entry only takes part while sigma is within its percent range
         self.sigma_range = None
         if "start_percent" in opts or "end_percent" in opts:
@@ -86,6 +89,30 @@ class _Cond:
         return not (s > start or s < end)
 
 
+def control_to_uncond(conds: dict[str, list]) -> dict[str, list]:
+    """ControlNetApply (the old node) also controls the other conds: when none of another cond's whole-image
+    entries has a ControlNet, the positive's ControlNets go onto its entries in turn (ComfyUI's rule)."""
+    positive = conds.get("positive") or []
+    cnets = [o["control"] for _, o in positive
+             if o.get("control_apply_to_uncond") and o.get("area") is None and o.get("control") is not None]
+    if not cnets:
+        return conds
+    out = dict(conds)
+    for name, entries in conds.items():
+        if name == "positive" or not entries:
+            continue
+        whole = [(i, o) for i, (_, o) in enumerate(entries) if o.get("area") is None]
+        free = [i for i, o in whole if o.get("control") is None]
+        if len(free) < len(whole) or not free:
+            continue
+        entries = list(entries)
+        for k, cnet in enumerate(cnets):
+            i = free[k % len(free)]
+            entries[i] = [entries[i][0], {**entries[i][1], "control": cnet}]
+        out[name] = entries
+    return out
+
+
 def _feather(mult: torch.Tensor, area: tuple[int, int, int, int], height: int, width: int, rr: int = 8) -> None:
     """Ramp the weight linearly over `rr` latent pixels at area edges that lie inside the image (as ComfyUI)."""
     ah, aw, ay, ax = area
@@ -118,15 +145,22 @@ class Denoiser:
     def __init__(self, model: Any, model_sampling: Any, conds: dict[str, list],
                  run_options: dict[str, Any] | None = None):
         self.model, self.model_sampling = model, model_sampling
-        self.conds = conds
+        self.conds = control_to_uncond(conds)
         self.run_options = dict(run_options or {})
         self._resolved: dict[str, list[_Cond]] = {}
         self._repeat_context = getattr(getattr(model, "family", None), "repeat_context", True)
+        self._control_runs: dict[int, tuple[Any, Any]] = {}
+
+    def _start_control(self, control: Any) -> Any:
+        # one run per CONTROL_NET object: positive and negative sharing one (ControlNetApplyAdvanced) batch together
+        if id(control) not in self._control_runs:
+            self._control_runs[id(control)] = (control, control.start(self.model, self.model_sampling))
+        return self._control_runs[id(control)][1]
 
     def _resolve(self, name: str, x: torch.Tensor) -> list[_Cond]:
         if name not in self._resolved:
-            self._resolved[name] = [_Cond(self.model, e, x, self.model_sampling, name, self.run_options)
-                                    for e in self.conds.get(name) or []]
+            self._resolved[name] = [_Cond(self.model, e, x, self.model_sampling, name, self.run_options,
+                                          self._start_control) for e in self.conds.get(name) or []]
         return self._resolved[name]
 
     def _run(self, items: list[tuple[int, _Cond]], x: torch.Tensor, sigma: torch.Tensor):
@@ -137,6 +171,8 @@ class Denoiser:
         n, batch = len(items), x.shape[0]
         inputs = ModelInputs.cat([c.inputs for _, c in items], batch, self._repeat_context)
         sig = sigma.repeat(n)
+        if inputs.control is not None:  # the family calls control(x, t, inputs); the chain's ranges need sigma
+            inputs.control = functools.partial(inputs.control, sigma=sig, calls=n)
         ms = self.model_sampling
         x_in = ms.calculate_input(sig, crop.repeat(n, 1, 1, 1))
         out = self.model.apply(x_in, ms.timestep(sig).float(), inputs)

@@ -1,0 +1,477 @@
+"""ControlNets: the files users download, the CONTROL_NET value the apply nodes chain, and its per-run residuals.
+
+Network code is diffusers' ``ControlNetModel`` (SD1.x/SD2.x/SDXL) and ``SD3ControlNetModel`` (SD3/SD3.5); configs
+are read off tensor shapes. Layouts read (``load_controlnet``):
+
+- lllyasviel's original LDM ControlNets (``control_model.*`` keys, ``.pth`` or ``.safetensors``; also unprefixed),
+  converted with diffusers' ``convert_controlnet_checkpoint``;
+- diffusers-format SD1.5/SD2/SDXL ControlNets (single files, or a folder's ``diffusion_pytorch_model`` file);
+- diffusers-format SD3/SD3.5 ControlNets (``SD3ControlNetModel``) and Stability's SD3.5 ControlNet files
+  (canny, depth, blur; see ``controlnet_sd3``).
+
+Semantics follow ComfyUI 0.3.64: an apply node puts a :class:`ControlNet` (hint image, strength, percent range,
+the previously applied ControlNet) on each conditioning entry; at sampling time :meth:`ControlNet.start` makes a
+:class:`ControlRun` chain whose residuals are summed with those of the ControlNets applied before it.
+
+>>> cnet = load_controlnet("models/controlnet/control_v11p_sd15_canny.pth")
+>>> applied = cnet.with_hint(image.movedim(-1, 1), strength=0.8, percent=(0.0, 0.6))
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import ModelError
+
+#: ComfyUI's SetUnionControlNetType choices (index = the union model's control type; "auto" = none set)
+UNION_TYPES = ("auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd", "normal",
+               "segment", "tile", "repaint")
+LDM_PREFIX = "control_model."
+
+
+def _count(sd: dict[str, Any], pattern: str) -> int:
+    found = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+# -- what a file is -----------------------------------------------------------------------------------------------
+def detect_controlnet(sd: dict[str, Any]) -> str:
+    """The layout of a ControlNet state dict: "ldm", "diffusers", "sd3-diffusers" or "sd3-sai"; else a ModelError
+    saying what the file looks like (a T2I-Adapter, a Control-LoRA, a union or FLUX.1 ControlNet, not a ControlNet)."""
+    if "lora_controlnet" in sd:
+        raise ModelError("a Control-LoRA (lora_controlnet): not implemented yet in the embedded engine; run this "
+                         "workflow on a ComfyUI server with ck.ComfyServer")
+    if "task_embedding" in sd or "control_add_embedding.linear_1.weight" in sd:
+        raise ModelError("a union ControlNet (ControlNet++ / ProMax, used with SetUnionControlNetType): not "
+                         "implemented yet in the embedded engine; run this workflow on a ComfyUI server with "
+                         "ck.ComfyServer")
+    if any(k in sd for k in (LDM_PREFIX + "zero_convs.0.0.weight", "zero_convs.0.0.weight")):
+        return "ldm"
+    if "controlnet_cond_embedding.conv_in.weight" in sd:
+        return "diffusers"
+    if "controlnet_blocks.0.weight" in sd and "pos_embed_input.proj.weight" in sd:
+        return "sd3-sai" if "transformer_blocks.0.adaLN_modulation.1.bias" in sd else "sd3-diffusers"
+    if "controlnet_x_embedder.weight" in sd or any(k.startswith(("double_blocks.", "controlnet_blocks.0.linear"))
+                                                   for k in sd):
+        raise ModelError("a FLUX.1 ControlNet: not implemented yet in the embedded engine; run this workflow on a "
+                         "ComfyUI server with ck.ComfyServer")
+    if any(k.startswith(("adapter.", "body.0.", "conv_in.weight")) for k in sd) and not any(
+            k.startswith(("input_blocks.", "model.diffusion_model.")) for k in sd):
+        raise ModelError("a T2I-Adapter: not implemented yet in the embedded engine; run this workflow on a ComfyUI "
+                         "server with ck.ComfyServer")
+    raise ModelError(f"not a ControlNet: {_looks_like(sd)}; put ControlNet files (control_*.pth / .safetensors, "
+                     "diffusers controlnet folders) in models/controlnet")
+
+
+def _looks_like(sd: dict[str, Any]) -> str:
+    from .dit_common import describe
+
+    names = list(sd)
+    if any(k.startswith("model.diffusion_model.") for k in names):
+        return "this is a full checkpoint (put it in models/checkpoints)"
+    if any(k.startswith(("input_blocks.", "down_blocks.")) for k in names):
+        return "this is a UNet without ControlNet parts (models/diffusion_models)"
+    return "this looks like " + describe(sd)
+
+
+# -- SD1/SD2/SDXL: diffusers ControlNetModel ---------------------------------------------------------------------
+def _ldm_layers_per_block(sd: dict[str, Any]) -> int:
+    inputs = _count(sd, r"input_blocks\.(\d+)\.")
+    downs = sum(1 for i in range(inputs) if f"input_blocks.{i}.0.op.weight" in sd)
+    return (inputs - 1 - downs) // (downs + 1)
+
+
+def ldm_to_diffusers(sd: dict[str, Any]) -> dict[str, Any]:
+    """An LDM ControlNet (``control_model.`` removed) in diffusers' ``ControlNetModel`` key names."""
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    out = convert_controlnet_checkpoint(sd, {"layers_per_block": _ldm_layers_per_block(sd)})
+    # SDXL's adm embedding: diffusers' converter leaves label_emb behind
+    for ldm, dif in (("label_emb.0.0", "add_embedding.linear_1"), ("label_emb.0.2", "add_embedding.linear_2")):
+        for kind in ("weight", "bias"):
+            if f"{ldm}.{kind}" in sd:
+                out[f"{dif}.{kind}"] = sd[f"{ldm}.{kind}"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def infer_controlnet_config(sd: dict[str, Any]) -> dict[str, Any]:
+    """``ControlNetModel`` kwargs from diffusers-layout tensor shapes.
+
+    Heads: SD1.x ControlNets (1x1-conv transformer projections) have 8 heads; SD2.x/SDXL ones (linear
+    projections) 64-wide heads, as their UNets (the head count leaves no trace in the shapes).
+    """
+    levels = _count(sd, r"down_blocks\.(\d+)\.")
+    channels = [sd[f"down_blocks.{i}.resnets.0.conv2.weight"].shape[0] for i in range(levels)]
+    depths = [_count(sd, rf"down_blocks\.{i}\.attentions\.0\.transformer_blocks\.(\d+)\.") for i in range(levels)]
+    proj = next((v for k, v in sd.items() if k.endswith("proj_in.weight")), None)
+    linear = proj is not None and proj.ndim == 2
+    context = next((v.shape[1] for k, v in sd.items() if k.endswith("attn2.to_k.weight")), 768)
+    heads = [c // min(64, c) for c in channels] if linear else 8
+    embed = [sd["controlnet_cond_embedding.conv_in.weight"].shape[0]] + [
+        sd[f"controlnet_cond_embedding.blocks.{2 * i + 1}.weight"].shape[0]
+        for i in range(_count(sd, r"controlnet_cond_embedding\.blocks\.(\d+)\.") // 2)]
+    mid_depth = _count(sd, r"mid_block\.attentions\.0\.transformer_blocks\.(\d+)\.")
+    config: dict[str, Any] = dict(
+        in_channels=sd["conv_in.weight"].shape[1],
+        conditioning_channels=sd["controlnet_cond_embedding.conv_in.weight"].shape[1],
+        block_out_channels=tuple(channels), layers_per_block=_count(sd, r"down_blocks\.0\.resnets\.(\d+)\."),
+        down_block_types=tuple("CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depths),
+        mid_block_type="UNetMidBlock2DCrossAttn" if mid_depth else "UNetMidBlock2D",
+        transformer_layers_per_block=tuple(max(1, d) for d in depths[:-1]) + (max(1, depths[-1], mid_depth),),
+        cross_attention_dim=context, attention_head_dim=heads, use_linear_projection=linear,
+        conditioning_embedding_out_channels=tuple(embed), norm_num_groups=32)
+    if "add_embedding.linear_1.weight" in sd:
+        config.update(addition_embed_type="text_time", addition_time_embed_dim=256,
+                      projection_class_embeddings_input_dim=sd["add_embedding.linear_1.weight"].shape[1])
+    return config
+
+
+class UNetControlNet(nn.Module):
+    """A diffusers ``ControlNetModel`` giving ComfyUI's residual lists for the LDM UNet (see :meth:`residuals`)."""
+
+    kind = "unet"
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    @property
+    def context_dim(self) -> int:
+        """The text width its cross-attention reads (768 SD1.5, 1024 SD2, 2048 SDXL)."""
+        return self.net.config.cross_attention_dim
+
+    @property
+    def adm_channels(self) -> int | None:
+        """SDXL's adm vector width, None for SD1/SD2 ControlNets."""
+        return self.net.config.projection_class_embeddings_input_dim
+
+    def describe(self) -> str:
+        """What family it is for, as far as the shapes say."""
+        if self.adm_channels:
+            return f"an SDXL ControlNet (context width {self.context_dim}, adm vector)"
+        what = "an SD2.x" if self.net.config.use_linear_projection else "an SD1.x"
+        return f"{what} ControlNet (context width {self.context_dim})"
+
+    def check(self, model: Any, name: str) -> None:
+        """ModelError unless this ControlNet fits the UNet of ``model`` (a DiffusionModel)."""
+        cfg = model.config
+        mc = getattr(cfg, "model_channels", None)
+        ok = mc is not None and (
+            cfg.context_dim == self.context_dim and bool(cfg.adm_in_channels) == bool(self.adm_channels)
+            and tuple(mc * m for m in cfg.channel_mult) == tuple(self.net.config.block_out_channels))
+        if not ok:
+            raise ModelError(f"{name}: this is {self.describe()} but the model is {model.arch} "
+                             f"({_model_summary(model)}); use a ControlNet made for {model.arch}")
+
+    def hint_ratio(self, vae: Any) -> int:
+        """Hint pixels per latent pixel: the hint is an image at the decoded size."""
+        return 8
+
+    def prepare_hint(self, hint: torch.Tensor, control: Any, model: Any) -> torch.Tensor:
+        """The resized hint as the network takes it (pixels in 0..1, unchanged)."""
+        return hint
+
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, hint: torch.Tensor, context: torch.Tensor,
+                  y: torch.Tensor | None) -> dict[str, list[torch.Tensor]]:
+        """{"output": one residual per UNet input block, in order, "middle": [the middle block's]}.
+
+        diffusers' ``ControlNetModel.forward`` with SDXL's adm vector ``y`` taken as it is (the LDM UNet's ``y``:
+        pooled text then the embedded size numbers, the concatenation diffusers' ``text_time`` embedding makes).
+        """
+        net = self.net
+        dtype = net.conv_in.weight.dtype
+        x, hint, context = x.to(dtype), hint.to(dtype), context.to(dtype)
+        emb = net.time_embedding(net.time_proj(t.reshape(-1).expand(x.shape[0])).to(dtype))
+        if net.config.addition_embed_type == "text_time":
+            if y is None:
+                raise ValueError("this SDXL ControlNet needs the model's adm vector y")
+            emb = emb + net.add_embedding(y.to(dtype))
+        h = net.conv_in(x) + net.controlnet_cond_embedding(hint)
+        skips = [h]
+        for block in net.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                h, res = block(hidden_states=h, temb=emb, encoder_hidden_states=context)
+            else:
+                h, res = block(hidden_states=h, temb=emb)
+            skips += list(res)
+        if getattr(net.mid_block, "has_cross_attention", False):
+            h = net.mid_block(h, emb, encoder_hidden_states=context)
+        else:
+            h = net.mid_block(h, emb)
+        outs = [zero(s) for zero, s in zip(net.controlnet_down_blocks, skips)]
+        return {"output": outs, "middle": [net.controlnet_mid_block(h)]}
+
+
+def _model_summary(model: Any) -> str:
+    cfg = model.config
+    if hasattr(cfg, "context_dim"):
+        return f"context width {cfg.context_dim}{', adm vector' if cfg.adm_in_channels else ''}"
+    return model.family.describe(cfg) if hasattr(model, "family") else repr(model)
+
+
+def build_unet_controlnet(sd: dict[str, Any], name: str, folder_config: dict[str, Any] | None = None
+                          ) -> UNetControlNet:
+    """A :class:`UNetControlNet` from a diffusers-layout state dict (ModelError when the shapes do not fit)."""
+    from diffusers import ControlNetModel
+
+    from .dit_common import build_on_meta
+
+    try:
+        config = infer_controlnet_config(sd)
+    except (KeyError, IndexError) as e:
+        raise ModelError(f"{name}: the ControlNet weights are incomplete (missing {e}); re-download the file"
+                         ) from None
+    for key in ("attention_head_dim", "num_attention_heads"):  # a folder's config.json knows the head count
+        if (folder_config or {}).get(key) is not None:
+            value = folder_config[key]
+            config[key] = tuple(value) if isinstance(value, list) else value
+    return UNetControlNet(build_on_meta(lambda: ControlNetModel(**config), sd, "ControlNet", name))
+
+
+# -- reading files ------------------------------------------------------------------------------------------------
+def read_controlnet_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state dict, diffusers config.json or {}) of a ControlNet file or diffusers ControlNet folder."""
+    import json
+
+    from .checkpoint import read_state_dict
+
+    path = Path(path)
+    folder = path if path.is_dir() else None
+    if folder is not None:
+        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+        if not files:
+            raise ModelError(f"{folder}: no .safetensors or .bin weights in this ControlNet folder")
+        sd: dict[str, Any] = {}
+        for f in files:
+            sd.update(read_state_dict(f))
+    else:
+        sd = read_state_dict(path)
+        folder = path.parent
+    cfg_file = folder / "config.json"
+    # a config.json beside a file counts only for diffusers' own weight file names
+    own = path.is_dir() or path.name.startswith("diffusion_pytorch_model")
+    config = json.loads(cfg_file.read_text()) if own and cfg_file.is_file() else {}
+    return sd, config
+
+
+def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, dtype: torch.dtype | None = None,
+                    name: str | None = None, model: Any = None) -> ControlNet:
+    """The CONTROL_NET a ControlNet file, diffusers ControlNet folder or state dict holds (no hint applied yet).
+
+    ``model`` (DiffControlNetLoader): the UNet a "diff" ControlNet (a ``difference`` key: weights stored as the
+    difference to its base model) is added to.
+    """
+    if isinstance(source, dict):
+        sd, folder_config, label = dict(source), {}, name or "state dict"
+    else:
+        sd, folder_config = read_controlnet_file(source)
+        label = name or str(source)
+    if "difference" in sd:
+        sd = _add_base(sd, model, label)
+    try:
+        layout = detect_controlnet(sd)
+    except ModelError as e:
+        raise ModelError(f"{label}: {e}") from None
+    if layout in ("sd3-diffusers", "sd3-sai"):
+        from .controlnet_sd3 import build_sd3_controlnet
+
+        network: nn.Module = build_sd3_controlnet(sd, layout, label, folder_config)
+    else:
+        if layout == "ldm":
+            prefixed = any(k.startswith(LDM_PREFIX) for k in sd)
+            if prefixed:
+                sd = {k[len(LDM_PREFIX):]: v for k, v in sd.items() if k.startswith(LDM_PREFIX)}
+            sd = ldm_to_diffusers(sd)
+        network = build_unet_controlnet(sd, label, folder_config)
+    device = torch.device(device or "cpu")
+    network = nn.Module.to(network, device=device, dtype=dtype or torch.float32)
+    # ComfyUI's rule: "shuffle" ControlNets average each residual over the image
+    stem = Path(label).stem if not isinstance(source, dict) else ""
+    pooling = stem.endswith(("_shuffle", "_shuffle_fp16")) or bool(folder_config.get("global_pool_conditions"))
+    return ControlNet(ControlModel(network, Path(label).name, pooling))
+
+
+def _add_base(sd: dict[str, Any], model: Any, label: str) -> dict[str, Any]:
+    """A diff ControlNet's weights plus the matching UNet weights of ``model`` (ComfyUI's DiffControlNetLoader)."""
+    if model is None or not hasattr(model.network, "input_blocks"):
+        raise ModelError(f"{label}: a diff ControlNet (weights stored as differences to an SD model); load it "
+                         "with DiffControlNetLoader and connect the checkpoint's MODEL")
+    base = model.network.state_dict()
+    out = {}
+    for key, value in sd.items():
+        if key == "difference":
+            continue
+        inner = key[len(LDM_PREFIX):] if key.startswith(LDM_PREFIX) else key
+        if inner in base and value.is_floating_point():
+            value = value + base[inner].to(value.device, value.dtype)
+        out[key] = value
+    return out
+
+
+# -- the CONTROL_NET value and its per-run chain ----------------------------------------------------------------
+class ControlModel:
+    """A loaded ControlNet network, shared by every CONTROL_NET made from it (the engine moves it like a model)."""
+
+    def __init__(self, network: nn.Module, name: str = "", global_average_pooling: bool = False):
+        self.network = network
+        self.name = name
+        self.global_average_pooling = global_average_pooling
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are now."""
+        return next(self.network.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weight dtype."""
+        return next(self.network.parameters()).dtype
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> ControlModel:
+        """Move the weights in place and return self."""
+        nn.Module.to(self.network, device=device, dtype=dtype)
+        return self
+
+    def __repr__(self) -> str:
+        return f"ControlModel({self.name!r}, {self.network.describe()}, {self.dtype}, {self.device})"
+
+
+@dataclass(frozen=True, eq=False)
+class ControlNet:
+    """ComfyUI's CONTROL_NET: a network and, once applied, its hint, strength, percent range and the ControlNet
+    applied before it on the same conditioning. Immutable: each apply makes a new one, so cached outputs stay put."""
+
+    model: ControlModel
+    hint: torch.Tensor | None = None  # [B, C, H, W] images in 0..1, any size
+    strength: float = 1.0
+    percent: tuple[float, float] = (0.0, 1.0)
+    vae: Any = None
+    previous: ControlNet | None = None
+    union_type: int | None = None
+
+    def with_hint(self, hint: torch.Tensor, strength: float = 1.0, percent: tuple[float, float] = (0.0, 1.0),
+                  vae: Any = None, previous: ControlNet | None = None) -> ControlNet:
+        """A copy applied with ``hint`` ([B, C, H, W] 0..1) on top of ``previous`` (ComfyUI's set_cond_hint)."""
+        return replace(self, hint=hint, strength=float(strength), percent=(float(percent[0]), float(percent[1])),
+                       vae=vae, previous=previous)
+
+    def with_union_type(self, union_type: int | None) -> ControlNet:
+        """A copy with a union ControlNet's control type set (None: auto)."""
+        return replace(self, union_type=union_type)
+
+    def chain(self) -> list[ControlNet]:
+        """This ControlNet and those applied before it, the earliest first."""
+        out, c = [], self
+        while c is not None:
+            out.append(c)
+            c = c.previous
+        return out[::-1]
+
+    def models(self) -> list[ControlModel]:
+        """The networks the chain runs (for placing them on the device)."""
+        return [c.model for c in self.chain()]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (the engine moves loaded models)."""
+        return self.model.device
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> ControlNet:
+        """Move the network's weights in place and return self."""
+        self.model.to(device, dtype)
+        return self
+
+    def start(self, model: Any, model_sampling: Any) -> ControlRun:
+        """The per-run residual function of the chain for ``model`` (checks each ControlNet fits it)."""
+        previous = self.previous.start(model, model_sampling) if self.previous is not None else None
+        return ControlRun(self, model, model_sampling, previous)
+
+    def __repr__(self) -> str:
+        applied = "" if self.hint is None else f", strength={self.strength}, percent={self.percent}"
+        stacked = f", after {len(self.chain()) - 1}" if self.previous is not None else ""
+        return f"ControlNet({self.model.name!r}{applied}{stacked})"
+
+
+def broadcast_hint(hint: torch.Tensor, batch: int, calls: int) -> torch.Tensor:
+    """The hint for a model call of ``batch`` items made of ``calls`` conds (ComfyUI's broadcast_image_to)."""
+    if hint.shape[0] == 1 or hint.shape[0] == batch:
+        return hint
+    per_call = batch // calls
+    hint = hint[:per_call]
+    if per_call > hint.shape[0]:
+        reps = per_call // hint.shape[0]
+        hint = torch.cat([hint] * reps + [hint[:per_call % hint.shape[0]]])
+    return hint if hint.shape[0] == batch else torch.cat([hint] * calls)
+
+
+class ControlRun:
+    """One ControlNet of a chain during one sampling run: ``__call__(x, t, inputs, sigma, calls)`` -> residuals."""
+
+    def __init__(self, control: ControlNet, model: Any, model_sampling: Any, previous: ControlRun | None):
+        if control.hint is None:
+            raise ValueError(f"ControlNet {control.model.name!r} has no hint image; apply it with ControlNetApply")
+        control.model.network.check(model, control.model.name)
+        self.control, self.model, self.previous = control, model, previous
+        start, end = control.percent
+        self.sigma_range = (model_sampling.percent_to_sigma(start), model_sampling.percent_to_sigma(end))
+        self._hints: dict[tuple, torch.Tensor] = {}
+
+    def _hint(self, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        from ..images import common_upscale
+
+        net = self.control.model.network
+        key = (tuple(x.shape[-2:]), str(device), dtype)
+        if key not in self._hints:
+            ratio = net.hint_ratio(self.control.vae)
+            hint = common_upscale(self.control.hint.float().cpu(), x.shape[-1] * ratio, x.shape[-2] * ratio,
+                                  "nearest-exact", "center")
+            self._hints[key] = net.prepare_hint(hint, self.control, self.model).to(device, dtype)
+        return self._hints[key]
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, inputs: Any, sigma: torch.Tensor,
+                 calls: int = 1) -> dict[str, list[torch.Tensor | None]] | None:
+        """Residuals of the chain for model input ``x`` at timestep ``t`` (noise level ``sigma``), or None."""
+        prev = self.previous(x, t, inputs, sigma, calls) if self.previous is not None else None
+        s = float(sigma.reshape(-1)[0])
+        if s > self.sigma_range[0] or s < self.sigma_range[1]:
+            return prev
+        cmodel = self.control.model
+        if cmodel.device != x.device or cmodel.dtype != x.dtype:
+            cmodel.to(x.device, x.dtype)  # x comes in the diffusion model's device and compute dtype
+        net = cmodel.network
+        hint = broadcast_hint(self._hint(x, cmodel.device, cmodel.dtype), x.shape[0], calls)
+        with torch.no_grad():
+            out = net.residuals(x, t, hint, inputs.context, inputs.pooled)
+        merged: dict[str, list[torch.Tensor | None]] = {}
+        for key, values in out.items():
+            scaled = []
+            for v in values:
+                if v is not None:
+                    if cmodel.global_average_pooling:
+                        v = v.mean(dim=(2, 3), keepdim=True).expand_as(v)
+                    v = (v * self.control.strength).to(x.dtype)
+                scaled.append(v)
+            merged[key] = scaled
+        return merge_residuals(merged, prev)
+
+
+def merge_residuals(out: dict[str, list], prev: dict[str, list] | None) -> dict[str, list]:
+    """Stacked ControlNets: residual lists summed item by item; a longer or missing list is kept (ComfyUI's rule)."""
+    if prev is None:
+        return out
+    merged = {k: list(v) for k, v in out.items()}
+    for key, values in prev.items():
+        mine = merged.setdefault(key, [])
+        for i, p in enumerate(values):
+            if i >= len(mine):
+                mine.append(p)
+            elif p is not None:
+                mine[i] = p if mine[i] is None else p + mine[i]
+    return merged
+

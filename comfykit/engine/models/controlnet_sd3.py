@@ -1,0 +1,132 @@
+"""SD3/SD3.5 ControlNets on diffusers' ``SD3ControlNetModel``: a VAE-encoded hint, residuals per MMDiT block.
+
+ComfyUI's semantics (its ``load_controlnet_mmdit``): the hint image is resized to the latent x 8, VAE-encoded and
+scaled by SD3's latent scale without the shift; the pooled text is zeroed; block k's output is repeated for
+``depth // blocks`` MMDiT blocks (one fewer for the last), so a 12-block ControlNet steers a 24-block model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import ModelError
+from .dit_common import build_on_meta, config_from_folder, count_blocks, pad_to_patch
+
+MMDIT_HEAD_DIM = 64
+
+
+def infer_sd3_controlnet_config(sd: dict[str, Any]) -> dict[str, Any]:
+    """``SD3ControlNetModel`` kwargs from diffusers-layout tensor shapes (a ControlNet with its own patch embed)."""
+    proj = sd["pos_embed.proj.weight"]
+    inner, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
+    norm = sd.get("transformer_blocks.0.attn.norm_q.weight")
+    head_dim = norm.shape[0] if norm is not None else MMDIT_HEAD_DIM
+    layers = count_blocks(sd, "transformer_blocks")
+    qk_norm = None
+    if norm is not None:
+        qk_norm = "layer_norm" if "transformer_blocks.0.attn.norm_q.bias" in sd else "rms_norm"
+    return {
+        "sample_size": 128, "patch_size": patch, "in_channels": in_channels, "num_layers": layers,
+        "attention_head_dim": head_dim, "num_attention_heads": inner // head_dim,
+        "joint_attention_dim": sd["context_embedder.weight"].shape[1],
+        "caption_projection_dim": sd["context_embedder.weight"].shape[0],
+        "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+        "out_channels": in_channels, "pos_embed_max_size": math.isqrt(sd["pos_embed.pos_embed"].shape[1]),
+        "extra_conditioning_channels": sd["pos_embed_input.proj.weight"].shape[1] - in_channels,
+        "dual_attention_layers": tuple(i for i in range(layers) if f"transformer_blocks.{i}.attn2.to_q.weight" in sd),
+        "qk_norm": qk_norm,
+    }
+
+
+class SD3ControlNet(nn.Module):
+    """A diffusers ``SD3ControlNetModel`` giving ComfyUI's per-block residual list for the SD3 MMDiT."""
+
+    kind = "sd3"
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    @property
+    def width(self) -> int:
+        """The token width of its blocks (the MMDiT's)."""
+        return self.net.config.num_attention_heads * self.net.config.attention_head_dim
+
+    def describe(self) -> str:
+        """What it is for, as far as the shapes say."""
+        return f"an SD3/SD3.5 ControlNet ({self.net.config.num_layers} blocks, width {self.width})"
+
+    def check(self, model: Any, name: str) -> None:
+        """ModelError unless ``model`` is an SD3 MMDiT of the same width and text width."""
+        cfg = model.config
+        ok = getattr(model, "arch", "") == "sd3" and isinstance(cfg, dict) and (
+            cfg["num_attention_heads"] * cfg["attention_head_dim"] == self.width
+            and cfg["joint_attention_dim"] == self.net.config.joint_attention_dim)
+        if not ok:
+            raise ModelError(f"{name}: this is {self.describe()} but the model is {model.arch} "
+                             f"({model.family.describe(model.config)}); use a ControlNet made for {model.arch}")
+
+    def hint_ratio(self, vae: Any) -> int:
+        """Hint pixels per latent pixel: the VAE's downscale (the hint is encoded to a latent)."""
+        if vae is None:
+            raise ValueError("This ControlNet needs a VAE but none was provided, please use a ControlNetApply node "
+                             "with a VAE input and connect it (ControlNetApplyAdvanced's vae, or ControlNetApplySD3)")
+        return getattr(vae, "downscale", 8)
+
+    def prepare_hint(self, hint: torch.Tensor, control: Any, model: Any) -> torch.Tensor:
+        """The hint image encoded with the apply node's VAE, scaled as ComfyUI's SD3 ControlNet (no shift)."""
+        raw = control.vae.encode(hint.movedim(1, -1))
+        return raw * model.latent_format.scale_factor
+
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, hint: torch.Tensor, context: torch.Tensor,
+                  pooled: torch.Tensor | None) -> dict[str, list[torch.Tensor]]:
+        """{"output": the residual after each MMDiT block}; ``t`` is sigma x 1000, as the SD3 family's timestep."""
+        net = self.net
+        dtype = net.pos_embed.proj.weight.dtype
+        patch = net.config.patch_size
+        x, hint = pad_to_patch(x.to(dtype), patch), pad_to_patch(hint.to(dtype), patch)
+        if hint.shape[0] != x.shape[0]:
+            hint = hint.expand(x.shape[0], -1, -1, -1)
+        pooled = torch.zeros(x.shape[0], net.config.pooled_projection_dim, dtype=dtype, device=x.device)
+        outs = net(hidden_states=x, controlnet_cond=hint, encoder_hidden_states=context.to(dtype),
+                   pooled_projections=pooled, timestep=t.reshape(-1).expand(x.shape[0]).to(dtype),
+                   return_dict=False)[0]
+        depth = net.config.num_attention_heads  # ComfyUI's MMDiT depth: width = 64 x depth
+        output: list[torch.Tensor] = []
+        for i, out in enumerate(outs):
+            count = depth // len(outs) - (1 if i == len(outs) - 1 else 0)
+            output += [out] * count
+        return {"output": output}
+
+
+def build_sd3_controlnet(sd: dict[str, Any], layout: str, name: str, folder_config: dict[str, Any] | None = None
+                         ) -> SD3ControlNet:
+    """An :class:`SD3ControlNet` from a diffusers-layout state dict; Stability's SD3.5 layout is a ModelError."""
+    from diffusers import SD3ControlNetModel
+
+    if layout == "sd3-sai":
+        raise ModelError(f"{name}: a Stability SD3.5 ControlNet (canny/depth/blur, single-block layout): not "
+                         "implemented yet in the embedded engine; run this workflow on a ComfyUI server with "
+                         "ck.ComfyServer, or use a diffusers-format SD3 ControlNet")
+    try:
+        config = infer_sd3_controlnet_config(sd)
+    except (KeyError, IndexError) as e:
+        raise ModelError(f"{name}: the SD3 ControlNet weights are incomplete (missing {e}); re-download the file"
+                         ) from None
+    config = config_from_folder(config, folder_config or {})
+    return SD3ControlNet(build_on_meta(lambda: SD3ControlNetModel(**config), sd, "SD3 ControlNet", name))
+
+
+def block_residuals(control: dict[str, list] | None, blocks: int) -> list[torch.Tensor] | None:
+    """ComfyUI's "output" residual list as diffusers' ``block_controlnet_hidden_states``: one per block (zeros where
+    ComfyUI adds nothing), so block i gets exactly residual i."""
+    outputs = (control or {}).get("output") or []
+    given = [o for o in outputs if o is not None]
+    if not given:
+        return None
+    zero = torch.zeros_like(given[0])
+    return [outputs[i] if i < len(outputs) and outputs[i] is not None else zero for i in range(blocks)]

@@ -1,0 +1,111 @@
+"""Tiny random-weight ControlNets in the layouts users download, for tests and ``ck.demo`` (no hub access).
+
+>>> make_controlnet("models/controlnet/tiny_sd15.pth", arch="sd1", layout="ldm")
+>>> make_controlnet("models/controlnet/tiny_sd15_diffusers", arch="sd1", layout="diffusers-folder")
+
+Each fits the demo checkpoint of the same arch (``comfykit.demo.make_checkpoint``): same channels, levels and text
+width. Every weight is random, the zero-initialised output convolutions too, so the residuals are never zero.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import keys
+
+LAYOUTS = ("ldm", "ldm-pth", "diffusers", "diffusers-folder")
+#: the hint encoder's widths: four levels (8x down to the latent) as every real ControlNet, tiny
+HINT_CHANNELS = (8, 16, 16, 32)
+
+
+def controlnet_kwargs(arch: str = "sd1") -> dict[str, Any]:
+    """``ControlNetModel`` kwargs matching the demo UNet of ``arch`` ("sd1", "sd2", "sdxl")."""
+    from ...demo import _configs
+    from .diffusers_export import diffusers_unet_config
+
+    unet = diffusers_unet_config(_configs(arch)[0])
+    for key in ("out_channels", "up_block_types", "sample_size"):
+        unet.pop(key)
+    unet["layers_per_block"] = unet["layers_per_block"][0]  # ControlNetModel takes one count for every level
+    unet["conditioning_embedding_out_channels"] = HINT_CHANNELS
+    return unet
+
+
+def tiny_controlnet(arch: str = "sd1", seed: int = 0) -> torch.nn.Module:
+    """A diffusers ``ControlNetModel`` for the demo UNet of ``arch``, every weight random (deterministic per seed)."""
+    from diffusers import ControlNetModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ControlNetModel(**controlnet_kwargs(arch)).eval()
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding")):
+                    p.copy_(torch.randn_like(p) * 0.1)  # diffusers starts these at zero
+                elif "norm" in name:
+                    p.add_(torch.randn_like(p) * 0.02)
+    return net
+
+
+def tiny_sd3_controlnet(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A random diffusers ``SD3ControlNetModel`` fitting ``tiny_dit.tiny_sd3`` (one block unless overridden)."""
+    from diffusers import SD3ControlNetModel
+
+    from .tiny_dit import TINY_SD3, randomize
+
+    # q/k norms as SD3.5's: their size tells the head width, which the shapes otherwise leave open
+    return randomize(SD3ControlNetModel(**{**TINY_SD3, "num_layers": 1, "qk_norm": "rms_norm", **overrides}), seed)
+
+
+def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model.") -> dict[str, Any]:
+    """A diffusers ``ControlNetModel`` state dict in lllyasviel's original key names (``control_model.*``)."""
+    trunk = {k: v for k, v in sd.items() if not k.startswith("controlnet_")}
+    out = keys.unet_diffusers_to_ldm(trunk)
+    blocks = sorted({int(k.split(".")[2]) for k in sd if k.startswith("controlnet_cond_embedding.blocks.")})
+    for key, value in sd.items():
+        module, _, kind = key.rpartition(".")
+        parts = module.split(".")
+        if module.startswith("controlnet_down_blocks."):
+            out[f"zero_convs.{parts[1]}.0.{kind}"] = value
+        elif module == "controlnet_mid_block":
+            out[f"middle_block_out.0.{kind}"] = value
+        elif module == "controlnet_cond_embedding.conv_in":
+            out[f"input_hint_block.0.{kind}"] = value
+        elif module.startswith("controlnet_cond_embedding.blocks."):
+            out[f"input_hint_block.{2 * int(parts[2]) + 2}.{kind}"] = value
+        elif module == "controlnet_cond_embedding.conv_out":
+            out[f"input_hint_block.{2 * len(blocks) + 2}.{kind}"] = value
+    return {prefix + k: v for k, v in out.items()}
+
+
+def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm", seed: int = 0) -> Path:
+    """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3") checkpoint in ``layout``
+    ("ldm" .safetensors with ``control_model.`` keys, "ldm-pth" the same as a torch pickle, "diffusers" a single file, "diffusers-folder"
+    a folder with config.json); the same weights for the same seed whatever the layout."""
+    from safetensors.torch import save_file
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if arch == "sd3" and layout.startswith("ldm"):
+        raise ValueError("SD3 ControlNets come in the diffusers layout; use layout 'diffusers' or "
+                         "'diffusers-folder'")
+    net = tiny_sd3_controlnet(seed) if arch == "sd3" else tiny_controlnet(arch, seed)
+    path = Path(path)
+    if layout == "diffusers-folder":
+        net.save_pretrained(path)
+        return path
+    sd = {k: v.contiguous() for k, v in net.state_dict().items()}
+    if layout.startswith("ldm"):
+        sd = controlnet_diffusers_to_ldm(sd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if layout == "ldm-pth":
+        torch.save({"state_dict": sd}, tmp)
+    else:
+        save_file(sd, str(tmp))
+    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return path
