@@ -44,7 +44,7 @@ def flatten(nodes: dict[str, dict], links: dict[Any, list], definitions: dict[st
 def _expand(instance_id: str, instance: dict, definition: dict, nodes: dict, links: dict) -> None:
     prefix = f"{instance_id}:"
     inner_links = link_table(definition.get("links") or [])
-    outer_inputs = [entry.get("link") for entry in instance.get("inputs") or []]
+    outer_inputs = _outer_inputs(instance, definition)
     # Outer links leaving the instance, by output slot: their origin moves inside.
     leaving: dict[int, list] = {}
     for link in links.values():
@@ -78,6 +78,20 @@ def _expand(instance_id: str, instance: dict, definition: dict, nodes: dict, lin
         if mode in (2, 4):  # a muted or bypassed instance mutes or bypasses everything inside
             node["mode"] = mode
         nodes[node["id"]] = node
+
+
+def _outer_inputs(instance: dict, definition: dict) -> list[Any]:
+    """The outer link feeding each of the definition's inputs, in the definition's order.
+
+    An instance lists only the inputs it shows: a subgraph input promoted to a widget on the instance has no slot
+    there, so slots are matched by name (by position only for entries saved without names).
+    """
+    entries = instance.get("inputs") or []
+    inputs = definition.get("inputs") or []
+    if entries and inputs and all(e.get("name") for e in entries) and all(i.get("name") for i in inputs):
+        by_name = {e["name"]: e.get("link") for e in entries}
+        return [by_name.get(i["name"]) for i in inputs]
+    return [entry.get("link") for entry in entries]
 
 
 def _promoted_values(instance: dict, definition: dict, inner_links: dict, outer_inputs: list) -> dict[str, dict]:

@@ -84,9 +84,16 @@ def _fits(ispec: Any, value: Any) -> bool:
         return isinstance(value, bool)
     if kind == "STRING":
         return isinstance(value, str)
+    if any(ispec.options.get(k) for k in ("folder", *_UPLOAD_KEYS)):
+        return isinstance(value, str)  # a file list is the files one server has: any name fits the slot
     if ispec.choices is not None and ispec.list_combo and not ispec.any_value and ispec.choices:
         return value in ispec.choices
     return True
+
+
+#: Options that give an input an upload button on ComfyUI's page, and the values the page saves for the button
+_UPLOAD_KEYS = ("image_upload", "video_upload", "audio_upload")
+_UPLOAD_VALUES = ("image", "video", "audio", "upload")
 
 
 def _widget_inputs(node: dict, spec: Any, node_id: str = "?") -> dict[str, Any]:
@@ -104,6 +111,11 @@ def _widget_inputs(node: dict, spec: Any, node_id: str = "?") -> dict[str, Any]:
             inputs[name] = _wrap(values[pos])
             pos += 1
             ispec = spec.inputs[name]
+            # The page stores the value of an upload button ("image") right after the file it picks.
+            if (any(ispec.options.get(k) for k in _UPLOAD_KEYS) and pos < len(values)
+                    and values[pos] in _UPLOAD_VALUES):
+                pos += 1
+                continue
             # The page stores a "control after generate" choice right after seed-like widgets.
             if ispec.control_after_generate or (
                     ispec.type == "INT" and name in ("seed", "noise_seed") and pos < len(values)

@@ -58,5 +58,42 @@ def test_an_extra_value_that_still_fits_passes():
 
 
 def test_unknown_comfyui_node_says_the_engine_lacks_it():
-    with pytest.raises(ValidationError, match="does not implement ControlNetLoader yet"):
-        Workflow.from_ui(_ui(_node(1, "ControlNetLoader", ["x.safetensors"])))
+    with pytest.raises(ValidationError, match="does not implement CLIPVisionLoader yet"):
+        Workflow.from_ui(_ui(_node(1, "CLIPVisionLoader", ["x.safetensors"])))
+
+
+def test_load_image_upload_button_value_and_a_file_another_server_has(reference_object_info):
+    """The page saves LoadImage as [file, "image"] (its upload button); the file list is only that server's."""
+    image = _node(1, "LoadImage", ["someone_elses_photo.png", "image"],
+                  outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [2]}])
+    save = _node(2, "SaveImage", ["out"], inputs=[{"name": "images", "type": "IMAGE", "link": 2}])
+    prompt = ui_to_api(_ui(image, save, links=[[2, 1, 0, 2, 0, "IMAGE"]]), Schema(reference_object_info))
+    assert prompt["1"]["inputs"] == {"image": "someone_elses_photo.png"}
+
+
+def test_subgraph_inputs_match_by_name_when_the_instance_promotes_some_to_widgets(reference_object_info):
+    """An instance lists only the inputs it shows: steps/cfg must not shift onto seed/steps (video_wan2_2_14B_s2v)."""
+    inner = {"id": 7, "type": "KSampler", "mode": 0, "widgets_values": [3, "fixed", 20, 8.0, "euler", "normal", 1.0],
+             "inputs": [{"name": "seed", "type": "INT", "link": 11, "widget": {"name": "seed"}},
+                        {"name": "steps", "type": "INT", "link": 12, "widget": {"name": "steps"}},
+                        {"name": "cfg", "type": "FLOAT", "link": 13, "widget": {"name": "cfg"}}],
+             "outputs": [{"name": "LATENT", "type": "LATENT", "links": []}]}
+    definition = {"id": "sg-1", "name": "sampler", "nodes": [inner],
+                  "inputs": [{"name": "seed", "type": "INT"}, {"name": "steps", "type": "INT"},
+                             {"name": "cfg", "type": "FLOAT"}],
+                  "outputs": [], "links": [{"id": 11, "origin_id": -10, "origin_slot": 0, "target_id": 7,
+                                            "target_slot": 0, "type": "INT"},
+                                           {"id": 12, "origin_id": -10, "origin_slot": 1, "target_id": 7,
+                                            "target_slot": 1, "type": "INT"},
+                                           {"id": 13, "origin_id": -10, "origin_slot": 2, "target_id": 7,
+                                            "target_slot": 2, "type": "FLOAT"}]}
+    steps = _node(1, "PrimitiveInt", [30, "fixed"], outputs=[{"name": "INT", "type": "INT", "links": [1]}])
+    cfg = _node(2, "PrimitiveFloat", [4.5], outputs=[{"name": "FLOAT", "type": "FLOAT", "links": [2]}])
+    instance = _node(5, "sg-1", [99], inputs=[{"name": "steps", "type": "INT", "link": 1},
+                                              {"name": "cfg", "type": "FLOAT", "link": 2}])
+    instance["properties"] = {"proxyWidgets": [["-1", "seed"]]}
+    ui = _ui(steps, cfg, instance, links=[[1, 1, 0, 5, 0, "INT"], [2, 2, 0, 5, 1, "FLOAT"]])
+    ui["definitions"] = {"subgraphs": [definition]}
+    prompt = ui_to_api(ui, Schema(reference_object_info))
+    sampler = prompt["5:7"]["inputs"]
+    assert sampler["steps"] == ["1", 0] and sampler["cfg"] == ["2", 0] and sampler["seed"] == 99
