@@ -27,6 +27,7 @@ from ..events import (
 )
 from ..result import Result
 from .cache import ObjectCache, SignatureCache, changed_value, is_link, signatures
+from .interrupt import checking
 
 
 class Interrupted(Exception):
@@ -272,7 +273,8 @@ class Executor:
                 obj.ctx = RunContext(self, prompt_id, node_id, emit, previews)
                 start = time.perf_counter()
                 try:
-                    out = getattr(obj, getattr(cls, "FUNCTION", "run"))(**inputs)
+                    with checking(obj.ctx.check_interrupt):  # model code deep below checks between pieces
+                        out = getattr(obj, getattr(cls, "FUNCTION", "run"))(**inputs)
                 finally:
                     obj.ctx = None
                 result.timings[node_id] = time.perf_counter() - start

@@ -67,7 +67,18 @@ def load_image_file(path: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def common_upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
-    """Resize ``[B,C,H,W]`` to ``width x height`` (ComfyUI's ``common_upscale``: optional centre crop first)."""
+    """Resize ``[B,C,H,W]`` to ``width x height`` (ComfyUI's ``common_upscale``: optional centre crop first).
+
+    A batch is resized item by item, with an interrupt check between items (a big batch can take a while).
+    """
+    if samples.ndim == 4 and samples.shape[0] > 1:
+        from .interrupt import check
+
+        out = []
+        for item in samples.split(1):
+            check()
+            out.append(common_upscale(item, width, height, method, crop))
+        return torch.cat(out)
     if crop == "center":
         old_w, old_h = samples.shape[-1], samples.shape[-2]
         old_aspect, new_aspect = old_w / old_h, width / height

@@ -11,11 +11,13 @@ from typing import Any
 import torch
 
 from ...errors import ModelError
+from ..interrupt import check as check_interrupt
 from .clip import CLIPTextModel
 from .diffusion import module_device, module_dtype
 from .tokenizer import BOS, EOS, get_tokenizer
 
 CHUNK = 75  # tokens per chunk, without the start and end tokens
+CHUNK_BATCH = 16  # chunks encoded in one call; longer prompts run in groups, checking for interrupts between
 MAX_WORD = 8  # a word of this many tokens or more may be split across chunks
 
 
@@ -185,6 +187,12 @@ class TextEncoder:
 
     # -- encoding -----------------------------------------------------------------------------------------------
     def _run(self, slot: ClipSlot, chunks: list[list[tuple[Any, float]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(chunks) > CHUNK_BATCH:  # a very long prompt: in groups, interruptible between them
+            parts = []
+            for start in range(0, len(chunks), CHUNK_BATCH):
+                check_interrupt()
+                parts.append(self._run(slot, chunks[start:start + CHUNK_BATCH]))
+            return torch.cat([h for h, _ in parts]), torch.cat([p for _, p in parts])
         clip = self.clips[slot.name]
         device, dtype = self.device, self.dtype
         n = clip.config.max_positions
