@@ -75,11 +75,15 @@ from .loaders import (
     VAELoader,
 )
 from .mask import (
+    CropMask,
     FeatherMask,
     GrowMask,
+    ImageColorToMask,
     ImageCompositeMasked,
     ImageToMask,
     InvertMask,
+    MaskComposite,
+    MaskPreview,
     MaskToImage,
     SolidMask,
     ThresholdMask,
@@ -100,7 +104,7 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     ConditioningZeroOut, ConditioningSetTimestepRange, InstructPixToPixConditioning, InpaintModelConditioning,
     # masks, images, latents and conditioning regions (issue 13)
     LoadImageMask, LoadImageOutput, ImageToMask, MaskToImage, SolidMask, InvertMask, GrowMask, FeatherMask,
-    ThresholdMask, ImageCompositeMasked,
+    ThresholdMask, ImageCompositeMasked, ImageColorToMask, CropMask, MaskComposite, MaskPreview,
     ImageScaleBy, ImageScaleToTotalPixels, ImageInvert, ImageBatch, ImageBlur, ImageSharpen, Canny, ImageCrop,
     EmptyImage,
     LatentComposite, LatentCompositeMasked, LatentBlend, RepeatLatentBatch, LatentFromBatch, LatentCrop, LatentFlip,

@@ -1,5 +1,5 @@
-"""Mask nodes: ImageToMask, MaskToImage, SolidMask, InvertMask, GrowMask, FeatherMask, ThresholdMask and
-ImageCompositeMasked (ComfyUI's ``comfy_extras/nodes_mask.py``).
+"""Mask nodes: ImageToMask, ImageColorToMask, MaskToImage, SolidMask, InvertMask, CropMask, MaskComposite,
+GrowMask, FeatherMask, ThresholdMask, MaskPreview and ImageCompositeMasked (ComfyUI's ``comfy_extras/nodes_mask.py``).
 
 MASK is ``[B, H, W]`` float, 1 = selected (repaint, apply); a 2-D ``[H, W]`` mask is read as one item.
 :func:`composite` pastes a source onto a destination through an optional mask, for images (pixel offsets) and
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import BOOLEAN, COMBO, FLOAT, INT, LINK, MAX_RESOLUTION, Node
+from .image import PreviewImage, save_png
 
 _MASK = LINK("MASK")
 _NODES_MASK = "comfy_extras.nodes_mask"
@@ -96,6 +97,21 @@ class ImageToMask(Node):
         return (image[..., index],)
 
 
+class ImageColorToMask(Node):
+    """A mask of the pixels of one exact colour (``color`` is 0xRRGGBB, compared in 8-bit)."""
+
+    DISPLAY, CATEGORY, PYTHON_MODULE = "ImageColorToMask", "mask", _NODES_MASK
+    INPUTS = {"image": LINK("IMAGE"), "color": INT(0, 0, 0xFFFFFF, 1, display="color")}
+    OUTPUTS = ("MASK",)
+    FUNCTION = "image_to_mask"
+
+    def image_to_mask(self, image: Any, color: int) -> tuple[Any]:
+        rgb = (image[..., :3].clamp(0, 1) * 255.0).round().long()
+        packed = (rgb[..., 0] << 16) + (rgb[..., 1] << 8) + rgb[..., 2]
+        # 1 where the colour matches (ComfyUI's older releases wrote 255 there, which is not a mask value)
+        return ((packed == color).float(),)
+
+
 class MaskToImage(Node):
     """Shows a mask as a grey image (the mask value in all three channels)."""
 
@@ -133,6 +149,53 @@ class InvertMask(Node):
 
     def invert(self, mask: Any) -> tuple[Any]:
         return (1.0 - mask,)
+
+
+class CropMask(Node):
+    """Cuts a width x height rectangle out of a mask at (x, y)."""
+
+    DISPLAY, CATEGORY, PYTHON_MODULE = "CropMask", "mask", _NODES_MASK
+    INPUTS = {"mask": _MASK, "x": INT(0, 0, MAX_RESOLUTION, 1), "y": INT(0, 0, MAX_RESOLUTION, 1),
+              "width": INT(512, 1, MAX_RESOLUTION, 1), "height": INT(512, 1, MAX_RESOLUTION, 1)}
+    OUTPUTS = ("MASK",)
+    FUNCTION = "crop"
+
+    def crop(self, mask: Any, x: int, y: int, width: int, height: int) -> tuple[Any]:
+        return (as_batch(mask)[:, y:y + height, x:x + width],)
+
+
+_MASK_OPS = ("multiply", "add", "subtract", "and", "or", "xor")
+
+
+class MaskComposite(Node):
+    """Combines the source mask into the destination at (x, y): multiply, add, subtract, and, or, xor; clamped."""
+
+    DISPLAY, CATEGORY, PYTHON_MODULE = "MaskComposite", "mask", _NODES_MASK
+    INPUTS = {"destination": _MASK, "source": _MASK, "x": INT(0, 0, MAX_RESOLUTION, 1),
+              "y": INT(0, 0, MAX_RESOLUTION, 1), "operation": COMBO(_MASK_OPS)}
+    OUTPUTS = ("MASK",)
+    FUNCTION = "combine"
+
+    def combine(self, destination: Any, source: Any, x: int, y: int, operation: str) -> tuple[Any]:
+        import torch
+
+        out = as_batch(destination).clone()
+        source = as_batch(source).to(out)
+        if source.shape[0] not in (1, out.shape[0]):
+            raise shape_error("MaskComposite", "source", source.shape, out.shape, "give one source mask or one per "
+                              "destination mask")
+        bottom, right = min(y + source.shape[-2], out.shape[-2]), min(x + source.shape[-1], out.shape[-1])
+        if bottom <= y or right <= x:  # pasted entirely off the destination
+            return (out.clamp(0.0, 1.0),)
+        src = source[:, :bottom - y, :right - x]
+        dst = out[:, y:bottom, x:right]
+        if operation in ("and", "or", "xor"):  # on masks rounded to 0/1
+            op = {"and": torch.logical_and, "or": torch.logical_or, "xor": torch.logical_xor}[operation]
+            combined = op(dst.round().bool(), src.round().bool()).to(out.dtype)
+        else:
+            combined = {"multiply": dst * src, "add": dst + src, "subtract": dst - src}[operation]
+        out[:, y:bottom, x:right] = combined
+        return (out.clamp(0.0, 1.0),)
 
 
 class GrowMask(Node):
@@ -200,6 +263,19 @@ class ThresholdMask(Node):
 
     def image_to_mask(self, mask: Any, value: float) -> tuple[Any]:
         return ((mask > value).float(),)
+
+
+class MaskPreview(PreviewImage):
+    """Shows a mask as a grey image without keeping it (temp folder)."""
+
+    DISPLAY, CATEGORY, PYTHON_MODULE = "MaskPreview", "mask", _NODES_MASK
+    INPUTS = {"mask": _MASK}
+    FUNCTION = "execute"
+
+    def execute(self, mask: Any, prompt: Any = None, extra_pnginfo: dict[str, Any] | None = None) -> dict:
+        images = as_batch(mask)[..., None].expand(-1, -1, -1, 3)
+        return save_png(self.engine, images, "ComfyUI" + self.suffix, self.engine.folders.temp, "temp", 4, prompt,
+                        extra_pnginfo)
 
 
 class ImageCompositeMasked(Node):

@@ -12,11 +12,15 @@ from comfykit.engine import Engine  # noqa: E402
 from comfykit.nodes.image import LoadImage  # noqa: E402
 from comfykit.nodes.image_load import LoadImageMask, LoadImageOutput  # noqa: E402
 from comfykit.nodes.mask import (  # noqa: E402
+    CropMask,
     FeatherMask,
     GrowMask,
+    ImageColorToMask,
     ImageCompositeMasked,
     ImageToMask,
     InvertMask,
+    MaskComposite,
+    MaskPreview,
     MaskToImage,
     SolidMask,
     ThresholdMask,
@@ -178,3 +182,38 @@ def test_image_composite_masked_fits_sizes_like_comfyui():
     assert torch.equal(out[1, :, :2], torch.ones(4, 2, 3)) and torch.equal(out[1, :, 2:], torch.zeros(4, 2, 3))
     (rgba,) = ImageCompositeMasked().composite(torch.zeros(1, 4, 4, 4), torch.full((1, 2, 2, 3), 0.5), 0, 0, False)
     assert rgba[0, 0, 0].tolist() == [0.5, 0.5, 0.5, 1.0]  # an RGB source onto RGBA gets an opaque alpha
+
+
+def test_image_color_to_mask_matches_8bit_colours():
+    image = torch.tensor([[[[1.0, 128 / 255, 0.0], [1.0, 127 / 255, 0.0], [0.0, 0.0, 0.0]]]])
+    (mask,) = ImageColorToMask().image_to_mask(image, 0xFF8000)
+    assert mask.tolist() == [[[1.0, 0.0, 0.0]]]
+
+
+def test_crop_and_composite_masks():
+    dest = torch.full((1, 3, 4), 0.5)
+    (crop,) = CropMask().crop(dest, 1, 2, 10, 10)
+    assert crop.shape == (1, 1, 3)
+    source = torch.tensor([[[1.0, 0.2], [0.6, 0.0]]])
+    # the logical ones work on rounded masks: the destination's 0.5 rounds to 0 (half to even), the source to 1 0 1 0
+    expected = {"multiply": [0.5, 0.1, 0.3, 0.0], "add": [1.0, 0.7, 1.0, 0.5], "subtract": [0.0, 0.3, 0.0, 0.5],
+                "and": [0.0, 0.0, 0.0, 0.0], "or": [1.0, 0.0, 1.0, 0.0], "xor": [1.0, 0.0, 1.0, 0.0]}
+    for op, want in expected.items():
+        (out,) = MaskComposite().combine(dest, source, 2, 1, op)
+        assert out[0, 1:3, 2:4].flatten().tolist() == pytest.approx(want), op
+        assert out[0, 0].tolist() == [0.5] * 4  # outside the pasted rectangle nothing changes
+    (edge,) = MaskComposite().combine(dest, source, 3, 2, "add")  # only the visible corner is combined
+    assert edge[0, 2, 3] == 1.0 and edge[0, 1, 3] == 0.5
+    (off,) = MaskComposite().combine(dest, source, 9, 9, "add")
+    assert torch.equal(off, dest)
+    with pytest.raises(ValueError, match="MaskComposite: source has shape \\[2, 2, 2\\]"):
+        MaskComposite().combine(torch.zeros(3, 4, 4), torch.zeros(2, 2, 2), 0, 0, "add")
+
+
+def test_mask_preview_writes_a_grey_temp_png(engine):
+    node = MaskPreview(engine)
+    out = node.execute(torch.tensor([[[0.0, 1.0]]]))
+    ref = out["ui"]["images"][0]
+    assert ref["type"] == "temp" and ref["filename"].startswith("ComfyUI_temp_")
+    with Image.open(engine.folders.temp / ref["filename"]) as im:
+        assert np.asarray(im.convert("RGB")).tolist() == [[[0, 0, 0], [255, 255, 255]]]
