@@ -50,7 +50,7 @@ class ImageScaleToTotalPixels(Node):
 
 
 class ImageInvert(Node):
-    """Inverts image colours (1 - x); an alpha channel is kept as it is."""
+    """Inverts images (1 - x), an alpha channel included, as ComfyUI 0.3.64."""
 
     DISPLAY, CATEGORY = "Invert Image", "image"
     INPUTS = {"image": _IMAGE}
@@ -58,10 +58,8 @@ class ImageInvert(Node):
     FUNCTION = "invert"
 
     def invert(self, image: Any) -> tuple[Any]:
-        out = 1.0 - image
-        if image.shape[-1] == 4:  # alpha is transparency, not colour (ComfyUI after 0.3.64 keeps it too)
-            out[..., 3] = image[..., 3]
-        return (out,)
+        # ComfyUI keeps alpha only from 2026 on (Comfy-Org/ComfyUI#15622); 0.3.64's result is the reference
+        return (1.0 - image,)
 
 
 class ImageBatch(Node):

@@ -226,7 +226,7 @@ class GrowMask(Node):
 
 
 class FeatherMask(Node):
-    """Fades a mask linearly to 0 over the given number of pixels at each edge."""
+    """Fades a mask linearly to 0 over the given number of pixels at each edge (ComfyUI 0.3.64's ramps)."""
 
     DISPLAY, CATEGORY, PYTHON_MODULE = "FeatherMask", "mask", _NODES_MASK
     INPUTS = {"mask": _MASK, "left": INT(0, 0, MAX_RESOLUTION, 1), "top": INT(0, 0, MAX_RESOLUTION, 1),
@@ -241,13 +241,16 @@ class FeatherMask(Node):
         h, w = out.shape[-2:]
 
         def ramp(size: int, start: int, end: int) -> Any:
-            # the k-th pixel from an edge (k = 0, 1, ...) is scaled by (k + 1) / width of that edge's ramp
+            # the k-th pixel from the left/top edge (k = 0, 1, ...) is scaled by (k + 1) / start. ComfyUI 0.3.64
+            # indexes the right/bottom ramp as pixel -k, so its first step (-0) lands on the LEFT/TOP pixel and
+            # the ramp is shifted by one: pixel -k gets (k + 1) / end and the last pixel 2 / end. Kept for
+            # identical results; ComfyUI fixed it after 0.3.64 (Comfy-Org/ComfyUI#12881: pixel -(k + 1)).
             weight = torch.ones(size, dtype=out.dtype, device=out.device)
             start, end = min(start, size), min(end, size)
             for k in range(start):
                 weight[k] *= (k + 1) / start
             for k in range(end):
-                weight[size - 1 - k] *= (k + 1) / end
+                weight[-k] *= (k + 1) / end
             return weight
 
         return (out * ramp(h, top, bottom)[:, None] * ramp(w, left, right)[None, :],)

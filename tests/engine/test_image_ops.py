@@ -31,10 +31,9 @@ def test_scale_by_and_to_total_pixels():
     assert mp.shape == (2, round(10 * scale), round(30 * scale), 3) == (2, 59, 177, 3)
 
 
-def test_invert_keeps_alpha():
+def test_invert_inverts_every_channel_like_comfyui_0_3_64():
     image = torch.tensor([[[[0.25, 0.5, 1.0, 0.8]]]])
-    assert ImageInvert().invert(image)[0].flatten().tolist() == pytest.approx([0.75, 0.5, 0.0, 0.8])
-    assert ImageInvert().invert(image[..., :3])[0].flatten().tolist() == pytest.approx([0.75, 0.5, 0.0])
+    assert ImageInvert().invert(image)[0].flatten().tolist() == pytest.approx([0.75, 0.5, 0.0, 0.2])
 
 
 def test_batch_resizes_and_pads_alpha():

@@ -143,14 +143,16 @@ def test_grow_mask_tapered_grows_a_diamond():
     assert torch.equal(GrowMask().expand_mask(mask, 0, True)[0], mask)
 
 
-def test_feather_mask_ramps_each_edge():
-    (out,) = FeatherMask().feather(torch.ones(1, 4, 6), 2, 1, 3, 2)
-    # columns: left ramp 1/2, 2/2; right ramp (from the edge inwards) 1/3, 2/3, 3/3
-    cols = [1 / 2, 1.0, 1.0, 1.0, 2 / 3, 1 / 3]
-    # rows: top ramp 1/1; bottom ramp 1/2 (last row), 2/2
-    rows = [1.0, 1.0, 1.0, 1 / 2]
-    assert out.shape == (1, 4, 6)
-    assert torch.allclose(out[0], torch.tensor(rows)[:, None] * torch.tensor(cols)[None, :])
+def test_feather_mask_ramps_like_comfyui_0_3_64():
+    (left_top,) = FeatherMask().feather(torch.ones(1, 4, 6), 2, 1, 0, 0)
+    # left ramp 1/2, 2/2 over the columns; a top ramp of 1 pixel is 1/1
+    assert torch.allclose(left_top[0], torch.tensor([0.5, 1.0, 1.0, 1.0, 1.0, 1.0]).expand(4, 6))
+    (right_bottom,) = FeatherMask().feather(torch.ones(1, 4, 6), 0, 0, 3, 2)
+    # 0.3.64 walks the right ramp as columns -0, -1, -2 = 0, 5, 4 with 1/3, 2/3, 3/3 (the left column is hit, the
+    # last column gets 2/3); the bottom ramp as rows 0, 3 with 1/2, 2/2
+    cols = torch.tensor([1 / 3, 1.0, 1.0, 1.0, 1.0, 2 / 3])
+    rows = torch.tensor([1 / 2, 1.0, 1.0, 1.0])
+    assert torch.allclose(right_bottom[0], rows[:, None] * cols[None, :])
     (clamped,) = FeatherMask().feather(torch.ones(4, 2), 9, 0, 0, 0)  # wider than the mask: a ramp over it
     assert clamped[0, 0].tolist() == [0.5, 1.0]
 
