@@ -208,21 +208,21 @@ class GrowMask(Node):
     FUNCTION = "expand_mask"
 
     def expand_mask(self, mask: Any, expand: int, tapered_corners: bool) -> tuple[Any]:
+        import numpy as np
         import torch
+        from scipy import ndimage
 
-        # ComfyUI runs scipy's grey dilation/erosion with a 3x3 footprint (a cross when tapered) and its
-        # 'reflect' border, which for a 1-pixel reach repeats the edge pixel: the same as max/min over
-        # edge-padded neighbours, done here on the whole batch at once.
-        x = as_batch(mask)[:, None]
-        offsets = [(1, 1), (0, 1), (2, 1), (1, 0), (1, 2)]
-        if not tapered_corners:
-            offsets += [(0, 0), (0, 2), (2, 0), (2, 2)]
-        h, w = x.shape[-2:]
-        for _ in range(abs(expand)):
-            padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
-            near = torch.stack([padded[..., dy:dy + h, dx:dx + w] for dy, dx in offsets])
-            x = near.amax(0) if expand > 0 else near.amin(0)
-        return (x[:, 0],)
+        # scipy's grey morphology, as ComfyUI: a 3x3 footprint (a cross when tapered), its 'reflect' border (an
+        # all-ones mask does not shrink from the image edge); one step per pixel of expand
+        c = 0 if tapered_corners else 1
+        footprint = np.array([[c, 1, c], [1, 1, 1], [c, 1, c]])
+        step = ndimage.grey_dilation if expand > 0 else ndimage.grey_erosion
+        out = []
+        for item in as_batch(mask).detach().cpu().float().numpy():
+            for _ in range(abs(expand)):
+                item = step(item, footprint=footprint)
+            out.append(torch.from_numpy(item))
+        return (torch.stack(out).to(mask.device, mask.dtype),)
 
 
 class FeatherMask(Node):
