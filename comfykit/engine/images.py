@@ -66,6 +66,24 @@ def load_image_file(path: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.stack(masks)
 
 
+def load_mask_file(path: Any, channel: str) -> torch.Tensor:
+    """LoadImageMask semantics: one channel of the first frame as a ``[1,H,W]`` mask (alpha as 1 - alpha).
+
+    The image is read as RGBA (EXIF orientation applied, 16-bit "I" images scaled by 1/255), so an image
+    without alpha gives an all-zero mask of its own size for ``channel="alpha"``.
+    """
+    img = ImageOps.exif_transpose(Image.open(path))
+    if img.getbands() != ("R", "G", "B", "A"):
+        if img.mode == "I":
+            img = img.point(lambda px: px * (1 / 255))
+        img = img.convert("RGBA")
+    band = channel[0].upper()
+    mask = torch.from_numpy(np.asarray(img.getchannel(band), dtype=np.float32) / 255.0)
+    if band == "A":
+        mask = 1.0 - mask
+    return mask.unsqueeze(0)
+
+
 def common_upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
     """Resize ``[B,C,H,W]`` to ``width x height`` (ComfyUI's ``common_upscale``: optional centre crop first).
 

@@ -10,6 +10,13 @@ from typing import Any
 
 from .base import ANY_FILE, Node, declared_inputs, description, node_info
 from .conditioning import CLIPSetLastLayer, CLIPTextEncode, ConditioningCombine, ConditioningSetArea
+from .conditioning_mix import (
+    ConditioningAverage,
+    ConditioningConcat,
+    ConditioningSetAreaPercentage,
+    ConditioningSetAreaStrength,
+    ConditioningSetMask,
+)
 from .conditioning_ops import (
     ConditioningSetTimestepRange,
     ConditioningZeroOut,
@@ -36,6 +43,7 @@ from .custom_sampling import (
     SamplerCustomAdvanced,
     SDTurboScheduler,
 )
+from .differential_diffusion import DifferentialDiffusion
 from .flux_sd3 import (
     CLIPTextEncodeFlux,
     CLIPTextEncodeSD3,
@@ -48,8 +56,22 @@ from .flux_sd3 import (
     ReferenceLatent,
 )
 from .image import ImageScale, LoadImage, PreviewImage, SaveImage
+from .image_edit import EmptyImage, ImageBatch, ImageCrop, ImageInvert, ImageScaleBy, ImageScaleToTotalPixels
+from .image_filters import Canny, ImageBlur, ImageSharpen
+from .image_load import LoadImageMask, LoadImageOutput
 from .image_ops import ImageStitch
 from .latent import EmptyLatentImage, LatentUpscale, LatentUpscaleBy
+from .latent_ops import (
+    LatentBlend,
+    LatentComposite,
+    LatentCompositeMasked,
+    LatentCrop,
+    LatentFlip,
+    LatentFromBatch,
+    LatentRotate,
+    RepeatLatentBatch,
+    SetLatentNoiseMask,
+)
 from .loaders import (
     CheckpointLoaderSimple,
     CLIPLoader,
@@ -59,6 +81,20 @@ from .loaders import (
     TripleCLIPLoader,
     UNETLoader,
     VAELoader,
+)
+from .mask import (
+    CropMask,
+    FeatherMask,
+    GrowMask,
+    ImageColorToMask,
+    ImageCompositeMasked,
+    ImageToMask,
+    InvertMask,
+    MaskComposite,
+    MaskPreview,
+    MaskToImage,
+    SolidMask,
+    ThresholdMask,
 )
 from .sampling import KSampler, KSamplerAdvanced, VAEDecode, VAEEncode
 
@@ -76,6 +112,15 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     ConditioningZeroOut, ConditioningSetTimestepRange, InstructPixToPixConditioning, InpaintModelConditioning,
     ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced, ControlNetApplySD3,
     SetUnionControlNetType,
+    # masks, images, latents and conditioning regions (issue 13)
+    LoadImageMask, LoadImageOutput, ImageToMask, MaskToImage, SolidMask, InvertMask, GrowMask, FeatherMask,
+    ThresholdMask, ImageCompositeMasked, ImageColorToMask, CropMask, MaskComposite, MaskPreview,
+    ImageScaleBy, ImageScaleToTotalPixels, ImageInvert, ImageBatch, ImageBlur, ImageSharpen, Canny, ImageCrop,
+    EmptyImage,
+    LatentComposite, LatentCompositeMasked, LatentBlend, RepeatLatentBatch, LatentFromBatch, LatentCrop, LatentFlip,
+    LatentRotate, SetLatentNoiseMask,
+    ConditioningAverage, ConditioningConcat, ConditioningSetMask, ConditioningSetAreaPercentage,
+    ConditioningSetAreaStrength, DifferentialDiffusion,
 )
 
 #: class_type -> node class, like ComfyUI's ``nodes.NODE_CLASS_MAPPINGS``.

@@ -23,7 +23,8 @@ CASES = {
     "sd1-cfg1-advanced": ("sd1", "euler", "simple", "advanced"),
 }
 GOLDEN = {
-    "sd1-euler-area": "c73e360db9eefa25d964a2a32bdb4dab8342af8ea70f93b71675a012c162d373",
+    # re-recorded when area feathering took ComfyUI's min(8, side // 4) ramp (it was always 8 latent pixels)
+    "sd1-euler-area": "0b2a03f7616b21bdab58ac01d49a53a0a5beb8d395168d972de43907c0c677de",
     "sd2v-dpmpp2m-karras": "5c33899ea02076c672e0897515026217437afed9c2e393935709de6d5d82f13f",
     "sdxl-euler_a": "c32373f21c9bb8ac9e8c41573b1ca81fcabd78220ce8b56a8c9bda0683d4574a",
     "sd1-cfg1-advanced": "7b10e625cf052a48cde1ac23c243932be0e29607c9c091012a690cb7bdf344de",

@@ -53,10 +53,18 @@ class _Cond:
         if "start_percent" in opts or "end_percent" in opts:
             self.sigma_range = (model_sampling.percent_to_sigma(float(opts.get("start_percent", 0.0))),
                                 model_sampling.percent_to_sigma(float(opts.get("end_percent", 1.0))))
+        mask = opts.get("mask")
+        if mask is not None:  # resized to the latent once, as ComfyUI's resolve_areas_and_cond_masks
+            mask = torch.as_tensor(mask, dtype=torch.float32)
+            mask = mask[None] if mask.ndim == 2 else mask
+            if mask.shape[-2:] != (height, width):
+                mask = torch.nn.functional.interpolate(mask[:, None], size=(height, width), mode="bilinear")[:, 0]
         area = opts.get("area")
         if area is not None and area[0] == "percentage":
             area = (max(1, round(area[1] * height)), max(1, round(area[2] * width)),
                     round(area[3] * height), round(area[4] * width))
+        if mask is not None and opts.get("set_area_to_bounds", False):  # ConditioningSetMask "mask bounds"
+            area = _mask_bounds(mask)
         if area is not None:
             ah, aw, ay, ax = (int(v) for v in area)
             ay, ax = min(ay, height - 1), min(ax, width - 1)
@@ -66,14 +74,13 @@ class _Cond:
         if area is not None and self.inputs.concat is not None:  # extra channels follow the crop
             self.inputs.concat = self.inputs.concat[:, :, ay:ay + ah, ax:ax + aw]
         strength = float(opts.get("strength", 1.0))
-        mask = opts.get("mask")
         if mask is not None:
-            mask = torch.as_tensor(mask, dtype=torch.float32)
-            mask = mask[None] if mask.ndim == 2 else mask
-            if mask.shape[-2:] != (height, width):
-                mask = torch.nn.functional.interpolate(mask[:, None], size=(height, width), mode="bilinear")[:, 0]
+            mask = mask[:batch]
+            if batch % mask.shape[0]:
+                raise ValueError(f"a conditioning mask (ConditioningSetMask) holds {mask.shape[0]} masks but the "
+                                 f"latent batch has {batch} items; give one mask, or one per latent item")
             mask = mask[:, ay:ay + ah, ax:ax + aw] * float(opts.get("mask_strength", 1.0))
-            mult = mask[:, None].to(device).repeat(batch // mask.shape[0] or 1, x.shape[1], 1, 1)[:batch]
+            mult = mask[:, None].to(device).repeat(batch // mask.shape[0], x.shape[1], 1, 1)
         else:
             mult = torch.ones((batch, x.shape[1], ah, aw), device=device)
             if area is not None:
@@ -113,15 +120,26 @@ def control_to_uncond(conds: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def _feather(mult: torch.Tensor, area: tuple[int, int, int, int], height: int, width: int, rr: int = 8) -> None:
-    """Ramp the weight linearly over `rr` latent pixels at area edges that lie inside the image (as ComfyUI)."""
+def _mask_bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """The area (h, w, y, x) around every nonzero pixel of any mask item, at least 8x8 (ComfyUI's rule)."""
+    ys, xs = torch.nonzero(mask.abs().amax(0), as_tuple=True)
+    if ys.numel() == 0:  # an empty mask contributes nothing; the smallest area keeps its model call cheap
+        return 8, 8, 0, 0
+    y0, x0 = int(ys.min()), int(xs.min())
+    return max(8, int(ys.max()) - y0 + 1), max(8, int(xs.max()) - x0 + 1), y0, x0
+
+
+def _feather(mult: torch.Tensor, area: tuple[int, int, int, int], height: int, width: int) -> None:
+    """Ramp the weight linearly at area edges that lie inside the image, over min(8, side // 4) latent pixels."""
     ah, aw, ay, ax = area
-    for t in range(min(rr, ah)):
+    rr = min(8, ah // 4)
+    for t in range(rr):
         if ay != 0:
             mult[:, :, t] *= (t + 1) / rr
         if ay + ah < height:
             mult[:, :, ah - 1 - t] *= (t + 1) / rr
-    for t in range(min(rr, aw)):
+    rr = min(8, aw // 4)
+    for t in range(rr):
         if ax != 0:
             mult[:, :, :, t] *= (t + 1) / rr
         if ax + aw < width:

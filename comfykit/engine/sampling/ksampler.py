@@ -79,16 +79,25 @@ def select_sigmas(model_sampling: Any, sampler_name: str, scheduler: str, steps:
 
 
 class InpaintDenoiser:
-    """Keeps the unmasked region on the original latent (re-noised to each sigma), as ComfyUI's noise_mask."""
+    """Keeps the unmasked region on the original latent (re-noised to each sigma), as ComfyUI's noise_mask.
 
-    def __init__(self, inner: Any, latent: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor):
+    ``mask_function(sigma, mask, model_sampling, sigmas)``, when given (the model's ``denoise_mask_function``,
+    set by DifferentialDiffusion), replaces the mask at each step, as ComfyUI's model_options hook.
+    """
+
+    def __init__(self, inner: Any, latent: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
+                 sigmas: torch.Tensor | None = None, mask_function: Callable[..., torch.Tensor] | None = None):
         self.inner, self.latent, self.noise, self.mask = inner, latent, noise, mask
+        self.sigmas, self.mask_function = sigmas, mask_function
         self.model_sampling = inner.model_sampling
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args: Any) -> torch.Tensor:
-        keep = 1.0 - self.mask
-        x = x * self.mask + self.model_sampling.noise_scaling(sigma, self.noise, self.latent) * keep
-        return self.inner(x, sigma, **extra_args) * self.mask + self.latent * keep
+        mask = self.mask
+        if self.mask_function is not None:
+            mask = self.mask_function(sigma, mask, self.model_sampling, self.sigmas)
+        keep = 1.0 - mask
+        x = x * mask + self.model_sampling.noise_scaling(sigma, self.noise, self.latent) * keep
+        return self.inner(x, sigma, **extra_args) * mask + self.latent * keep
 
 
 def _prepare_mask(mask: Any, shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -162,7 +171,9 @@ class Sampler:
             if self.inpaint_options.get("random", False):
                 kept_noise = torch.randn(noise.shape, device="cpu",
                                          generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
-            denoiser = InpaintDenoiser(denoiser, latent, kept_noise.to(noise.dtype).to(noise.device), denoise_mask)
+            mask_function = getattr(getattr(denoiser, "model", None), "denoise_mask_function", None)
+            denoiser = InpaintDenoiser(denoiser, latent, kept_noise.to(noise.dtype).to(noise.device), denoise_mask,
+                                       sigmas, mask_function)
         max_sigma = float(ms.sigma_max)
         max_denoise = math.isclose(max_sigma, float(sigmas[0]), rel_tol=1e-05) or float(sigmas[0]) > max_sigma
         x = ms.noise_scaling(sigmas[0], noise, latent, max_denoise)

@@ -81,9 +81,11 @@ def test_several_conds_average_by_strength_and_area(fake_unet):
     # deep inside the area: (1*whole + 2*left) / 3; right half: whole only
     assert torch.allclose(den[..., 0], (only_whole[..., 0] + 2 * only_left[..., 0]) / 3, atol=1e-5)
     assert torch.allclose(den[..., 12:], only_whole[..., 12:], atol=1e-6)
-    # the area's inner edge (column 7) is feathered to weight 2 * 1/8
-    w = 2 * 1 / 8
+    # the area's inner edge is feathered over min(8, width // 4) = 2 columns, as ComfyUI: column 7 has weight
+    # 2 * 1/2, column 6 the full 2
+    w = 2 * 1 / 2
     assert torch.allclose(den[..., 7], (only_whole[..., 7] + w * only_left[..., 7]) / (1 + w), atol=1e-5)
+    assert torch.allclose(den[..., 6], (only_whole[..., 6] + 2 * only_left[..., 6]) / 3, atol=1e-5)
     assert {c["shape"] for c in fake_unet.calls} >= {(1, 4, 16, 8)}  # the area is evaluated on its crop
 
 
