@@ -134,11 +134,8 @@ def test_soft_masks_regions_and_differential_diffusion_on_the_demo_model(engine,
     assert not torch.allclose(with_dd, without, atol=1e-3)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the UNet (engine/models/unet.py) upsamples by exactly 2, so a conditioning area whose "
-                          "crop is not a multiple of the UNet's downsampling fails; ComfyUI resizes each upsample "
-                          "to its skip connection's size")
 def test_odd_area_crops_run(engine, ckpt_name):
+    """A crop that is not a multiple of the UNet's downsampling: each upsample follows its skip's size."""
     graph = _graph(ckpt_name, _picture(engine.folders.input))
     for k in ("10", "11", "12", "13"):
         del graph[k]

@@ -75,12 +75,14 @@ class TimestepBlock(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """Runs children in order, handing the timestep embedding and context to those that need them."""
 
-    def forward(self, x, emb, context=None):  # noqa: D102
+    def forward(self, x, emb, context=None, output_shape=None):  # noqa: D102
         for layer in self:
             if isinstance(layer, TimestepBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, output_shape)
             else:
                 x = layer(x)
         return x
@@ -117,7 +119,11 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x):  # noqa: D102
+    def forward(self, x, output_shape=None):  # noqa: D102
+        # to the size of the skip connection that follows (as ComfyUI): an odd-sized latent or area crop was
+        # rounded up on the way down, so plain 2x would come back one pixel too large
+        if output_shape is not None:
+            return self.conv(F.interpolate(x, size=tuple(output_shape[-2:]), mode="nearest"))
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -280,7 +286,8 @@ class UNetModel(nn.Module):
             skips.append(h)
         h = _add_control(self.middle_block(h, emb, context), control, "middle")
         for block in self.output_blocks:
-            h = block(torch.cat([h, _add_control(skips.pop(), control, "output")], dim=1), emb, context)
+            h = torch.cat([h, _add_control(skips.pop(), control, "output")], dim=1)
+            h = block(h, emb, context, skips[-1].shape if skips else None)
         return self.out(h)
 
 
