@@ -296,16 +296,19 @@ def _diffusers_folder(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, 
 
 
 def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None,
-                    embeddings_dir: str | Path | None = None) -> tuple[DiffusionModel, TextEncoder, VAE]:
+                    embeddings_dir: str | Path | None = None,
+                    load_device: Any = None) -> tuple[DiffusionModel, TextEncoder, VAE]:
     """Load an SD1.x / SD2.x / SDXL checkpoint (file or diffusers folder) -> (DiffusionModel, TextEncoder, VAE).
 
     The file is memory-mapped and each part is taken out of it as it is built, so host RAM holds at most one
-    copy of the weights (in the dtype they end up in).
+    copy of the weights (in the dtype they end up in). Dtypes are chosen for `device`; `load_device` (default
+    `device`) is where the weights go now, e.g. "cpu" for a model that will be placed on the GPU when it runs.
 
     >>> model, clip, vae = load_checkpoint("models/checkpoints/comfykit-demo-sd15.safetensors")
     """
     path = Path(path)
     device = torch.device(device or "cpu")
+    target = torch.device(load_device) if load_device is not None else device
     heads: dict[str, int] = {}
     acts: dict[str, str] = {}
     unet_heads = None
@@ -337,17 +340,17 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
         config.num_heads = unet_heads if isinstance(unet_heads, int) else unet_heads[0]
     sampling = family.model_sampling(config, names, parts)
     parts["unet"] = {}  # net_sd is the only holder now: each tensor is released as it is placed
-    network = _build_network(family, config, net_sd, path, device, unet_dtype)
+    network = _build_network(family, config, net_sd, path, target, unet_dtype)
     del net_sd
-    vae = _load_module(lambda: AutoencoderKL(vcfg), parts.pop("vae"), "VAE", path, device, vae_dtype)
+    vae = _load_module(lambda: AutoencoderKL(vcfg), parts.pop("vae"), "VAE", path, target, vae_dtype)
     if family.name in _CLIP_SLOTS:
-        te = _text_encoder(parts, family, path, heads, acts, embeddings_dir, device, te_dtype)
+        te = _text_encoder(parts, family, path, heads, acts, embeddings_dir, target, te_dtype)
     else:
         from .text_encoder_files import build_text_encoder
 
         context = config.get("joint_attention_dim") if family.name == "sd3" else None
         te = build_text_encoder(family.name, {k: parts.pop(k) for k in family.text_encoders if k in parts},
-                                name=path.name, device=device, dtype=None if dtype is None else te_dtype,
+                                name=path.name, device=target, dtype=te_dtype if dtype or target != device else None,
                                 embeddings_dir=embeddings_dir, context_dim=context)
     model = DiffusionModel(network, family, config, sampling, name=path.name)
     return model, te, VAE(vae.eval(), name=path.name)
@@ -378,10 +381,11 @@ WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn
 
 
 def load_diffusion_model(path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None,
-                         weight_dtype: str = "default") -> DiffusionModel:
+                         weight_dtype: str = "default", load_device: Any = None) -> DiffusionModel:
     """A diffusion model file on its own (UNETLoader): FLUX.1 / SD3.5 transformers, SD1/SD2/SDXL UNets.
 
     fp8 files stay fp8 in memory (scaled-fp8 ones with their scales) and are upcast one layer at a time.
+    Dtypes are chosen for `device`; `load_device` (default `device`) is where the weights go now.
 
     >>> model = load_diffusion_model("models/diffusion_models/flux1-schnell.safetensors", weight_dtype="fp8_e4m3fn")
     """
@@ -414,7 +418,8 @@ def load_diffusion_model(path: str | Path, *, device: Any = None, dtype: torch.d
     sampling = family.model_sampling(config, names, parts)
     del unet
     parts["unet"] = {}
-    network = _build_network(family, config, net_sd, path, device, compute, WEIGHT_DTYPES[weight_dtype])
+    target = torch.device(load_device) if load_device is not None else device
+    network = _build_network(family, config, net_sd, path, target, compute, WEIGHT_DTYPES[weight_dtype])
     return DiffusionModel(network, family, config, sampling, name=path.name)
 
 
