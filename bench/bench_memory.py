@@ -150,8 +150,8 @@ def measure(kind: str, path: str) -> dict[str, float]:
 
 
 def run_child(kind: str, path: Path) -> dict[str, float]:
-    code = ("import json, sys; sys.path.insert(0, %r); from bench.bench_memory import measure; "
-            "print(json.dumps(measure(%r, %r)))" % (str(ROOT), kind, str(path)))
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from bench.bench_memory import measure; "
+            f"print(json.dumps(measure({kind!r}, {str(path)!r})))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

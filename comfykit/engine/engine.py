@@ -38,7 +38,7 @@ class Engine(Backend):
 
     Memory (see ``comfykit.engine.models.manager``): ``vram`` "high" | "normal" | "low" | "no" | "cpu" as ComfyUI's
     flags, ``reserve_vram`` GB left free, ``vram_budget`` GB the engine may use on the device (default: all that
-    is free). ``compile=True`` compiles each diffusion network once with ``torch.compile``.
+    is free).
     """
 
     def __init__(self, models_dir: str | os.PathLike | None = None, *, output_dir: str | os.PathLike | None = None,
@@ -46,7 +46,7 @@ class Engine(Backend):
                  device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
                  cache: str = "classic", cache_size: int | None = None, previews: str = "auto",
                  preview_size: int = 512, vram: str = "normal", reserve_vram: float = 0.0,
-                 vram_budget: float | None = None, compile: bool = False):  # noqa: A002 - ComfyUI-style flag name
+                 vram_budget: float | None = None):
         from .models.manager import VRAM_MODES
 
         if vram not in VRAM_MODES:
@@ -60,7 +60,6 @@ class Engine(Backend):
         self.vram = vram
         self.reserve_vram = float(reserve_vram)  # GB kept free for other programs, as ComfyUI's --reserve-vram
         self.vram_budget = vram_budget  # GB the engine may use on the device (None: what the device says is free)
-        self.compile = bool(compile)
         if isinstance(dtype, str):
             dtype = _parse_dtype(dtype)
         self.dtype = dtype

@@ -53,6 +53,7 @@ from .loaders import (
     VAELoader,
 )
 from .sampling import KSampler, KSamplerAdvanced, VAEDecode, VAEEncode
+from .vae_tiled import VAEDecodeTiled, VAEEncodeTiled
 
 NODE_CLASSES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple, VAELoader, LoraLoader, LoraLoaderModelOnly,
@@ -66,6 +67,7 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     EmptySD3LatentImage, ModelSamplingFlux, ModelSamplingSD3, ModelSamplingAuraFlow,
     FluxGuidance, ReferenceLatent, FluxKontextImageScale, CLIPTextEncodeFlux, CLIPTextEncodeSD3, ImageStitch,
     ConditioningZeroOut, ConditioningSetTimestepRange, InstructPixToPixConditioning, InpaintModelConditioning,
+    VAEDecodeTiled, VAEEncodeTiled,
 )
 
 #: class_type -> node class, like ComfyUI's ``nodes.NODE_CLASS_MAPPINGS``.
