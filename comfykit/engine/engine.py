@@ -35,17 +35,31 @@ class Engine(Backend):
     >>> engine = Engine("models")                          # doctest: +SKIP
     >>> result = engine.run(wf)                            # a Workflow or an API dict
     >>> result.image                                       # PIL image of the first output
+
+    Memory (see ``comfykit.engine.models.manager``): ``vram`` "high" | "normal" | "low" | "no" | "cpu" as ComfyUI's
+    flags, ``reserve_vram`` GB left free, ``vram_budget`` GB the engine may use on the device (default: all that
+    is free).
     """
 
     def __init__(self, models_dir: str | os.PathLike | None = None, *, output_dir: str | os.PathLike | None = None,
                  input_dir: str | os.PathLike | None = None, temp_dir: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
                  cache: str = "classic", cache_size: int | None = None, previews: str = "auto",
-                 preview_size: int = 512):
+                 preview_size: int = 512, vram: str = "normal", reserve_vram: float = 0.0,
+                 vram_budget: float | None = None):
+        from .models.manager import VRAM_MODES
+
+        if vram not in VRAM_MODES:
+            raise ValueError(f"vram={vram!r} is not a memory mode; use one of {', '.join(VRAM_MODES)}")
         if previews not in PREVIEW_MODES:
             raise ValueError(f"previews={previews!r} is not a preview mode; use one of {', '.join(PREVIEW_MODES)}")
         self.folders = Folders(models_dir, output=output_dir, input=input_dir, temp=temp_dir)
+        if vram == "cpu":
+            device = "cpu"
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.vram = vram
+        self.reserve_vram = float(reserve_vram)  # GB kept free for other programs, as ComfyUI's --reserve-vram
+        self.vram_budget = vram_budget  # GB the engine may use on the device (None: what the device says is free)
         if isinstance(dtype, str):
             dtype = _parse_dtype(dtype)
         self.dtype = dtype
@@ -78,7 +92,9 @@ class Engine(Backend):
         if self._models is None:
             from .models import ModelManager
 
-            self._models = ModelManager(device=self.device, dtype=self.dtype)
+            budget = None if self.vram_budget is None else int(self.vram_budget * 2**30)
+            self._models = ModelManager(device=self.device, dtype=self.dtype, vram=self.vram, budget=budget,
+                                        reserve=int(self.reserve_vram * 2**30))
         return self._models
 
     def call_with(self, fn: Any, *models: Any) -> Any:

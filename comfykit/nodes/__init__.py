@@ -97,6 +97,7 @@ from .mask import (
     ThresholdMask,
 )
 from .sampling import KSampler, KSamplerAdvanced, VAEDecode, VAEEncode
+from .vae_tiled import VAEDecodeTiled, VAEEncodeTiled
 
 NODE_CLASSES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple, VAELoader, LoraLoader, LoraLoaderModelOnly,
@@ -121,6 +122,7 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     LatentRotate, SetLatentNoiseMask,
     ConditioningAverage, ConditioningConcat, ConditioningSetMask, ConditioningSetAreaPercentage,
     ConditioningSetAreaStrength, DifferentialDiffusion,
+    VAEDecodeTiled, VAEEncodeTiled,
 )
 
 #: class_type -> node class, like ComfyUI's ``nodes.NODE_CLASS_MAPPINGS``.

@@ -34,7 +34,14 @@ def detect_family(parts: dict[str, dict[str, Any]]) -> ModelFamily | None:
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
-def _check_safetensors_header(path: Path) -> None:
+#: safetensors dtype names -> torch dtypes
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def _safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(header length, header) of a safetensors file; ModelError when it is not one or is cut short."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -64,6 +71,34 @@ def _check_safetensors_header(path: Path) -> None:
     if 8 + n + end > size:
         raise ModelError(f"{path}: truncated ({size} bytes, the header promises {8 + n + end}); "
                          "the download was cut short, re-download it")
+    return n, meta
+
+
+def _mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as its own copy-on-write memory map: nothing is read until used.
+
+    One map per tensor, not one for the file: a tensor that is converted (fp16 -> fp32, moved to the GPU) and
+    dropped unmaps its pages, so loading never holds a file page and its converted copy for the whole model.
+    """
+    import numpy as np
+
+    n, meta = _safetensors_header(path)
+    base = 8 + n
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as f:
+        for name, info in meta.items():
+            if name == "__metadata__":
+                continue
+            dtype = _ST_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise ModelError(f"{path}: tensor {name} has dtype {info['dtype']}, which torch cannot hold")
+            start, stop = info["data_offsets"]
+            if stop == start:
+                out[name] = torch.empty(info["shape"], dtype=dtype)
+                continue
+            raw = np.memmap(f, dtype=np.uint8, mode="c", offset=base + start, shape=(stop - start,))
+            out[name] = torch.from_numpy(raw).view(dtype).reshape(info["shape"])
+    return out
 
 
 class _Shape:
@@ -83,9 +118,7 @@ def checkpoint_family(path: str | Path) -> str | None:
     if path.suffix not in (".safetensors", ".sft"):
         parts = keys.split_checkpoint(read_state_dict(path))
     else:
-        _check_safetensors_header(path)
-        with open(path, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        header = _safetensors_header(path)[1]
         parts = keys.split_checkpoint({k: _Shape(v["shape"]) for k, v in header.items() if k != "__metadata__"},
                                       convert_text=False)
     family = detect_family(parts)
@@ -93,21 +126,30 @@ def checkpoint_family(path: str | Path) -> str | None:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a `.safetensors`, `.ckpt`, `.pt`, `.pth` or `.bin` file (nested `state_dict` unwrapped)."""
+    """Tensors of a `.safetensors`, `.ckpt`, `.pt`, `.pth` or `.bin` file (nested `state_dict` unwrapped).
+
+    Safetensors files and zip-format torch files are memory-mapped: a tensor is read from disk when it is used,
+    in its stored dtype (fp8 stays fp8), and a dict of them costs no RAM until then.
+    """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file; put it there or pass the right path")
     if path.is_dir():
         raise ModelError(f"{path}: is a folder; load_checkpoint() reads diffusers folders, read_state_dict() files")
     if path.suffix in (".safetensors", ".sft"):
-        _check_safetensors_header(path)
-        from safetensors.torch import load_file
         try:
-            return load_file(str(path))
+            return _mapped_safetensors(path)
+        except ModelError:
+            raise
         except Exception as e:
             raise ModelError(f"{path}: cannot read this safetensors file ({e}); re-download it") from None
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (pre-zip) torch files cannot be mapped
+            if "mmap" not in str(e):
+                raise
+            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelError(f"{path}: cannot read it as a torch checkpoint ({first}); if it is a pickle with custom "
@@ -160,10 +202,26 @@ def infer_clip_config(sd: dict[str, Any], activation: str, heads: int | None = N
 
 
 # -- building ---------------------------------------------------------------------------------------------------
-def _load_module(module_fn, sd: dict[str, Any], what: str, path: Path) -> nn.Module:
-    """Build on the meta device (no random init) and assign the file's tensors; mismatches -> ModelError."""
+def place_tensor(t: torch.Tensor, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`t` on `device` in `dtype`, except fp8 tensors and 0-d scales, which keep their dtype (see fp8.module_to)."""
+    from .fp8 import is_fp8
+
+    keep = dtype is None or not t.is_floating_point() or is_fp8(t) or t.ndim == 0
+    return t.to(device=device, dtype=None if keep else dtype)
+
+
+def _load_module(module_fn, sd: dict[str, Any], what: str, path: Path, device: Any = None,
+                 dtype: torch.dtype | None = None) -> nn.Module:
+    """Build on the meta device (no random init) and assign the file's tensors; mismatches -> ModelError.
+
+    With `device`/`dtype` each tensor is converted as it is taken and its entry in `sd` replaced, so the
+    original (a memory-mapped file page) is released as the conversion goes, never a whole second copy.
+    """
     with torch.device("meta"):
         module = module_fn()
+    if device is not None or dtype is not None:
+        for key in list(sd):
+            sd[key] = place_tensor(sd[key], device, dtype)
     result = module.load_state_dict(sd, strict=False, assign=True)
     missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:
@@ -192,7 +250,8 @@ _CLIP_SLOTS: dict[str, tuple[list[ClipSlot], str]] = {
 
 
 def _text_encoder(parts: dict[str, dict[str, Any]], family: ModelFamily, path: Path, heads: dict[str, int],
-                  activations: dict[str, str], embeddings_dir) -> TextEncoder:
+                  activations: dict[str, str], embeddings_dir, device: torch.device,
+                  dtype: torch.dtype) -> TextEncoder:
     clips = {}
     for name in family.text_encoders:
         sd = parts.get(name)
@@ -205,7 +264,8 @@ def _text_encoder(parts: dict[str, dict[str, Any]], family: ModelFamily, path: P
         except KeyError as e:
             raise ModelError(f"{path}: the {name} text encoder weights are incomplete (missing {e.args[0]}); "
                              "re-download the file") from None
-        clips[name] = _load_module(lambda cfg=cfg: CLIPTextModel(cfg), sd, name, path)
+        clips[name] = _load_module(lambda cfg=cfg: CLIPTextModel(cfg), sd, name, path, device, dtype)
+        parts.pop(name)
     slots, pooled = _CLIP_SLOTS[family.name]
     return TextEncoder(clips, slots, pooled, embeddings_dir, name=path.name)
 
@@ -270,28 +330,36 @@ def _diffusers_folder(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, 
 
 
 def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None,
-                    embeddings_dir: str | Path | None = None) -> tuple[DiffusionModel, TextEncoder, VAE]:
+                    embeddings_dir: str | Path | None = None,
+                    load_device: Any = None) -> tuple[DiffusionModel, TextEncoder, VAE]:
     """Load an SD1.x / SD2.x / SDXL checkpoint (file or diffusers folder) -> (DiffusionModel, TextEncoder, VAE).
+
+    The file is memory-mapped and each part is taken out of it as it is built, so host RAM holds at most one
+    copy of the weights (in the dtype they end up in). Dtypes are chosen for `device`; `load_device` (default
+    `device`) is where the weights go now, e.g. "cpu" for a model that will be placed on the GPU when it runs.
 
     >>> model, clip, vae = load_checkpoint("models/checkpoints/comfykit-demo-sd15.safetensors")
     """
     path = Path(path)
     device = torch.device(device or "cpu")
+    target = torch.device(load_device) if load_device is not None else device
     heads: dict[str, int] = {}
     acts: dict[str, str] = {}
     unet_heads = None
     if path.is_dir():
         parts, sched, heads, extra = _diffusers_folder(path)
         acts, unet_heads = extra["acts"], extra["unet_heads"]
-        full: dict[str, Any] = {"v_pred": 1} if sched.get("prediction_type") == "v_prediction" else {}
+        names: dict[str, Any] = {"v_pred": 1} if sched.get("prediction_type") == "v_prediction" else {}
     else:
         full = read_state_dict(path)
         parts = keys.split_checkpoint(full)
         if not parts["unet"]:
             raise _unknown(path, full)
+        names = dict.fromkeys(full)  # the marker keys the families read; the tensors live on in `parts` only
+        del full
     family = detect_family(parts)
     if family is None:
-        raise _unknown(path, full)
+        raise _unknown(path, names)
     _check_complete(path, family, parts)
     unet_dtype, te_dtype, vae_dtype = default_dtypes(device, dtype)
     unet_dtype = family.compute_dtype(device, dtype) if dtype is None else unet_dtype
@@ -304,32 +372,39 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
                          "re-download the file") from None
     if unet_heads is not None and family.name == "sd1":  # diffusers folders name their head count
         config.num_heads = unet_heads if isinstance(unet_heads, int) else unet_heads[0]
-    network = _build_network(family, config, net_sd, path, device, unet_dtype)
-    vae = _load_module(lambda: AutoencoderKL(vcfg), parts["vae"], "VAE", path).to(device, vae_dtype)
+    sampling = family.model_sampling(config, names, parts)
+    parts["unet"] = {}  # net_sd is the only holder now: each tensor is released as it is placed
+    network = _build_network(family, config, net_sd, path, target, unet_dtype)
+    del net_sd
+    vae = _load_module(lambda: AutoencoderKL(vcfg), parts.pop("vae"), "VAE", path, target, vae_dtype)
     if family.name not in _CLIP_SLOTS and not any(k in parts for k in family.text_encoders):
         te = None  # ComfyUI's SD3.5 single files carry no text encoders: a CLIP loader gives them, CLIP is None
     elif family.name in _CLIP_SLOTS:
-        te = _text_encoder(parts, family, path, heads, acts, embeddings_dir).to(device, te_dtype)
+        te = _text_encoder(parts, family, path, heads, acts, embeddings_dir, target, te_dtype)
     else:
         from .text_encoder_files import build_text_encoder
 
         context = config.get("joint_attention_dim") if family.name == "sd3" else None
-        te = build_text_encoder(family.name, {k: parts[k] for k in family.text_encoders if k in parts},
-                                name=path.name, device=device, dtype=None if dtype is None else te_dtype,
+        te = build_text_encoder(family.name, {k: parts.pop(k) for k in family.text_encoders if k in parts},
+                                name=path.name, device=target, dtype=te_dtype if dtype or target != device else None,
                                 embeddings_dir=embeddings_dir, context_dim=context)
-    model = DiffusionModel(network, family, config, family.model_sampling(config, full, parts), name=path.name)
+    model = DiffusionModel(network, family, config, sampling, name=path.name)
     return model, te, VAE(vae.eval(), name=path.name)
 
 
 def _build_network(family: ModelFamily, config: Any, sd: dict[str, Any], path: Path, device: torch.device,
                    dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> nn.Module:
-    """The family's network filled with ``sd`` on ``device``: fp8-stored weights stay fp8 (upcast per layer to
-    ``dtype``), and ``weight_dtype`` (an fp8 type) stores the others that way too, as UNETLoader's option does."""
+    """The family's network filled with ``sd`` on ``device`` (emptying ``sd``): fp8-stored weights stay fp8 (upcast
+    per layer to ``dtype``, times their ``scale_weight`` in scaled-fp8 files), and ``weight_dtype`` (an fp8 type)
+    stores the others that way too, as UNETLoader's option does."""
     from . import fp8
 
-    network = _load_module(lambda: family.build(config), sd, "diffusion model", path)
-    if any(fp8.is_fp8(v) for v in sd.values()):
-        fp8.apply_fp8(network, compute_dtype=dtype)
+    scales = fp8.pop_scales(sd)
+    has_fp8 = bool(scales) or any(fp8.is_fp8(v) for v in sd.values())
+    network = _load_module(lambda: family.build(config), sd, "diffusion model", path, device, dtype)
+    sd.clear()
+    if has_fp8:
+        fp8.apply_fp8(network, scales, compute_dtype=dtype)
     fp8.module_to(network, device, dtype)
     if weight_dtype is not None:
         fp8.quantize_fp8(network, weight_dtype, compute_dtype=dtype)
@@ -342,8 +417,11 @@ WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn
 
 
 def load_diffusion_model(path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None,
-                         weight_dtype: str = "default") -> DiffusionModel:
+                         weight_dtype: str = "default", load_device: Any = None) -> DiffusionModel:
     """A diffusion model file on its own (UNETLoader): FLUX.1 / SD3.5 transformers, SD1/SD2/SDXL UNets.
+
+    fp8 files stay fp8 in memory (scaled-fp8 ones with their scales) and are upcast one layer at a time.
+    Dtypes are chosen for `device`; `load_device` (default `device`) is where the weights go now.
 
     >>> model = load_diffusion_model("models/diffusion_models/flux1-schnell.safetensors", weight_dtype="fp8_e4m3fn")
     """
@@ -364,6 +442,8 @@ def load_diffusion_model(path: str | Path, *, device: Any = None, dtype: torch.d
         from .text_encoder_files import describe
 
         raise ModelError(f"{path}: not a diffusion model this engine knows: it looks like {describe(full)}")
+    names = dict.fromkeys(full)
+    del full
     compute = family.compute_dtype(device, dtype)
     try:
         net_sd = family.convert(unet, compute)
@@ -371,8 +451,12 @@ def load_diffusion_model(path: str | Path, *, device: Any = None, dtype: torch.d
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise ModelError(f"{path}: the {family.name} diffusion model weights are incomplete ({e!r}); "
                          "re-download the file") from None
-    network = _build_network(family, config, net_sd, path, device, compute, WEIGHT_DTYPES[weight_dtype])
-    return DiffusionModel(network, family, config, family.model_sampling(config, full, parts), name=path.name)
+    sampling = family.model_sampling(config, names, parts)
+    del unet
+    parts["unet"] = {}
+    target = torch.device(load_device) if load_device is not None else device
+    network = _build_network(family, config, net_sd, path, target, compute, WEIGHT_DTYPES[weight_dtype])
+    return DiffusionModel(network, family, config, sampling, name=path.name)
 
 
 def load_vae(path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None) -> VAE:
@@ -383,5 +467,5 @@ def load_vae(path: str | Path, *, device: Any = None, dtype: torch.dtype | None 
         raise ModelError(f"{path}: no VAE decoder weights found; is this a VAE file (models/vae)?")
     device = torch.device(device or "cpu")
     vae_dtype = dtype or default_dtypes(device, None)[2]
-    module = _load_module(lambda: AutoencoderKL(infer_vae_config(sd)), sd, "VAE", path).to(device, vae_dtype)
+    module = _load_module(lambda: AutoencoderKL(infer_vae_config(sd)), sd, "VAE", path, device, vae_dtype)
     return VAE(module.eval(), name=path.name)

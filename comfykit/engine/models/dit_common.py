@@ -150,6 +150,38 @@ def dequantize_scaled_fp8(sd: dict[str, Any], dtype: torch.dtype = torch.float32
     return out
 
 
+def trace_sources(convert: Callable[[dict[str, Any]], dict[str, Any]], sd: dict[str, Any]) -> dict[str, str]:
+    """{converted key: source key} of a key conversion, found by running it on tiny integer stand-ins.
+
+    Each stand-in has the source's first dimension (what converters split and concatenate along) and holds its
+    key's index, so whatever part of it lands under a new name still says where it came from. Costs a few bytes
+    per row, never the weights.
+    """
+    names = list(sd)
+    probe = {k: torch.full((sd[k].shape[0] if sd[k].ndim else 1, 1), i, dtype=torch.int32)
+             for i, k in enumerate(names)}
+    out = convert(probe)
+    return {k: names[int(v.reshape(-1)[0])] for k, v in out.items()
+            if isinstance(v, torch.Tensor) and v.numel() and not v.is_meta}
+
+
+def convert_scaled(convert: Callable[[dict[str, Any]], dict[str, Any]], sd: dict[str, Any]) -> dict[str, Any]:
+    """`convert(sd)` for a state dict that may be scaled fp8: the weights stay fp8 and each keeps its
+    `scale_weight` / `scale_input` under its new name (the parts of a fused qkv share the fused one's scale)."""
+    from .fp8 import pop_scales
+
+    scales = pop_scales(sd)
+    if not scales:
+        return convert(sd)
+    sources = trace_sources(convert, sd)
+    out = convert(sd)
+    for key, src in sources.items():
+        if key.endswith(".weight") and src.endswith(".weight"):
+            for leaf, value in scales.get(src[: -len(".weight")], {}).items():
+                out[key[: -len("weight")] + leaf] = value
+    return out
+
+
 def open_source(source: str | Path | dict[str, Any], name: str | None) -> tuple[dict[str, Any], dict, str, bool]:
     """(state dict, diffusers folder config, label for messages, whether we own the dict) of a loader's source."""
     if isinstance(source, dict):

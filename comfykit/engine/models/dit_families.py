@@ -13,7 +13,7 @@ from torch import nn
 
 from ..sampling import latent_formats
 from ..sampling.schedulers import ModelSamplingDiscreteFlow, ModelSamplingFlux
-from .dit_common import dequantize_scaled_fp8, detect_layout
+from .dit_common import convert_scaled, detect_layout
 from .family import DiffusionModel, ModelFamily, ModelInputs
 from .flux import FluxModel, flux_concat, flux_to_diffusers, infer_flux_config
 from .sd3 import SD3Model, infer_sd3_config, sd3_to_diffusers
@@ -44,8 +44,9 @@ class FluxFamily(ModelFamily):
         return super().compute_dtype(device, requested)
 
     def convert(self, sd: dict[str, Any], dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-        sd = dequantize_scaled_fp8(sd, dtype)
-        return _prefixed(flux_to_diffusers(sd) if detect_layout(sd) == "flux-bfl" else sd)
+        # scaled fp8 stays fp8: the scales travel to the diffusers names and fp8.CastLinear applies them
+        bfl = detect_layout(sd) == "flux-bfl"
+        return _prefixed(convert_scaled(lambda d: flux_to_diffusers(d, consume=True) if bfl else d, sd))
 
     def config(self, sd: dict[str, Any], parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return infer_flux_config({k[len("transformer."):]: v for k, v in sd.items()})
@@ -94,8 +95,8 @@ class SD3Family(ModelFamily):
         return (detect_layout(parts["unet"]) or "").startswith("sd3")
 
     def convert(self, sd: dict[str, Any], dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-        sd = dequantize_scaled_fp8(sd, dtype)
-        return _prefixed(sd3_to_diffusers(sd) if detect_layout(sd) == "sd3-sai" else sd)
+        sai = detect_layout(sd) == "sd3-sai"
+        return _prefixed(convert_scaled(lambda d: sd3_to_diffusers(d, consume=True) if sai else d, sd))
 
     def config(self, sd: dict[str, Any], parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return infer_sd3_config({k[len("transformer."):]: v for k, v in sd.items()})

@@ -132,7 +132,8 @@ class ModelFamily:
 
 
 def module_device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
+    """Where a module computes: its first weight's device, or the device a partial load (offload.stream) set."""
+    return module.__dict__.get("_comfykit_device") or next(module.parameters()).device
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:

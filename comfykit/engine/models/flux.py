@@ -248,7 +248,9 @@ class FluxModel(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the weights are."""
-        return self.transformer.x_embedder.weight.device
+        from .family import module_device
+
+        return module_device(self)  # a partial load (offload.stream) names the device itself
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor | None,
                 guidance: torch.Tensor | float | None = None, concat: torch.Tensor | None = None,

@@ -57,6 +57,17 @@ def split_scales(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str
     return weights, scales
 
 
+def pop_scales(sd: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """Take the scaled-fp8 scales (and the `scaled_fp8` marker) out of `sd` in place; returns them by layer."""
+    scales: dict[str, dict[str, torch.Tensor]] = {}
+    for key in [k for k in sd if k.rpartition(".")[2] in (*SCALE_KEYS, MARKER_KEY) or k == MARKER_KEY]:
+        layer, _, leaf = key.rpartition(".")
+        value = sd.pop(key)
+        if leaf in SCALE_KEYS:
+            scales.setdefault(layer, {})[leaf] = value
+    return scales
+
+
 def dequantize(sd: dict[str, Any], dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """The plain state dict an fp8 / scaled fp8 one stands for: fp8 tensors in `dtype`, times their scale_weight."""
     weights, scales = split_scales(sd)

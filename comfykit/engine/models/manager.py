@@ -1,18 +1,41 @@
-"""`ModelManager`: keeps loaded checkpoints between runs and moves them between the compute device and CPU."""
+"""`ModelManager`: keeps loaded models between runs and decides what sits on the compute device.
+
+The memory model: the device's free memory (``torch.cuda.mem_get_info``, or a fixed ``budget`` of bytes for tests
+and for sharing a GPU) less ``reserve``, and each placed model's weight bytes. Before a node runs its models are
+placed: idle models leave the device least recently used first (to host RAM, or dropped when host RAM is short and
+the file can be read again), a model that still does not fit is partially loaded (``offload.stream``), and text
+encoders leave after encoding when the device is short of memory. ``vram`` picks ComfyUI's policy:
+
+=========  ======================================================================================================
+"high"     models are loaded whole and stay on the device (ComfyUI ``--highvram``)
+"normal"   whole when they fit after unloading idle models, else partially (the default)
+"low"      weights get at most half the free memory, the rest is left to activations (``--lowvram``)
+"no"       every streamable layer is streamed (``--novram``)
+"cpu"      everything runs on the CPU (``--cpu``)
+=========  ======================================================================================================
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from .checkpoint import default_dtypes, load_checkpoint, load_diffusion_model, load_vae
+from .offload import Streamer, model_bytes, model_modules, stream
 from .text_encoder import TextEncoder
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+VRAM_MODES = ("high", "normal", "low", "no", "cpu")
 
 
 def default_device() -> torch.device:
@@ -34,19 +57,72 @@ def file_key(path: str | Path) -> tuple:
     return (str(path), stat.st_size, stat.st_mtime_ns)
 
 
+def _file_size(path: str | Path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def host_available() -> int:
+    """Host RAM the kernel can hand out now (MemAvailable), in bytes; a large number where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 50
+
+
+def gb(n: float) -> str:
+    """Bytes as GB with two decimals (MB below one GB), for messages."""
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+@dataclass
+class Placement:
+    """A model on the device: whole (``streamer`` None) or partially, and the device bytes it holds."""
+
+    model: Any
+    bytes: int
+    streamer: Streamer | None = None
+
+
+def _key(model: Any) -> tuple:
+    return tuple(id(m) for m in model_modules(model))
+
+
 class ModelManager:
     """Loaded models keyed by (path, size, mtime); the same file loads once and comes back as the same objects.
 
-    >>> manager = ModelManager()
+    >>> manager = ModelManager(vram="normal", budget=6 << 30)         # or the GPU's own free memory
     >>> model, clip, vae = manager.load_checkpoint("models/checkpoints/x.safetensors")
-    >>> manager.call(lambda: vae.decode(latent), vae)   # on CUDA OOM, offloads other models and retries
+    >>> manager.call(lambda: vae.decode(latent), vae)   # makes room, places vae, retries once on out-of-memory
     """
 
-    def __init__(self, device: Any = None, dtype: torch.dtype | None = None, max_loaded: int = 4):
+    def __init__(self, device: Any = None, dtype: torch.dtype | None = None, max_loaded: int = 4, *,
+                 vram: str = "normal", budget: int | None = None, reserve: int = 0, host_budget: int | None = None):
+        if vram not in VRAM_MODES:
+            raise ValueError(f"vram={vram!r} is not a memory mode; use one of {', '.join(VRAM_MODES)}")
+        self.vram = vram
+        if vram == "cpu":
+            device = "cpu"
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype
         self.max_loaded = max_loaded
+        self.budget = budget
+        self.reserve = int(reserve)
+        self.host_budget = host_budget
+        self.events: list[tuple[str, str]] = []  # ("load" | "offload" | "drop" | "restore" | "partial", name)
         self._loaded: OrderedDict[tuple, Any] = OrderedDict()
+        self._resident: OrderedDict[tuple, Placement] = OrderedDict()  # least recently used first
+        self._reload: dict[tuple, Callable[[], Any]] = {}
+        self._dropped: dict[tuple, Any] = {}
+
+    @property
+    def managed(self) -> bool:
+        """Whether device memory is accounted for (a budget, or a CUDA device)."""
+        return self.budget is not None or self.device.type == "cuda"
 
     # -- loading ------------------------------------------------------------------------------------------------
     def _get(self, key: tuple, load: Callable[[], T]) -> T:
@@ -54,26 +130,53 @@ class ModelManager:
             self._loaded.move_to_end(key)
             return self._loaded[key]
         while len(self._loaded) >= self.max_loaded:
-            self._loaded.popitem(last=False)  # least recently used goes first
+            _, old = self._loaded.popitem(last=False)  # least recently used goes first
+            for part in old if isinstance(old, tuple) else (old,):
+                self._forget(part)
         value = self._with_retry(load, keep=())
         self._loaded[key] = value
+        return value
+
+    def _load_device(self, path: str | Path) -> torch.device:
+        """Where a file's weights go when loaded: the device if they fit there, else the host (placed at use)."""
+        if not self.managed or self.vram == "high":
+            return self.device
+        if self.vram in ("low", "no") or _file_size(path) > self.free_memory():
+            return torch.device("cpu")
+        return self.device
+
+    def _remember(self, value: Any, reload: Callable[[], Any]) -> Any:
+        for i, part in enumerate(value if isinstance(value, tuple) else (value,)):
+            if part is not None and model_modules(part):
+                self._reload[_key(part)] = (lambda i=i: reload()[i]) if isinstance(value, tuple) else reload
         return value
 
     def load_checkpoint(self, path: str | Path, embeddings_dir: str | Path | None = None) -> tuple:
         """(DiffusionModel, TextEncoder, VAE) of `path`, loaded once while the file is unchanged."""
         key = ("checkpoint", file_key(path), str(embeddings_dir))
-        return self._get(key, lambda: load_checkpoint(path, device=self.device, dtype=self.dtype,
-                                                      embeddings_dir=embeddings_dir))
+
+        def load(target: Any = None) -> tuple:
+            target = target or self._load_device(path)
+            # dtypes for the compute device, weights wherever `target` says (the host when they do not fit)
+            return load_checkpoint(path, device=self.device, dtype=self.dtype, embeddings_dir=embeddings_dir,
+                                   load_device=target)
+
+        return self._get(key, lambda: self._remember(load(), lambda: load(self.device)))
 
     def load_vae(self, path: str | Path) -> Any:
         """A standalone VAE, loaded once while the file is unchanged."""
-        return self._get(("vae", file_key(path)), lambda: load_vae(path, device=self.device))
+        return self._get(("vae", file_key(path)),
+                         lambda: self._remember(load_vae(path, device=self.device), lambda: load_vae(path, device=self.device)))
 
     def load_diffusion_model(self, path: str | Path, weight_dtype: str = "default") -> Any:
         """A diffusion model file on its own (UNETLoader), loaded once per file and weight_dtype."""
         key = ("diffusion_model", file_key(path), weight_dtype)
-        return self._get(key, lambda: load_diffusion_model(path, device=self.device, dtype=self.dtype,
-                                                           weight_dtype=weight_dtype))
+
+        def load(target: Any = None) -> Any:
+            return load_diffusion_model(path, device=self.device, dtype=self.dtype, weight_dtype=weight_dtype,
+                                        load_device=target or self._load_device(path))
+
+        return self._get(key, lambda: self._remember(load(), lambda: load(self.device)))
 
     def load_text_encoders(self, paths: list[str | Path], type: str, *, cpu: bool = False,  # noqa: A002
                            embeddings_dir: str | Path | None = None) -> Any:
@@ -82,6 +185,7 @@ class ModelManager:
 
         device = torch.device("cpu") if cpu else self.device
         key = ("text_encoders", tuple(file_key(p) for p in paths), type, str(device), str(embeddings_dir))
+
         def load() -> Any:
             encoder = load_text_encoders(paths, type, device=device, embeddings_dir=embeddings_dir)
             encoder.keep_on_cpu = cpu  # ComfyUI's device="cpu": encode there, never move it to the GPU
@@ -100,44 +204,195 @@ class ModelManager:
         """Keys of what is loaded now, least recently used first."""
         return list(self._loaded)
 
-    # -- placement ----------------------------------------------------------------------------------------------
+    # -- the memory model ---------------------------------------------------------------------------------------
+    def free_memory(self) -> float:
+        """Bytes the device can still take for weights (less ``reserve``); infinite on an unmanaged CPU."""
+        if self.budget is not None:
+            return self.budget - self.reserve - sum(p.bytes for p in self._resident.values())
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            free, _ = torch.cuda.mem_get_info(index)
+            # what torch's caching allocator holds but does not use is free for us too
+            free += torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+            return free - self.reserve
+        return math.inf
+
+    def host_free(self) -> float:
+        """Host RAM available for models leaving the device."""
+        return self.host_budget if self.host_budget is not None else host_available()
+
+    def resident(self) -> list[str]:
+        """Names of the models on the device, least recently used first (partial ones marked)."""
+        return [f"{_name(p.model)}{' (partial)' if p.streamer else ''}" for p in self._resident.values()]
+
+    def _compute_dtype(self, model: Any) -> torch.dtype | None:
+        unet_dtype, te_dtype, vae_dtype = default_dtypes(self.device, self.dtype)
+        family = getattr(model, "family", None)
+        if family is not None and hasattr(family, "compute_dtype"):  # FLUX.1 runs in bf16 where fp16 overflows
+            return family.compute_dtype(self.device, self.dtype)
+        if isinstance(model, TextEncoder):  # the FLUX.1/SD3 encoders are TextEncoder subclasses
+            return te_dtype
+        return {"DiffusionModel": unet_dtype, "VAE": vae_dtype}.get(type(model).__name__)
+
+    def use(self, *models: Any, partial: bool = False) -> None:
+        """Put `models` on the compute device, making room first; those that cannot fit are loaded partially."""
+        models = tuple(m for m in models if m is not None and model_modules(m))
+        for m in models:
+            self._restore_if_dropped(m)
+        for m in models:
+            if getattr(m, "keep_on_cpu", False):
+                continue
+            key = _key(m)
+            if key in self._resident and not (partial and self._resident[key].streamer is None):
+                self._resident.move_to_end(key)
+                continue
+            if key in self._resident:
+                self._offload(key)
+            dtype = self._compute_dtype(m)
+            if not self.managed:
+                if m.device != self.device and not (m.device.type == self.device.type == "cuda"):
+                    self._with_retry(lambda m=m, dtype=dtype: m.to(self.device, dtype), keep=models)
+                continue
+            self._place(m, key, dtype, models, partial)
+
+    def _place(self, m: Any, key: tuple, dtype: torch.dtype | None, keep: tuple, partial: bool) -> None:
+        size = model_bytes(m, dtype)
+        limit = self._weight_limit(partial, size)
+        if size > limit:
+            self._make_room(size - limit, keep)
+            limit = self._weight_limit(partial, size)
+        if self.vram == "high" or (size <= limit and self.vram != "no"):
+            self._with_retry(lambda: m.to(self.device, dtype), keep=keep)
+            self._resident[key] = Placement(m, size)
+            return
+        streamer = stream(model_modules(m), self.device, max(0, int(limit)) if self.vram != "no" else 0, dtype)
+        self._resident[key] = Placement(m, streamer.resident_bytes, streamer)
+        self.events.append(("partial", _name(m)))
+        log.info("%s: %s of %s on %s, %d layers streamed", _name(m), gb(streamer.resident_bytes), gb(size),
+                 self.device, streamer.streamed_layers)
+
+    def _weight_limit(self, partial: bool, size: int) -> float:
+        """Device bytes a model's weights may take: what is free ("low": half of it, for activations); on the
+        retry after an out-of-memory, at most half the model, so the run gets that much more room."""
+        free = self.free_memory()
+        if partial:
+            return min(free / 2, size / 2)
+        return free / 2 if self.vram == "low" else free
+
+    def _make_room(self, need: float, keep: tuple) -> None:
+        """Unload idle models, least recently used first, until `need` bytes are free (or nothing is left)."""
+        keep_keys = {_key(m) for m in keep}
+        for key in list(self._resident):
+            if need <= 0:
+                break
+            if key not in keep_keys:
+                need -= self._offload(key)
+
+    def _offload(self, key: tuple) -> int:
+        """Take one model off the device: to host RAM, or dropped (re-read from its file later) when RAM is short."""
+        placement = self._resident.pop(key)
+        m = placement.model
+        if placement.streamer is not None:
+            placement.streamer.release()
+        if self.host_free() < placement.bytes and key in self._reload:
+            for module in model_modules(m):
+                for t in (*module.parameters(), *module.buffers()):
+                    # an empty host tensor in place of the weights (set_data cannot go back from "meta");
+                    # they come back from the file when the model is used again
+                    t.data = torch.empty(0, dtype=t.dtype)
+            self._dropped[key] = m
+            self.events.append(("drop", _name(m)))
+        else:
+            if placement.streamer is None:
+                m.to("cpu")
+            self.events.append(("offload", _name(m)))
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return placement.bytes
+
+    def _restore_if_dropped(self, m: Any) -> None:
+        if not self._dropped or not any(p.numel() == 0 for module in model_modules(m) for p in module.parameters()):
+            return
+        # a clone shares the dropped model's parameter objects: bring back every dropped model
+        for key, dropped in list(self._dropped.items()):
+            fresh = self._reload[key]()
+            for old, new in zip(model_modules(dropped), model_modules(fresh)):
+                new_state = new.state_dict(keep_vars=True)
+                for name, t in (*old.named_parameters(), *old.named_buffers()):
+                    t.data = new_state[name].data
+            del self._dropped[key]
+            self.events.append(("restore", _name(dropped)))
+
+    def _forget(self, model: Any) -> None:
+        if model is None or not model_modules(model):
+            return
+        key = _key(model)
+        placement = self._resident.pop(key, None)
+        if placement is not None and placement.streamer is not None:
+            placement.streamer.release()
+        self._reload.pop(key, None)
+        self._dropped.pop(key, None)
+
     def _models(self) -> list[Any]:
         out = []
         for value in self._loaded.values():
-            out += [m for m in (value if isinstance(value, tuple) else (value,)) if m is not None]
-        return out
+            out += list(value) if isinstance(value, tuple) else [value]
+        return [m for m in out if m is not None]
 
     def offload(self, keep: tuple = ()) -> None:
-        """Move every loaded model but `keep` to CPU and release cached GPU memory."""
-        if self.device.type == "cpu":
-            return
-        keep_ids = {id(m) for m in keep}
-        for m in self._models():
-            if id(m) not in keep_ids and m.device.type != "cpu":
-                m.to("cpu")
+        """Move every model but `keep` off the device and release cached GPU memory."""
+        keep_keys = {_key(m) for m in keep if m is not None}
+        for key in [k for k in self._resident if k not in keep_keys]:
+            self._offload(key)
+        if self.device.type != "cpu" and not self.managed:
+            for m in self._models():
+                if _key(m) not in keep_keys and m.device.type != "cpu":
+                    m.to("cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def use(self, *models: Any) -> None:
-        """Put `models` on the compute device (fp16 UNet/text encoder, bf16 VAE where supported)."""
-        unet_dtype, te_dtype, vae_dtype = default_dtypes(self.device, self.dtype)
-        for m in models:
-            if m is None or getattr(m, "keep_on_cpu", False) or m.device == self.device or (
-                    m.device.type == self.device.type == "cuda"):
-                continue
-            kind = type(m).__name__
-            dtype = {"DiffusionModel": unet_dtype, "VAE": vae_dtype}.get(kind)
-            if isinstance(m, TextEncoder):  # the FLUX.1/SD3 encoders are TextEncoder subclasses
-                dtype = te_dtype
-            family = getattr(m, "family", None)
-            if family is not None:  # FLUX.1 runs in bf16 where fp16 would overflow
-                dtype = family.compute_dtype(self.device, self.dtype)
-            self._with_retry(lambda m=m, dtype=dtype: m.to(self.device, dtype), keep=models)
+    def _memory_short(self) -> bool:
+        """Whether a loaded model that is not on the device would not fit in what is free now."""
+        waiting = [m for m in self._models() if _key(m) not in self._resident and not isinstance(m, TextEncoder)]
+        need = max((model_bytes(m, self._compute_dtype(m)) for m in waiting), default=0)
+        return need > self.free_memory()
 
+    # -- running ------------------------------------------------------------------------------------------------
     def call(self, fn: Callable[[], T], *models: Any) -> T:
-        """Run `fn` with `models` on the device; on CUDA out-of-memory, offload the others and retry once."""
+        """Run `fn` with `models` on the device. On out-of-memory: unload everything else, load `models` partially
+        with half the free memory, and retry once; a second failure says what was needed and what to try."""
         self.use(*models)
-        return self._with_retry(fn, keep=models)
+        try:
+            out = fn()
+        except torch.OutOfMemoryError as first:
+            log.warning("out of memory (%s): unloading idle models and retrying with partial loading",
+                        str(first).splitlines()[0][:120])
+            self.offload(keep=models)
+            try:
+                self.use(*models, partial=self.managed)
+                out = fn()
+            except torch.OutOfMemoryError as second:
+                raise torch.OutOfMemoryError(self.explain_oom(second, models)) from None
+        if self.managed and self.vram != "high":
+            for m in models:
+                if isinstance(m, TextEncoder) and _key(m) in self._resident and self._memory_short():
+                    self._offload(_key(m))  # the diffusion model needs the room more than the encoder
+        return out
+
+    def explain_oom(self, error: BaseException, models: tuple) -> str:
+        """An out-of-memory message: what was needed, what was free, which vram mode or size to try."""
+        asked = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]i?B)", str(error))
+        weights = sum(model_bytes(m, self._compute_dtype(m)) for m in models if m is not None)
+        free = self.free_memory()
+        free_text = "unlimited" if free == math.inf else gb(max(free, 0))
+        nxt = {"high": "'normal'", "normal": "'low'", "low": "'no'", "no": "'cpu'"}.get(self.vram)
+        advice = (f"try Engine(vram={nxt}) (partial loading), a smaller resolution or batch size"
+                  if nxt else "try a smaller resolution or batch size")
+        what = ", ".join(_name(m) for m in models if m is not None) or "the node"
+        return (f"out of memory on {self.device} running {what}: it needed "
+                f"{asked.group(1) + ' more for activations, ' if asked else ''}{gb(weights)} of weights; "
+                f"{free_text} free after unloading every other model and retrying with partial loading "
+                f"(vram={self.vram!r}); {advice}")
 
     def _with_retry(self, fn: Callable[[], T], keep: tuple) -> T:
         try:
@@ -148,6 +403,16 @@ class ModelManager:
 
     def unload_all(self) -> None:
         """Forget every loaded model (engine.free()) and release cached GPU memory."""
+        for placement in self._resident.values():
+            if placement.streamer is not None:
+                placement.streamer.release()
+        self._resident.clear()
         self._loaded.clear()
+        self._reload.clear()
+        self._dropped.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _name(model: Any) -> str:
+    return f"{type(model).__name__}({getattr(model, 'name', '') or '?'})"

@@ -160,7 +160,9 @@ class SD3Model(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the weights are."""
-        return self.transformer.pos_embed.proj.weight.device
+        from .family import module_device
+
+        return module_device(self)  # a partial load (offload.stream) names the device itself
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor | None,
                 guidance: Any = None, concat: torch.Tensor | None = None, ref_latents: Any = None,

@@ -167,8 +167,8 @@ def test_tiled_decode(sd1):
     vae = sd1[2]
     latent = torch.randn(1, 4, 24, 20, generator=torch.Generator().manual_seed(0))
     full = vae.decode(latent)
-    torch.testing.assert_close(vae.decode_tiled(latent, tile=64), full)  # one tile: the same as decode
-    tiled = vae.decode_tiled(latent, tile=12, overlap=4)
+    torch.testing.assert_close(vae.decode_tiled(latent, 64, 64), full)  # one tile in each pass: the same
+    tiled = vae.decode_tiled(latent, 12, 12, overlap=4)
     assert tiled.shape == full.shape == (1, 192, 160, 3)
     assert tiled.min() >= 0 and tiled.max() <= 1
     # tiles see less context (the mid attention is global) but the picture stays the same one

@@ -1,0 +1,138 @@
+"""The memory model with fake device sizes: LRU unloading, partial loading, dropping on short host RAM, OOM retry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tiny_graphs
+
+torch = pytest.importorskip("torch")
+
+from comfykit.engine import Engine  # noqa: E402
+from comfykit.engine.models.manager import ModelManager  # noqa: E402
+from comfykit.engine.models.offload import model_bytes  # noqa: E402
+from comfykit.errors import ExecutionError  # noqa: E402
+
+
+@pytest.fixture()
+def ckpt_path(models_dir, ckpt_name):
+    return models_dir / "checkpoints" / ckpt_name
+
+
+def _kinds(events, kind):
+    return [name.split("(")[0] for k, name in events if k == kind]
+
+
+def test_idle_models_leave_least_recently_used_first(ckpt_path):
+    manager = ModelManager("cpu")  # unmanaged: measure the sizes
+    model, clip, vae = manager.load_checkpoint(ckpt_path)
+    sizes = {name: model_bytes(m) for name, m in (("unet", model), ("clip", clip), ("vae", vae))}
+    assert sizes["unet"] < min(sizes["clip"], sizes["vae"])  # so the UNet fits where either of them was
+    budget = sizes["clip"] + sizes["vae"] + 1
+    manager = ModelManager("cpu", budget=budget)
+    model, clip, vae = manager.load_checkpoint(ckpt_path)
+    manager.use(clip)
+    manager.use(vae)
+    assert manager.resident() == ["TextEncoder(comfykit-demo-sd15.safetensors)", "VAE(comfykit-demo-sd15.safetensors)"]
+    manager.use(clip)  # touched: now the VAE is the least recently used
+    manager.use(model)
+    assert _kinds(manager.events, "offload") == ["VAE"]
+    assert [n.split("(")[0] for n in manager.resident()] == ["TextEncoder", "DiffusionModel"]
+    assert manager.free_memory() >= 0
+
+
+def test_text_encoder_leaves_the_device_after_encoding_when_memory_is_short(ckpt_path):
+    manager = ModelManager("cpu", budget=10**9)
+    model, clip, vae = manager.load_checkpoint(ckpt_path)
+    manager.call(lambda: clip.encode("a cat"), clip)
+    assert "TextEncoder" in manager.resident()[0]  # plenty of room: it stays
+    manager = ModelManager("cpu", budget=model_bytes(clip) + model_bytes(model) // 2)
+    model, clip, vae = manager.load_checkpoint(ckpt_path)
+    manager.call(lambda: clip.encode("a cat"), clip)
+    assert manager.resident() == [] and _kinds(manager.events, "offload") == ["TextEncoder"]
+
+
+def _image(result):
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+def test_a_model_larger_than_the_budget_is_streamed_and_gives_the_same_image(models_dir, ckpt_name, tmp_path):
+    graph = tiny_graphs.t2i(ckpt_name, save=False)
+    full = Engine(models_dir, output_dir=tmp_path / "o1", device="cpu", previews="none").run(graph)
+    manager = ModelManager("cpu")
+    model, _, _ = manager.load_checkpoint(models_dir / "checkpoints" / ckpt_name)
+    budget_gb = model_bytes(model) / 3 / 2**30  # a third of the UNet fits
+    engine = Engine(models_dir, output_dir=tmp_path / "o2", device="cpu", previews="none", vram_budget=budget_gb)
+    streamed = engine.run(graph)
+    assert "DiffusionModel" in _kinds(engine.models.events, "partial")
+    placement = next(p for p in engine.models._resident.values() if p.streamer is not None)
+    assert placement.streamer.streamed_bytes > 0 and placement.streamer.streamed_layers > 0
+    assert placement.streamer.resident_bytes <= budget_gb * 2**30
+    assert np.array_equal(_image(streamed), _image(full))
+
+
+def test_no_vram_streams_every_layer_and_matches(models_dir, ckpt_name, tmp_path):
+    graph = tiny_graphs.t2i(ckpt_name, save=False, steps=1)
+    full = Engine(models_dir, output_dir=tmp_path / "o1", device="cpu", previews="none").run(graph)
+    engine = Engine(models_dir, output_dir=tmp_path / "o2", device="cpu", previews="none", vram="no",
+                    vram_budget=1.0)
+    assert np.array_equal(_image(engine.run(graph)), _image(full))
+    assert set(_kinds(engine.models.events, "partial")) == {"DiffusionModel", "TextEncoder", "VAE"}
+
+
+def test_short_host_ram_drops_a_model_and_reads_it_again(ckpt_path):
+    manager = ModelManager("cpu")
+    model, clip, vae = manager.load_checkpoint(ckpt_path)
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    want = vae.decode(latent)
+    manager = ModelManager("cpu", budget=max(model_bytes(model), model_bytes(vae)) + 1, host_budget=0)
+    model, clip, vae = manager.load_checkpoint(ckpt_path)
+    manager.use(vae)
+    manager.use(model)  # no room for both, no host RAM: the VAE is dropped, not copied
+    assert _kinds(manager.events, "drop") == ["VAE"]
+    assert all(p.numel() == 0 for p in vae.module.parameters())  # nothing held, on the device or the host
+    got = manager.call(lambda: vae.decode(latent), vae)
+    assert "VAE" in _kinds(manager.events, "restore")
+    torch.testing.assert_close(got, want)
+
+
+def test_out_of_memory_retries_once_with_partial_loading(ckpt_path):
+    manager = ModelManager("cpu", budget=10**9)
+    model, clip, vae = manager.load_checkpoint(ckpt_path)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "ok"
+
+    assert manager.call(flaky, model) == "ok"
+    assert _kinds(manager.events, "partial") == ["DiffusionModel"]
+
+    def always():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.50 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        manager.call(always, model)
+    message = str(info.value)
+    assert "3.50 GiB" in message and "vram='low'" in message and "resolution" in message
+
+
+def test_engine_names_the_node_and_stays_usable_after_out_of_memory(models_dir, ckpt_name, tmp_path, monkeypatch):
+    from comfykit.engine.models.diffusion import VAE
+
+    engine = Engine(models_dir, output_dir=tmp_path, device="cpu", previews="none", vram_budget=1.0)
+    graph = tiny_graphs.t2i(ckpt_name, save=False, steps=1)
+
+    def no_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    with monkeypatch.context() as m:
+        m.setattr(VAE, "decode", no_memory)
+        with pytest.raises(ExecutionError) as info:
+            engine.run(graph)
+    message = str(info.value)
+    assert "node 8 (VAEDecode)" in message and "9.00 GiB" in message and "vram='low'" in message
+    assert engine.run(graph).status == "success"
+    engine.shutdown()
