@@ -116,6 +116,10 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", default=None, help="models folder (default: $COMFYKIT_MODELS or ./models)")
     p.add_argument("--input-dir", default=None, help="input folder for LoadImage (default: ./input)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
+    p.add_argument("--vram", default="normal", choices=("high", "normal", "low", "no", "cpu"),
+                   help="GPU memory mode, as ComfyUI's --highvram/--lowvram/--novram: low streams a model that "
+                        "does not fit layer by layer")
+    p.add_argument("--reserve-vram", type=float, default=0.0, metavar="GB", help="GPU memory left for others")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -145,7 +149,8 @@ def _engine(args: argparse.Namespace, models_dir: Any = None, output_dir: Any = 
 
     _check_device(args.device)
     return Engine(models_dir if models_dir is not None else args.models_dir, output_dir=output_dir,
-                  input_dir=args.input_dir, device=args.device, previews="none")
+                  input_dir=args.input_dir, device=args.device, previews="none", vram=args.vram,
+                  reserve_vram=args.reserve_vram)
 
 
 def _progress(enabled: bool) -> tuple[Any, Any]:

@@ -288,3 +288,23 @@ def test_generate_model_shortcut_downloads_and_picks_the_flux_schnell_workflow(t
     assert fetched == ["flux-schnell", "flux-dev"]
     assert cli.main(["generate", "a fox", "--model", "nonsense", *args]) != 0
     assert "is not a shortcut" in capsys.readouterr().err
+
+
+def test_memory_flags_reach_the_engine(monkeypatch):
+    from comfykit.server.cli import engine_kwargs, parse_args
+
+    kwargs = engine_kwargs(parse_args(["--lowvram", "--reserve-vram", "1.5"]))
+    assert kwargs["vram"] == "low" and kwargs["reserve_vram"] == 1.5
+    assert "vram" not in engine_kwargs(parse_args([]))
+    seen = {}
+
+    class FakeEngine:
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+
+    import comfykit.engine
+
+    monkeypatch.setattr(comfykit.engine, "Engine", FakeEngine, raising=False)
+    args = cli._parser().parse_args(["generate", "x", "--vram", "no", "--reserve-vram", "2"])
+    cli._engine(args)
+    assert seen["vram"] == "no" and seen["reserve_vram"] == 2.0

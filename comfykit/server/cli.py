@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ComfyUI-style models folder (checkpoints/, loras/, vae/, ...); default $COMFYKIT_MODELS "
                         "or ./models")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    vram = p.add_mutually_exclusive_group()
+    vram.add_argument("--highvram", action="store_true", help="keep every model on the GPU")
+    vram.add_argument("--normalvram", action="store_true", help="unload idle models when memory runs short "
+                                                                "(default)")
+    vram.add_argument("--lowvram", action="store_true", help="stream a model that does not fit, layer by layer")
+    vram.add_argument("--novram", action="store_true", help="keep weights in host RAM, stream every layer")
+    p.add_argument("--reserve-vram", type=float, default=0.0, metavar="GB",
+                   help="GPU memory in GB left for other programs")
     p.add_argument("--demo", action="store_true",
                    help="also serve comfykit's tiny random demo checkpoint (made in MODELS/checkpoints if absent)")
     p.add_argument("--output-directory", default=None, help="where SaveImage writes (default ./output)")
@@ -100,6 +108,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["temp_dir"] = os.path.join(args.temp_directory, "temp")
     if args.cpu:
         kwargs["device"] = "cpu"
+    for flag, mode in (("highvram", "high"), ("lowvram", "low"), ("novram", "no")):
+        if getattr(args, flag, False):
+            kwargs["vram"] = mode
+    if getattr(args, "reserve_vram", 0.0):
+        kwargs["reserve_vram"] = args.reserve_vram
     if args.cache_lru > 0:
         kwargs["cache"], kwargs["cache_size"] = "lru", args.cache_lru
     elif args.cache_none:
