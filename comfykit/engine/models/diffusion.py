@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..interrupt import check as check_interrupt
 from .family import DiffusionModel, module_device, module_dtype
 from .vae import AutoencoderKL
 
@@ -43,6 +44,7 @@ def tiled_scale(x: torch.Tensor, fn, tile: tuple[int, int], overlap: int, scale:
     feather = round(overlap * scale)
     for y in _starts(h, tile[0], overlap):
         for x0 in _starts(w, tile[1], overlap):
+            check_interrupt()  # a big image is many tiles: stop between them when asked
             # one item at a time, as ComfyUI: the point is to need little memory
             part = torch.cat([fn(x[i:i + 1, :, y:y + tile[0], x0:x0 + tile[1]]) for i in range(b)])
             ph, pw = part.shape[2:]
@@ -92,6 +94,7 @@ class VAE:
         """`fn` over `x` in batches, halved on out-of-memory; at one item, the rest goes through `tiled`."""
         outs, i = [], 0
         while i < x.shape[0]:
+            check_interrupt()
             try:
                 outs.append(self._run(fn, x[i:i + batch]))
                 i += batch

@@ -38,3 +38,16 @@ def test_a_batch_resize_checks_between_items():
         out = common_upscale(x, 16, 16, "bilinear", "disabled")
     assert len(seen) == 3  # one check per item
     torch.testing.assert_close(out, torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear"))
+
+
+def test_vae_decodes_check_between_batches_and_tiles(sd1):
+    _, _, vae = sd1
+    latent = torch.randn(3, 4, 16, 16)
+    calls = []
+    with checking(lambda: calls.append(1)):
+        vae.decode(latent, batch=1)
+    assert len(calls) == 3
+    calls.clear()
+    with checking(lambda: calls.append(1)):
+        vae.decode_tiled(latent[:1], tile_x=8, tile_y=8, overlap=2)
+    assert len(calls) > 3  # one check per tile, in each of the tile layouts
