@@ -41,6 +41,7 @@ from .flux_sd3 import (
 )
 from .image import ImageScale, LoadImage, PreviewImage, SaveImage
 from .image_ops import ImageStitch
+from .inpaint import ImagePadForOutpaint, VAEEncodeForInpaint
 from .latent import EmptyLatentImage, LatentUpscale, LatentUpscaleBy
 from .loaders import (
     CheckpointLoaderSimple,
@@ -53,6 +54,7 @@ from .loaders import (
     VAELoader,
 )
 from .sampling import KSampler, KSamplerAdvanced, VAEDecode, VAEEncode
+from .upscale import ImageUpscaleWithModel, UpscaleModelLoader
 
 NODE_CLASSES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple, VAELoader, LoraLoader, LoraLoaderModelOnly,
@@ -66,6 +68,7 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     EmptySD3LatentImage, ModelSamplingFlux, ModelSamplingSD3, ModelSamplingAuraFlow,
     FluxGuidance, ReferenceLatent, FluxKontextImageScale, CLIPTextEncodeFlux, CLIPTextEncodeSD3, ImageStitch,
     ConditioningZeroOut, ConditioningSetTimestepRange, InstructPixToPixConditioning, InpaintModelConditioning,
+    VAEEncodeForInpaint, ImagePadForOutpaint, UpscaleModelLoader, ImageUpscaleWithModel,
 )
 
 #: class_type -> node class, like ComfyUI's ``nodes.NODE_CLASS_MAPPINGS``.

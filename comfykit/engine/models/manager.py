@@ -89,6 +89,12 @@ class ModelManager:
 
         return self._get(key, load)
 
+    def load_upscale_model(self, path: str | Path) -> Any:
+        """An UpscaleModelLoader model (ESRGAN family built in, others through spandrel), loaded once."""
+        from .upscale import load_upscale_model
+
+        return self._get(("upscale_model", file_key(path)), lambda: load_upscale_model(path))
+
     def loaded(self) -> list[tuple]:
         """Keys of what is loaded now, least recently used first."""
         return list(self._loaded)
