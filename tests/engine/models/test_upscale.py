@@ -205,3 +205,46 @@ def test_upscale_nodes_run_in_a_workflow(tmp_path):
     r, gr, b = result.image.getpixel((80, 48))
     assert r > 120 and gr < 110 and b < 110
     assert any(e.type == "progress" and e.data["node"] == "3" for e in events)
+
+
+def test_other_architectures_go_through_spandrel_where_it_imports(tmp_path, monkeypatch):
+    """A stand-in spandrel module (the real one needs a torchvision matching torch): its descriptor becomes an
+    UpscaleModel called through the descriptor, and what it does not know is a ModelError."""
+    import sys
+    import types
+
+    from safetensors.torch import save_file
+
+    class UnsupportedModelError(Exception):
+        pass
+
+    class ImageModelDescriptor:
+        def __init__(self, model, scale):
+            self.model, self.scale = model, scale
+            self.input_channels = self.output_channels = 3
+            self.architecture = types.SimpleNamespace(name="SwinIR")
+
+        def __call__(self, x):
+            return torch.nn.functional.interpolate(self.model(x), scale_factor=self.scale, mode="nearest")
+
+    class ModelLoader:
+        def load_from_state_dict(self, sd):
+            if not any("residual_group" in k for k in sd):
+                raise UnsupportedModelError("unknown")
+            conv = torch.nn.Conv2d(3, 3, 1)
+            conv.load_state_dict({"weight": sd["conv_first.weight"], "bias": sd["conv_first.bias"]})
+            return ImageModelDescriptor(conv, 2)
+
+    fake = types.SimpleNamespace(ModelLoader=ModelLoader, ImageModelDescriptor=ImageModelDescriptor,
+                                 UnsupportedModelError=UnsupportedModelError)
+    monkeypatch.setitem(sys.modules, "spandrel", fake)
+    eye = torch.eye(3)[:, :, None, None]
+    save_file({"layers.0.residual_group.blocks.0.norm1.weight": torch.ones(4), "conv_first.weight": eye,
+               "conv_first.bias": torch.zeros(3)}, str(tmp_path / "swinir.safetensors"))
+    model = load_upscale_model(tmp_path / "swinir.safetensors")
+    assert (model.architecture, model.scale) == ("SwinIR", 2)
+    image = torch.rand(1, 5, 7, 3)
+    torch.testing.assert_close(upscale_image(model, image), image.repeat_interleave(2, 1).repeat_interleave(2, 2))
+    save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ModelError, match="other.safetensors.*spandrel does not know"):
+        load_upscale_model(tmp_path / "other.safetensors")
