@@ -18,7 +18,6 @@ swapping rather than an exception, starts from the largest tile whose estimated 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -196,9 +195,16 @@ def _unknown(path: Path, sd: dict[str, Any], what: str | None, reason: str = "")
 
 
 # -- tiled upscaling -------------------------------------------------------------------------------------------
+def _starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Where the tiles along one side begin (ComfyUI's positions: every tile - overlap, the last one clamped)."""
+    if size <= tile:
+        return [0]
+    return [max(0, min(size - overlap, start)) for start in range(0, size - overlap, tile - overlap)]
+
+
 def tile_steps(width: int, height: int, tile: int, overlap: int) -> int:
-    """Model calls one image of this size takes (ComfyUI's ``get_tiled_scale_steps``)."""
-    return math.ceil(height / (tile - overlap)) * math.ceil(width / (tile - overlap))
+    """Model calls one image of this size takes."""
+    return len(_starts(height, tile, overlap)) * len(_starts(width, tile, overlap))
 
 
 def tiled_scale(samples: torch.Tensor, function: Callable[[torch.Tensor], torch.Tensor], tile: int, overlap: int,
@@ -216,9 +222,7 @@ def tiled_scale(samples: torch.Tensor, function: Callable[[torch.Tensor], torch.
             continue
         out = torch.zeros((1, out_channels, h * scale, w * scale))
         weight = torch.zeros_like(out)
-        starts = [range(0, size - overlap, tile - overlap) if size > tile else [0] for size in (h, w)]
-        for y, x in itertools.product(*starts):
-            y, x = max(0, min(h - overlap, y)), max(0, min(w - overlap, x))
+        for y, x in itertools.product(_starts(h, tile, overlap), _starts(w, tile, overlap)):
             piece = function(s[:, :, y:y + tile, x:x + tile]).float().cpu()
             ph, pw = piece.shape[2:]
             mask = (_feather(ph, overlap * scale)[:, None] * _feather(pw, overlap * scale)[None, :]).expand_as(piece)
@@ -259,7 +263,7 @@ def upscale_image(model: UpscaleModel, image: torch.Tensor, *, tile: int | None 
     h, w = samples.shape[-2:]
     tile = pick_tile(model, h, w, budget=budget) if tile is None else tile
     while True:
-        total = samples.shape[0] * (1 if h <= tile and w <= tile else tile_steps(w, h, tile, overlap))
+        total = samples.shape[0] * tile_steps(w, h, tile, overlap)
         counter = itertools.count(1)
         step = None if progress is None else (lambda total=total, counter=counter: progress(next(counter), total))
         try:

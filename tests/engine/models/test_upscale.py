@@ -103,7 +103,9 @@ def test_tiled_equals_untiled_away_from_tile_seams():
     model = _tiny(2)
     image = torch.rand(1, 150, 180, 3, generator=torch.Generator().manual_seed(2))
     whole = upscale_image(model, image, tile=512)
-    tiled = upscale_image(model, image, tile=96, overlap=16)
+    steps = []
+    tiled = upscale_image(model, image, tile=96, overlap=16, progress=lambda done, total: steps.append((done, total)))
+    assert steps == [(i, 6) for i in range(1, 7)]  # 2 x 3 tiles: rows start at 0, 80; columns at 0, 80, 160
     assert whole.shape == tiled.shape == (1, 300, 360, 3)
     # a 1-block 2x RRDBNet sees 19 input pixels around each output pixel: beyond that a tile computes what the
     # whole image does
