@@ -158,7 +158,7 @@ def _load_spandrel(path: Path, sd: dict[str, torch.Tensor]) -> UpscaleModel:
     try:
         descriptor = spandrel.ModelLoader().load_from_state_dict(sd)
     except spandrel.UnsupportedModelError:
-        raise _unknown(path, sd, None, "spandrel does not know this architecture either") from None
+        raise _unknown(path, sd, None, "spandrel does not know this architecture either", hint=False) from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise ModelError(f"{path}: a {descriptor.architecture.name} model, which is not a single-image model; "
                          "an upscale model must map one image to one image")
@@ -186,12 +186,13 @@ def _looks_like(sd: dict[str, Any]) -> str:
     return f"{len(keys)} tensors whose keys start {', '.join(keys[:3]) or '(none)'}"
 
 
-def _unknown(path: Path, sd: dict[str, Any], what: str | None, reason: str = "") -> ModelError:
+def _unknown(path: Path, sd: dict[str, Any], what: str | None, reason: str = "", hint: bool = True) -> ModelError:
     what = what or _looks_like(sd)
     why = f"; {reason}" if reason else ""
+    advice = (". Other architectures load through spandrel: install spandrel with a torchvision that matches your "
+              "torch") if hint else "; check that the file is an image upscaler"
     return ModelError(f"{path}: not an upscale model the built-in loader reads (ESRGAN / Real-ESRGAN RRDBNets, old "
-                      f"model.N or new conv_first/body.N layout): it looks like {what}{why}. Other architectures "
-                      "load through spandrel: install spandrel with a torchvision that matches your torch")
+                      f"model.N or new conv_first/body.N layout): it looks like {what}{why}{advice}")
 
 
 # -- tiled upscaling -------------------------------------------------------------------------------------------
