@@ -104,7 +104,9 @@ def _write_models(prompt: dict, models, inputs) -> None:
             pixels = (np.random.default_rng(0).random((48, 80, 4)) * 255).astype("uint8")
             pixels[..., 3] = 255
             pixels[16:32, 24:56, 3] = 0  # a transparent hole: LoadImage's mask for the inpainting templates
-            Image.fromarray(pixels, "RGBA").save(inputs / n["inputs"]["image"])
+            image = Image.fromarray(pixels, "RGBA")
+            name = n["inputs"]["image"]
+            (image.convert("RGB") if name.lower().endswith((".jpg", ".jpeg")) else image).save(inputs / name)
 
 
 def _shrink(prompt: dict) -> None:

@@ -123,7 +123,7 @@ def test_the_sampler_keeps_the_unmasked_region(checkpoints, arch):
     assert (decoded - round_trip)[0][~cells].abs().max() > 0.05
 
 
-@pytest.mark.slow  # a diffusers pipeline with CFG: about 10 s on 2 cores
+@pytest.mark.slow  # a diffusers pipeline with CFG: 5 s on 2 idle cores, much more on a busy machine
 def test_inpaint_checkpoint_equals_stable_diffusion_inpaint_pipeline(tmp_path, checkpoints):
     """InpaintModelConditioning + KSampler on a 9-channel checkpoint vs diffusers' StableDiffusionInpaintPipeline
     on the same tiny weights, noise and sigmas (the pipeline starts from pure noise: our latent is empty)."""
