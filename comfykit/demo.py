@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_CHECKPOINT = "comfykit-demo-sd15.safetensors"
-ARCHES = ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner")
+ARCHES = ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sd1-inpaint", "sd2-inpaint")
 
 # tiny shapes: 32-channel GroupNorms (the `norm_groups` rule gives 32 groups), the full 49408-token vocabulary
 _WIDTH = 32
@@ -27,13 +27,15 @@ def _configs(arch: str) -> tuple[Any, Any, dict[str, Any]]:
     if arch not in ARCHES:
         raise ValueError(f"unknown demo arch {arch!r}; choose one of {', '.join(ARCHES)}")
     vae = VAEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, z_channels=4)
-    if arch == "sd1":
-        unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
-                          context_dim=_WIDTH, num_heads=8, use_linear=False)
+    # inpainting UNets take 9 channels: the latent, the mask and the masked image's latent
+    in_channels = 9 if arch.endswith("-inpaint") else 4
+    if arch in ("sd1", "sd1-inpaint"):
+        unet = UNetConfig(in_channels=in_channels, model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1),
+                          transformer_depth=(1, 1), context_dim=_WIDTH, num_heads=8, use_linear=False)
         clips = {"clip_l": CLIPConfig(width=_WIDTH, layers=2, heads=2, intermediate=64)}
-    elif arch in ("sd2", "sd2-v"):
-        unet = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
-                          context_dim=_WIDTH, num_head_channels=64, use_linear=True)
+    elif arch in ("sd2", "sd2-v", "sd2-inpaint"):
+        unet = UNetConfig(in_channels=in_channels, model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1),
+                          transformer_depth=(1, 1), context_dim=_WIDTH, num_head_channels=64, use_linear=True)
         clips = {"clip_h": CLIPConfig(width=_WIDTH, layers=2, heads=2, intermediate=64, projection_dim=_WIDTH,
                                       activation="gelu")}
     elif arch == "sdxl-refiner":  # OpenCLIP-G only; the adm vector ends in 5 embedded numbers, not 6
@@ -89,16 +91,17 @@ def _components(arch: str, seed: int) -> dict[str, Any]:
 
 
 def make_checkpoint(path: str | Path, *, arch: str = "sd1", seed: int = 0) -> Path:
-    """Write a tiny random-weight single-file checkpoint ("sd1", "sd2", "sd2-v" or "sdxl"), deterministic per seed."""
+    """Write a tiny random-weight single-file checkpoint (one of ARCHES: "sd1", "sd2", "sd2-v", "sdxl",
+    "sdxl-refiner", or the 9-channel inpainting "sd1-inpaint" / "sd2-inpaint"), deterministic per seed."""
     from .engine.models import keys
 
     parts = _components(arch, seed)
     sd: dict[str, Any] = {}
     sd.update({keys.UNET_PREFIX + k: v for k, v in parts["unet"].state_dict().items()})
     sd.update({"first_stage_model." + k: v for k, v in parts["vae"].state_dict().items()})
-    if arch == "sd1":
+    if arch in ("sd1", "sd1-inpaint"):
         sd.update({"cond_stage_model.transformer." + k: v for k, v in parts["clip_l"].state_dict().items()})
-    elif arch in ("sd2", "sd2-v"):
+    elif arch in ("sd2", "sd2-v", "sd2-inpaint"):
         clip = parts["clip_h"]
         sd.update({"cond_stage_model.model." + k: v
                    for k, v in keys.hf_to_openclip(clip.state_dict(), clip.config.layers).items()})
@@ -263,6 +266,50 @@ def make_lora(path: str | Path, checkpoint_path: str | Path, *, style: str = "ko
                 else:
                     add(("text_encoder_2." if i else "text_encoder.") + mod_name, module)
     return _save(sd, path)
+
+
+#: The upscale model ``ensure_demo_upscale_model`` writes (a 4x ESRGAN in the original key layout)
+DEMO_UPSCALE_MODEL = "comfykit-demo-esrgan-x4.pth"
+
+
+def make_upscale_model(path: str | Path, *, scale: int = 4, layout: str = "old", features: int = 16,
+                       blocks: int = 1, growth: int = 8, unshuffle: int = 1, seed: int = 0) -> Path:
+    """Write a small random-weight ESRGAN RRDBNet upscaler (scale 1, 2, 4 or 8), deterministic per seed.
+
+    ``layout``: "old" (the ESRGAN repository's ``model.N`` keys, as 4x-UltraSharp) or "new" (Real-ESRGAN's
+    ``conv_first`` / ``body.N``); ``unshuffle=2`` makes a Real-ESRGAN x2plus-style model (its scale is then 4 /
+    unshuffle). ``.pth`` paths are written with ``torch.save`` as the originals are, others as safetensors.
+    features=64, blocks=23, growth=32 is the real size (67 MB). The weights are a nearest-neighbour upscale plus
+    random detail, so the output still shows the input.
+    """
+    import math
+
+    from .engine.models import rrdb
+
+    upsamples = round(math.log2(scale * unshuffle))
+    if scale not in (1, 2, 4, 8) or 2 ** upsamples != scale * unshuffle:
+        raise ValueError(f"scale must be 1, 2, 4 or 8 (and scale * unshuffle a power of two), got {scale}")
+    config = rrdb.RRDBConfig(features=features, growth=growth, blocks=blocks, upsamples=upsamples,
+                             unshuffle=unshuffle)
+    sd = rrdb.make_state_dict(config, layout=layout, seed=seed)
+    path = Path(path)
+    if path.suffix in (".pth", ".pt", ".bin"):
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(sd, tmp)
+        os.replace(tmp, path)
+        return path
+    return _save(sd, path)
+
+
+def ensure_demo_upscale_model(models_dir: str | Path) -> str:
+    """Create `models_dir/upscale_models/comfykit-demo-esrgan-x4.pth` if missing; return its file name."""
+    target = Path(models_dir) / "upscale_models" / DEMO_UPSCALE_MODEL
+    if not target.is_file():
+        make_upscale_model(target)
+    return DEMO_UPSCALE_MODEL
 
 
 def make_diffusers_folder(path: str | Path, arch: str = "sd1", *, seed: int = 0) -> Path:

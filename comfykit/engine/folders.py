@@ -14,7 +14,7 @@ MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetens
 
 #: The model sub-folders the engine's nodes read, as under ComfyUI's ``models/``.
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "vae_approx", "embeddings", "diffusion_models", "text_encoders",
-                 "controlnet")
+                 "controlnet", "upscale_models")
 
 #: Folders read under more than one name, as ComfyUI's ``folder_paths`` maps them (the first is the main one).
 FOLDER_NAMES = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip"),

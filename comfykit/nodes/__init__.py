@@ -60,6 +60,7 @@ from .image_edit import EmptyImage, ImageBatch, ImageCrop, ImageInvert, ImageSca
 from .image_filters import Canny, ImageBlur, ImageSharpen
 from .image_load import LoadImageMask, LoadImageOutput
 from .image_ops import ImageStitch
+from .inpaint import ImagePadForOutpaint, VAEEncodeForInpaint
 from .latent import EmptyLatentImage, LatentUpscale, LatentUpscaleBy
 from .latent_ops import (
     LatentBlend,
@@ -97,6 +98,7 @@ from .mask import (
     ThresholdMask,
 )
 from .sampling import KSampler, KSamplerAdvanced, VAEDecode, VAEEncode
+from .upscale import ImageUpscaleWithModel, UpscaleModelLoader
 from .vae_tiled import VAEDecodeTiled, VAEEncodeTiled
 
 NODE_CLASSES: tuple[type[Node], ...] = (
@@ -123,6 +125,7 @@ NODE_CLASSES: tuple[type[Node], ...] = (
     ConditioningAverage, ConditioningConcat, ConditioningSetMask, ConditioningSetAreaPercentage,
     ConditioningSetAreaStrength, DifferentialDiffusion,
     VAEDecodeTiled, VAEEncodeTiled,
+    VAEEncodeForInpaint, ImagePadForOutpaint, UpscaleModelLoader, ImageUpscaleWithModel,
 )
 
 #: class_type -> node class, like ComfyUI's ``nodes.NODE_CLASS_MAPPINGS``.

@@ -13,10 +13,13 @@ from importlib import resources
 import pytest
 
 pytest.importorskip("torch")
-templates_pkg = pytest.importorskip("comfyui_workflow_templates_json")
 
 import comfykit as ck  # noqa: E402
 from comfykit import demo  # noqa: E402
+
+#: where the templates are: the newer JSON-only package, then the ComfyUI 0.3.64-era package (0.1.95), which
+#: still has the SD1.5/SD2 inpainting and ESRGAN examples the newer one dropped
+PACKAGES = ("comfyui_workflow_templates_json", "comfyui_workflow_templates")
 
 #: template -> what it exercises
 TEMPLATES = {
@@ -31,15 +34,32 @@ TEMPLATES = {
     "image_sdxl_simple": "SDXL base + refiner (the newer template of the same graph)",
     "sdxl_refiner_prompt_example": "SDXL refiner (OpenCLIP-G only)",
     "sdxlturbo_example": "SDXL turbo with SamplerCustom",
+    "inpaint_example": "SD2 inpainting checkpoint (9 channels), LoadImage's alpha mask, VAEEncodeForInpaint",
+    "inpaint_model_outpainting": "ImagePadForOutpaint's image and mask into VAEEncodeForInpaint",
+    "esrgan_example": "UpscaleModelLoader + ImageUpscaleWithModel (RealESRGAN_x4plus) after text to image",
+    "hiresfix_esrgan_workflow": "ESRGAN 4x, ImageScale, VAEEncode and a second KSampler at denoise 0.5",
 }
 
 
 def _template(name: str) -> dict:
-    return json.loads((resources.files(templates_pkg) / "templates" / f"{name}.json").read_text())
+    """The template's JSON from the first installed package that has it (the test skips when none does)."""
+    import importlib
+
+    for package in PACKAGES:
+        try:
+            file = resources.files(importlib.import_module(package)) / "templates" / f"{name}.json"
+        except ImportError:
+            continue
+        if file.is_file():
+            return json.loads(file.read_text())
+    pytest.skip(f"template {name!r} is in none of the installed packages {', '.join(PACKAGES)} (the SD1.5/SD2 "
+                "inpainting and ESRGAN examples are in comfyui-workflow-templates==0.1.95)")
 
 
 def _family(name: str) -> str:
     low = name.lower()
+    if "inpaint" in low:  # 512-inpainting-ema is SD2's; sd-v1-5-inpainting SD1's
+        return "sd1-inpaint" if any(k in low for k in ("v1-5", "v1_5", "sd15", "1.5")) else "sd2-inpaint"
     if "flux" in low:
         return "flux-dev" if any(k in low for k in ("dev", "krea", "kontext")) else "flux"
     if "sd3" in low:
@@ -76,10 +96,18 @@ def _write_models(prompt: dict, models, inputs) -> None:
                 demo.make_dit_checkpoint(path, family)
             else:
                 demo.make_checkpoint(path, arch=family, seed=1)
+        elif n["class_type"] == "UpscaleModelLoader":  # Real-ESRGAN's files use the new key layout
+            name = n["inputs"]["model_name"]
+            layout = "new" if "realesrgan" in name.lower() else "old"
+            demo.make_upscale_model(models / "upscale_models" / name, layout=layout)
         elif n["class_type"] == "LoadImage":
             inputs.mkdir(parents=True, exist_ok=True)
-            pixels = (np.random.default_rng(0).random((48, 80, 3)) * 255).astype("uint8")
-            Image.fromarray(pixels).save(inputs / n["inputs"]["image"])
+            pixels = (np.random.default_rng(0).random((48, 80, 4)) * 255).astype("uint8")
+            pixels[..., 3] = 255
+            pixels[16:32, 24:56, 3] = 0  # a transparent hole: LoadImage's mask for the inpainting templates
+            image = Image.fromarray(pixels, "RGBA")
+            name = n["inputs"]["image"]
+            (image.convert("RGB") if name.lower().endswith((".jpg", ".jpeg")) else image).save(inputs / name)
 
 
 def _shrink(prompt: dict) -> None:
@@ -88,6 +116,13 @@ def _shrink(prompt: dict) -> None:
         inputs, kind = n["inputs"], n["class_type"]
         if kind in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs.update(width=64, height=64, batch_size=1)
+        elif kind == "ImageScaleToTotalPixels":
+            inputs["megapixels"] = 0.01  # about 77x129 from the 48x80 input
+        elif kind == "ImageScale" and inputs.get("width", 0) > 128:
+            inputs.update(width=128, height=128)  # the ESRGAN hires fix's second pass
+        elif kind == "ImagePadForOutpaint":
+            inputs.update({k: min(v, 16) for k, v in inputs.items() if k in ("left", "top", "right", "bottom")})
+            inputs["feathering"] = min(inputs["feathering"], 8)
         steps = inputs.get("steps")
         if isinstance(steps, int) and steps > 2:
             inputs["steps"] = 2
@@ -101,7 +136,12 @@ def _shrink(prompt: dict) -> None:
 def test_template_runs_end_to_end(name, tmp_path):
     from comfykit.engine import Engine
 
-    prompt = ck.Workflow.load(_template(name)).to_api(validate=False)
+    try:
+        prompt = ck.Workflow.load(_template(name)).to_api(validate=False)
+    except ck.ValidationError as e:  # a node another branch adds (ImageScaleToTotalPixels for the inpainting ones)
+        if "unknown node class" not in str(e):
+            raise
+        pytest.skip(f"{name}: {str(e).split(';')[0]}")
     models, inputs = tmp_path / "models", tmp_path / "input"
     _write_models(prompt, models, inputs)
     _shrink(prompt)

@@ -200,6 +200,12 @@ class ModelManager:
         key = ("controlnet", file_key(path), None if model is None else id(model.network))
         return self._get(key, lambda: load_controlnet(path, device=self.device, model=model))
 
+    def load_upscale_model(self, path: str | Path) -> Any:
+        """An UpscaleModelLoader model (ESRGAN family built in, others through spandrel), loaded once."""
+        from .upscale import load_upscale_model
+
+        return self._get(("upscale_model", file_key(path)), lambda: load_upscale_model(path))
+
     def loaded(self) -> list[tuple]:
         """Keys of what is loaded now, least recently used first."""
         return list(self._loaded)

@@ -148,6 +148,8 @@ class SD2(UNetFamily):
     def prediction(self, full: dict[str, Any], unet: dict[str, Any]) -> str:
         if super().prediction(full, unet) == "v":
             return "v"
+        if unet["input_blocks.0.0.weight"].shape[1] != 4:  # inpainting models are eps: ComfyUI skips the heuristic
+            return "eps"
         # ComfyUI's heuristic: v-prediction SD2 models have widely spread norm1 biases in the last attention block
         last = [k for k in unet if re.match(r"output_blocks\.\d+\.1\.transformer_blocks\.0\.norm1\.bias$", k)]
         if last:
