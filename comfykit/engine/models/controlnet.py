@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from .family import module_device, module_dtype
 
 #: ComfyUI's SetUnionControlNetType choices (index = the union model's control type; "auto" = none set)
 UNION_TYPES = ("auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd", "normal",
@@ -326,12 +327,12 @@ class ControlModel:
     @property
     def device(self) -> torch.device:
         """Where the weights are now."""
-        return next(self.network.parameters()).device
+        return module_device(self.network)
 
     @property
     def dtype(self) -> torch.dtype:
         """The weight dtype."""
-        return next(self.network.parameters()).dtype
+        return module_dtype(self.network)
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> ControlModel:
         """Move the weights in place and return self."""

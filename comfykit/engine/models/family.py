@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -240,11 +240,6 @@ def _move(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
     if isinstance(value, tuple):
         return tuple(_move(v, device, dtype) for v in value)
     return value
-
-
-def with_inputs(inputs: ModelInputs, **changes: Any) -> ModelInputs:
-    """A copy of ``inputs`` with some fields replaced."""
-    return replace(inputs, **changes)
 
 
 # -- extra input channels (inpaint, InstructPix2Pix, Fill ...): the part every family shares ----------------------

@@ -10,7 +10,6 @@ config off the tensor shapes (no hub access), build on the meta device and assig
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from .dit_common import (
     place,
     strip_prefix,
 )
+from .family import resize_to_batch
 
 LATENT_CHANNELS = 16
 PATCH = 2
@@ -341,19 +341,3 @@ def repeat_to_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
     if t.shape[0] < batch:
         return t.repeat((batch + t.shape[0] - 1) // t.shape[0], *([1] * (t.ndim - 1)))[:batch]
     return t
-
-
-def resize_to_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
-    """Pick entries spread evenly over the batch axis (ComfyUI's resize_to_batch_size, used for concat latents)."""
-    n = t.shape[0]
-    if n == batch:
-        return t
-    if batch <= 1:
-        return t[:batch]
-    if batch < n:
-        scale = (n - 1) / (batch - 1)
-        picks = [min(round(i * scale), n - 1) for i in range(batch)]
-    else:
-        scale = n / batch
-        picks = [min(math.floor((i + 0.5) * scale), n - 1) for i in range(batch)]
-    return t[picks]

@@ -27,6 +27,7 @@ from torch import nn
 
 from ...errors import ModelError
 from . import rrdb
+from .family import module_device, module_dtype
 
 #: ComfyUI's ImageUpscaleWithModel tile and overlap (input pixels); a tile is halved down to MIN_TILE on OOM
 TILE, OVERLAP, MIN_TILE = 512, 32, 128
@@ -59,12 +60,12 @@ class UpscaleModel:
     @property
     def device(self) -> torch.device:
         """Where the weights are now."""
-        return next(self.network.parameters()).device
+        return module_device(self.network)
 
     @property
     def dtype(self) -> torch.dtype:
         """The weight dtype."""
-        return next(self.network.parameters()).dtype
+        return module_dtype(self.network)
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> UpscaleModel:
         """Move the weights (in place) and return self, like ``nn.Module.to``."""
