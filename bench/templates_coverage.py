@@ -2,6 +2,7 @@
 
     python bench/templates_coverage.py            # a summary table
     python bench/templates_coverage.py --missing  # plus the nodes each failing template lacks
+    python bench/templates_coverage.py --package comfyui_workflow_templates   # the 0.1.95 release instead
 
 A template counts as runnable when every node it uses (inside its subgraphs too) is one the engine implements
 (comfykit.nodes.NODE_CLASS_MAPPINGS) and it converts from the UI format. Whether it then runs on tiny models is what
@@ -24,7 +25,8 @@ def local_templates(root) -> list[str]:
     """Names of the open-source (non-API) templates in the package's index."""
     index = json.loads((root / "index.json").read_text())
     return [t["name"] for group in index for t in group["templates"]
-            if t.get("openSource", True) and "API" not in t.get("tags", []) and not t["name"].startswith("api_")]
+            if t.get("openSource", True) and "API" not in t.get("tags", []) and not t["name"].startswith("api_")
+            and group.get("category") != "API"]
 
 
 def node_types(graph: dict) -> set[str]:
@@ -42,7 +44,8 @@ def main(argv: list[str]) -> int:
     from comfykit.graph import validate_prompt
     from comfykit.nodes import NODE_CLASS_MAPPINGS
 
-    root = resources.files("comfyui_workflow_templates_json") / "templates"
+    package = argv[argv.index("--package") + 1] if "--package" in argv else "comfyui_workflow_templates_json"
+    root = resources.files(package) / "templates"
     names = local_templates(root)
     runnable, missing_by_template, missing_count = [], {}, collections.Counter()
     for name in names:

@@ -105,8 +105,16 @@ class Folders:
             return _Listing((), tuple((str(d), None) for d in self.dirs(kind)), True)
         self.scans += 1
         if kind == "input":
+            # top-level images first, as LoadImage's combo lists them; images in subfolders (the page's "pasted/"
+            # and "clipspace/") after them, since ComfyUI's LoadImage accepts any existing input file
             names = sorted(p.name for p in base.iterdir() if p.is_file() and _is_image(p.name))
-            return _Listing(tuple(names), ((str(base), top),), top < started - SETTLE_NS)
+            stamps = [(str(base), top)]
+            for sub in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                stamps.append((str(sub), _mtime(str(sub))))
+                names += sorted(p.relative_to(base).as_posix() for p in sub.rglob("*")
+                                if p.is_file() and _is_image(p.name))
+            settled = all(m is None or m < started - SETTLE_NS for _, m in stamps)
+            return _Listing(tuple(names), tuple(stamps), settled)
         if kind in ("output", "temp"):
             names = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
             return _Listing(tuple(names), (), False)
