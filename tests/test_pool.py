@@ -154,7 +154,7 @@ class FakeBackend(Backend):
                 return
             time.sleep(inputs.get("delay", 0))
             # like the engine: a step preview only when the pool said someone listens
-            preview = LazyPreview(bytes([step * 40] * 12), (2, 2), (4, 4)) if self.previews else None
+            preview = LazyPreview(bytes([step * 40 % 256] * 12), (2, 2), (4, 4)) if self.previews else None
             job.emit(Event("progress", {"value": step + 1, "max": inputs["steps"], "prompt_id": job.prompt_id,
                                         "node": "2"}, preview=preview))
         if prompt["2"]["class_type"] == "Boom":
