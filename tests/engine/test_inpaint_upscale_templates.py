@@ -1,4 +1,4 @@
-"""The inpainting, outpainting and ESRGAN hires-fix templates (workflows/) run end to end on tiny models."""
+"""The inpainting, outpainting, ESRGAN hires-fix and ControlNet templates (workflows/) run end to end on tiny models."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def engine(tmp_path_factory):
     demo.make_checkpoint(models / "checkpoints" / "inpaint.safetensors", arch="sd1-inpaint", seed=1)
     demo.ensure_demo_checkpoint(models)
     demo.make_upscale_model(models / "upscale_models" / "RealESRGAN_x4plus.safetensors", layout="new")
+    demo.make_controlnet(models / "controlnet" / "control_v11p_sd15_openpose_fp16.safetensors", arch="sd1")
     inputs.mkdir()
     pixels = (np.random.default_rng(0).random((48, 64, 4)) * 255).astype("uint8")
     pixels[..., 3] = 255
@@ -50,3 +51,14 @@ def test_esrgan_hires_fix_template_runs(engine):
     assert result.status == "success" and result.image.size == (128, 128)
     assert any(e.type == "executed" and e.data["node"] == "9" for e in events)
     assert any(e.type == "progress" and e.data["node"] == "13" for e in events)
+
+
+def test_controlnet_template_runs_and_the_controlnet_changes_the_picture(engine):
+    prompt = templates.fill("sd15_controlnet", ckpt_name=demo.DEMO_CHECKPOINT, image="photo.png", width=64,
+                            height=64, steps=2, seed=3)
+    controlled = engine.run(prompt)
+    assert controlled.status == "success" and controlled.image.size == (64, 64)
+    apply = next(k for k, n in prompt.items() if n["class_type"] == "ControlNetApplyAdvanced")
+    prompt[apply]["inputs"]["strength"] = 0.0
+    plain = engine.run(prompt)
+    assert plain.status == "success" and plain.image.tobytes() != controlled.image.tobytes()

@@ -17,7 +17,8 @@ GOLDEN = Path(__file__).parent / "golden"
 def test_template_names_and_descriptions():
     assert set(templates.names()) >= {"sd15_txt2img", "sd15_img2img", "sd15_lora", "sd15_hires_fix",
                                       "sdxl_txt2img", "sd15_txt2img_ui", "flux_schnell_txt2img", "flux_dev_txt2img",
-                                      "sd35_txt2img", "sd15_inpaint", "sd15_outpaint", "esrgan_hires_fix"}
+                                      "sd35_txt2img", "sd15_inpaint", "sd15_outpaint", "esrgan_hires_fix",
+                                      "sd15_controlnet"}
     assert set(templates.descriptions()) == set(templates.names())
     with pytest.raises(KeyError, match="did you mean 'sd15_txt2img'"):
         templates.path("sd15_txt2imgg")
