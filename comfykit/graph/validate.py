@@ -99,9 +99,12 @@ def _exception_info(exc: BaseException) -> tuple[str, list[str]]:
     return type(exc).__name__, traceback.format_tb(exc.__traceback__)
 
 
-def _check_node(prompt: dict, schema: Schema, node_id: str, coerced: dict,
-                validated: dict) -> Generator[str, tuple, tuple]:
-    """One node's checks; yields an upstream id and receives its (valid, reasons, id) result."""
+def _check_node(prompt: dict, schema: Schema, node_id: str, coerced: dict, validated: dict,
+                checked: dict) -> Generator[str, tuple, tuple]:
+    """One node's checks; yields an upstream id and receives its (valid, reasons, id) result.
+
+    ``checked`` memoises widget checks by (input spec, value) for the whole prompt.
+    """
     node = prompt[node_id]
     inputs = node["inputs"]
     spec = schema[node["class_type"]]
@@ -146,7 +149,13 @@ def _check_node(prompt: dict, schema: Schema, node_id: str, coerced: dict,
                                    "exception_type": exc_type, "traceback": tb, "linked_node": value}}], value[0])
                 continue
         else:
-            new, error = check_input(spec.name, ispec, value)
+            try:  # the same widget value on the same input checks the same: big generated prompts repeat them
+                key = (id(ispec), spec.name, type(value), value)
+                new, error = checked[key]
+            except TypeError:  # an unhashable value (a list widget, a dict): check it every time
+                new, error = check_input(spec.name, ispec, value)
+            except KeyError:
+                new, error = checked[key] = check_input(spec.name, ispec, value)
             if error is not None:
                 errors.append(error)
                 continue
@@ -157,7 +166,7 @@ def _check_node(prompt: dict, schema: Schema, node_id: str, coerced: dict,
 
 
 def _validate_output(prompt: dict, schema: Schema, output: str, coerced: dict[str, dict],
-                     validated: dict) -> tuple:
+                     validated: dict, checked: dict) -> tuple:
     """Run the checks from one output node up, memoised in ``validated``, with an explicit stack."""
     if output in validated:
         return validated[output]
@@ -166,7 +175,8 @@ def _validate_output(prompt: dict, schema: Schema, output: str, coerced: dict[st
 
     def start(node_id: str) -> None:
         in_progress.add(node_id)
-        stack.append((node_id, _check_node(prompt, schema, node_id, coerced.setdefault(node_id, {}), validated)))
+        stack.append((node_id, _check_node(prompt, schema, node_id, coerced.setdefault(node_id, {}), validated,
+                                           checked)))
 
     start(output)
     send: Any = None
@@ -236,6 +246,7 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
 
     validated: dict[str, tuple] = {}
     coerced: dict[str, dict] = {}
+    checked: dict[tuple, tuple] = {}
     good: list[str] = []
     failed: list[tuple[str, list]] = []
     failing_outputs: list[str] = []
@@ -243,7 +254,7 @@ def validate_prompt(prompt: dict, schema: Any = None, partial_targets: list[str]
     scanned = 0  # validated entries already looked at (dicts keep insertion order)
     for output in outputs:
         try:
-            valid, reasons, _ = _validate_output(prompt, schema, output, coerced, validated)
+            valid, reasons, _ = _validate_output(prompt, schema, output, coerced, validated, checked)
         except Exception as exc:
             exc_type, tb = _exception_info(exc)
             valid, reasons = False, [{"type": "exception_during_validation", "message": "Exception when validating "
