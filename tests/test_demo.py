@@ -39,7 +39,9 @@ def test_ensure_demo_checkpoint(models_dir):
     assert path.stat().st_mtime_ns == mtime  # not rewritten when present
 
 
-def test_hub_download_puts_the_file_in_the_models_folder(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """huggingface_hub.hf_hub_download replaced by one that writes b"weights"; yields the (repo, file) calls."""
     huggingface_hub = pytest.importorskip("huggingface_hub")
     calls = []
 
@@ -51,6 +53,11 @@ def test_hub_download_puts_the_file_in_the_models_folder(tmp_path, monkeypatch):
         return str(target)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    return calls
+
+
+def test_hub_download_puts_the_file_in_the_models_folder(tmp_path, fake_hub):
+    calls = fake_hub
     path = hub.download("sd15", tmp_path / "models")
     assert path == tmp_path / "models" / "checkpoints" / "v1-5-pruned-emaonly-fp16.safetensors"
     assert path.read_bytes() == b"weights"
@@ -90,18 +97,7 @@ def test_hub_reachable_respects_offline_mode(monkeypatch):
     assert hub.hub_reachable() is False
 
 
-def test_hub_bundles_fetch_every_file_of_a_split_model_into_its_folder(tmp_path, monkeypatch):
-    huggingface_hub = pytest.importorskip("huggingface_hub")
-    calls = []
-
-    def fake_download(repo_id, filename, local_dir, token=None):
-        calls.append((repo_id, filename))
-        target = tmp_path / "dl" / filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(b"weights")
-        return str(target)
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+def test_hub_bundles_fetch_every_file_of_a_split_model_into_its_folder(tmp_path, fake_hub):
     paths = hub.download("flux-schnell-split", tmp_path / "models")
     assert sorted(p.relative_to(tmp_path / "models").as_posix() for p in paths) == [
         "diffusion_models/flux1-schnell.safetensors", "text_encoders/clip_l.safetensors",
