@@ -134,7 +134,11 @@ def test_promptbox_renders_generates_and_fills_the_gallery_in_jupyterlab(lab, tm
                  f"--user-data-dir={tmp_path / 'chrome'}"):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(driver), options=options)
-    wait = WebDriverWait(browser, float(os.environ.get("CK_BROWSER_WAIT", 180)))
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    # JupyterLab re-renders cells and outputs: an element found a moment ago can go stale; the waits look again
+    wait = WebDriverWait(browser, float(os.environ.get("CK_BROWSER_WAIT", 180)),
+                         ignored_exceptions=(StaleElementReferenceException,))
     try:
         browser.get(f"{lab}/lab/tree/box.ipynb?token={TOKEN}")
         editor = wait.until(lambda b: next((e for e in b.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .cm-content")
@@ -146,21 +150,32 @@ def test_promptbox_renders_generates_and_fills_the_gallery_in_jupyterlab(lab, tm
         ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
 
         # The PromptBox renders: its fields, the Generate button and the blank 1x1 preview.
-        generate = wait.until(lambda b: next((e for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea button")
-                                              if e.text.strip() == "Generate"), None))
-        output = browser.find_element(By.CSS_SELECTOR, ".jp-OutputArea")
-        assert output.find_elements(By.CSS_SELECTOR, "textarea")  # the prompt field
+        wait.until(lambda b: next((e for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea button")
+                                   if e.text.strip() == "Generate"), None))
+        def output_area():  # found again each time: the output area is re-rendered as the widgets update
+            return browser.find_element(By.CSS_SELECTOR, ".jp-OutputArea")
+
+        assert output_area().find_elements(By.CSS_SELECTOR, "textarea")  # the prompt field
 
         def preview_width(b):
-            images = output.find_elements(By.CSS_SELECTOR, "img")
+            images = output_area().find_elements(By.CSS_SELECTOR, "img")
             return b.execute_script("return arguments[0].naturalWidth", images[0]) if images else 0
 
         wait.until(lambda b: preview_width(b) == 1)
-        generate.click()
+        def click_generate(b):  # found again here: the button may have been re-rendered since it was first seen
+            button = next((e for e in b.find_elements(By.CSS_SELECTOR, ".jp-OutputArea button")
+                           if e.text.strip() == "Generate"), None)
+            if button is not None:
+                button.click()
+            return button is not None
+
+        wait.until(click_generate)
 
         # A preview arrives, the step bar fills, and the gallery gets the picture with its Save button.
         wait.until(lambda b: preview_width(b) > 1)
-        wait.until(lambda b: any(e.text.strip() == "Save" for e in output.find_elements(By.CSS_SELECTOR, "button")))
+        wait.until(lambda b: any(e.text.strip() == "Save"
+                                 for e in output_area().find_elements(By.CSS_SELECTOR, "button")))
+        output = output_area()
         bars = output.find_elements(By.CSS_SELECTOR, ".progress-bar")
         assert len(bars) == 2 and all("100%" in (bar.get_attribute("style") or "") for bar in bars)
         thumbs = output.find_elements(By.CSS_SELECTOR, "img")
