@@ -57,3 +57,34 @@ def test_a_long_chain_a_cycle_and_a_missing_link():
     cycle = {"1": {"class_type": "S", "inputs": {"x": ["2", 0]}}, "2": {"class_type": "S", "inputs": {"x": ["1", 0]}},
              "3": {"class_type": "S", "inputs": {"x": ["9", 0]}}}
     assert set(_keys(cycle)) == {"1", "2", "3"}
+
+
+def test_values_of_subclasses_and_nested_values_key_like_their_plain_twins():
+    import enum
+
+    class Size(enum.IntEnum):
+        SMALL = 64
+
+    class Mode(str, enum.Enum):
+        FAST = "fast"
+
+    class Real(float):
+        pass
+
+    plain = {"1": {"class_type": "S", "inputs": {"w": 64, "m": "fast", "f": 0.25, "l": [1, {"a": 2.0}]}}}
+    fancy = {"1": {"class_type": "S", "inputs": {"w": Size.SMALL, "m": Mode.FAST, "f": Real(0.25),
+                                                 "l": (True, {"a": 2})}}}
+    assert _keys(plain) == _keys(fancy)
+    assert _keys(plain) != _keys({"1": {"class_type": "S", "inputs": {**plain["1"]["inputs"], "l": [1, {"a": 3}]}}})
+
+
+def test_keys_do_not_depend_on_the_order_nodes_are_listed_in():
+    chain = _chain(30)
+    backwards = dict(reversed(list(chain.items())))  # every node is met before its parents
+    assert _keys(chain) == _keys(backwards)
+
+
+def test_is_changed_and_unique_ids_cannot_pose_as_inputs():
+    bare = {"1": {"class_type": "S", "inputs": {}}}
+    assert _keys(bare, lambda n: 5) != _keys({"1": {"class_type": "S", "inputs": {"CHANGED": 5}}})
+    assert _keys(bare, unique={"1"}) != _keys({"1": {"class_type": "S", "inputs": {"UNIQUE": "1"}}})
