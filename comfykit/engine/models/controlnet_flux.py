@@ -250,8 +250,9 @@ def build_flux_controlnet(sd: dict[str, Any], layout: str, name: str,
         raise ModelError(f"{name}: the FLUX.1 ControlNet weights are incomplete or of an unknown variant ({e}); "
                          "re-download the file") from None
     config = config_from_folder(config, folder_config or {})
-    if config["conditioning_embedding_channels"] is None and config["in_channels"] != 64:
-        raise ModelError(f"{name}: a FLUX.1 ControlNet taking {config['in_channels'] // 4} latent channels (an "
+    hint_in = sd["controlnet_x_embedder.weight"].shape[1]
+    if config["conditioning_embedding_channels"] is None and hint_in != config["in_channels"]:
+        raise ModelError(f"{name}: a FLUX.1 ControlNet taking {hint_in // 4} hint latent channels (an "
                          "inpainting ControlNet, e.g. AliMama's): not implemented yet in the embedded engine; run "
                          "this workflow on a ComfyUI server with ck.ComfyServer")
     return FluxControlNet(build_on_meta(lambda: FluxControlNetModel(**config), sd, "FLUX.1 ControlNet", name))
