@@ -129,6 +129,7 @@ def _vae_pair(tmp_path):
     return vae, ours
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["flux-instantx", "flux-xlabs"])
 def test_sampling_with_a_flux_controlnet_equals_flux_controlnet_pipeline(flux, tmp_path, arch):
     from comfykit.engine.sampling.ksampler import common_ksampler, prepare_noise, select_sigmas
@@ -167,3 +168,107 @@ def test_sampling_with_a_flux_controlnet_equals_flux_controlnet_pipeline(flux, t
     theirs = unpack(theirs, 8, 8)
     assert (ours - plain).abs().max() > 1e-2
     torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=1e-3)
+
+
+# -- through the engine -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def flux_engine(tmp_path_factory):
+    """An engine with the demo FLUX.1 dev split files, an InstantX-style, a Union-Pro-style and an XLabs ControlNet."""
+    import numpy as np
+    from PIL import Image
+
+    from comfykit.engine import Engine
+
+    base = tmp_path_factory.mktemp("flux_cnet")
+    models = base / "models"
+    demo.make_dit_files(models, "flux-dev", names={"t5xxl": "t5xxl_fp16.safetensors"})
+    demo.make_controlnet(models / "controlnet" / "flux-canny-controlnet.safetensors", arch="flux-instantx",
+                         layout="diffusers", seed=1)
+    demo.make_controlnet(models / "controlnet" / "FLUX.1-dev-ControlNet-Union-Pro", arch="flux-union",
+                         layout="diffusers-folder", seed=2)
+    demo.make_controlnet(models / "controlnet" / "flux-depth-controlnet-v3.safetensors", arch="flux-xlabs",
+                         layout="xlabs", seed=3)
+    demo.make_controlnet(models / "controlnet" / "control_sd15_tiny.pth", arch="sd1", layout="ldm-pth", seed=4)
+    (base / "input").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(base / "input" / "edges.png")
+    eng = Engine(models, output_dir=base / "output", input_dir=base / "input", temp_dir=base / "temp",
+                 device="cpu", previews="none")
+    yield eng
+    eng.shutdown()
+
+
+def flux_controlnet_graph(controls=(("flux-canny-controlnet.safetensors", 0.8, None),)):
+    """A FLUX.1 dev text-to-image graph with each (file, strength, union type) applied in turn."""
+    n = lambda cls, **inputs: {"class_type": cls, "inputs": inputs}  # noqa: E731
+    graph = {
+        "1": n("UNETLoader", unet_name="flux1-dev.safetensors", weight_dtype="default"),
+        "2": n("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux"),
+        "3": n("VAELoader", vae_name="ae.safetensors"),
+        "4": n("CLIPTextEncode", clip=["2", 0], text="a house, clean lines"),
+        "5": n("FluxGuidance", conditioning=["4", 0], guidance=3.5),
+        "6": n("ConditioningZeroOut", conditioning=["4", 0]),
+        "7": n("LoadImage", image="edges.png"),
+        "8": n("EmptySD3LatentImage", width=64, height=48, batch_size=1),
+    }
+    pos, neg = ["5", 0], ["6", 0]
+    for i, (name, strength, union) in enumerate(controls):
+        loader, apply = f"{20 + 3 * i}", f"{21 + 3 * i}"
+        graph[loader] = n("ControlNetLoader", control_net_name=name)
+        cnet = [loader, 0]
+        if union is not None:
+            graph[f"{22 + 3 * i}"] = n("SetUnionControlNetType", control_net=cnet, type=union)
+            cnet = [f"{22 + 3 * i}", 0]
+        graph[apply] = n("ControlNetApplyAdvanced", positive=pos, negative=neg, control_net=cnet, image=["7", 0],
+                         strength=strength, start_percent=0.0, end_percent=1.0, vae=["3", 0])
+        pos, neg = [apply, 0], [apply, 1]
+    graph.update({
+        "9": n("KSampler", model=["1", 0], seed=5, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple",
+               positive=pos, negative=neg, latent_image=["8", 0], denoise=1.0),
+        "10": n("VAEDecode", samples=["9", 0], vae=["3", 0]),
+        "11": n("PreviewImage", images=["10", 0]),
+    })
+    return graph
+
+
+def _pixels(result):
+    import numpy as np
+
+    assert result.ok, result.error
+    return np.asarray(result.images_by_node["11"][0], dtype=np.int16)
+
+
+@pytest.mark.slow
+def test_flux_graph_with_stacked_controlnets_runs_and_changes_the_picture(flux_engine):
+    plain = _pixels(flux_engine.execute(flux_controlnet_graph(()), prompt_id="plain"))
+    stacked = (("flux-canny-controlnet.safetensors", 0.8, None),
+               ("FLUX.1-dev-ControlNet-Union-Pro/diffusion_pytorch_model.safetensors", 0.7, "depth"),
+               ("flux-depth-controlnet-v3.safetensors", 0.6, None))
+    controlled = _pixels(flux_engine.execute(flux_controlnet_graph(stacked), prompt_id="stacked"))
+    assert controlled.shape == (48, 64, 3) and abs(controlled - plain).max() > 0
+    other_mode = stacked[:1] + (stacked[1][:2] + ("openpose",),) + stacked[2:]
+    changed = _pixels(flux_engine.execute(flux_controlnet_graph(other_mode), prompt_id="mode"))
+    assert abs(changed - controlled).max() > 0  # the union's mode token matters
+    zero = _pixels(flux_engine.execute(flux_controlnet_graph([(s[0], 0.0, s[2]) for s in stacked]), prompt_id="0"))
+    assert (zero == plain).all()  # strength 0 is no control at all
+
+
+def test_strength_zero_controlnet_leaves_the_latents_unchanged(flux, tmp_path):
+    from comfykit.engine.sampling.ksampler import common_ksampler
+
+    model, _ = flux
+    cnet = load_controlnet(demo.make_controlnet(tmp_path / "x.safetensors", arch="flux-xlabs", layout="xlabs"))
+    _, cond, pooled = _inputs(2)
+    plain = [[cond, {"pooled_output": pooled}]]
+    zero = [[cond, {"pooled_output": pooled, "control": cnet.with_hint(torch.rand(1, 3, 64, 64), strength=0.0)}]]
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    a = common_ksampler(model, 1, 2, 1.0, "euler", "simple", plain, plain, latent)["samples"]
+    b = common_ksampler(model, 1, 2, 1.0, "euler", "simple", zero, zero, latent)["samples"]
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_wrong_family_controlnets_fail_naming_the_file(flux_engine):
+    result = flux_engine.execute(flux_controlnet_graph((("control_sd15_tiny.pth", 1.0, None),)), prompt_id="sd")
+    assert result.status == "error"
+    message = result.error.data["exception_message"]
+    assert "control_sd15_tiny.pth" in message and "SD1.x ControlNet" in message and "flux" in message
