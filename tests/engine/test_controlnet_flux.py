@@ -76,6 +76,17 @@ def test_residuals_reach_the_transformer_as_diffusers_controlnet_gives_them(flux
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
+def test_control_with_kontext_reference_latents_steers_only_the_image_tokens(flux, tmp_path):
+    model, _ = flux
+    cnet = load_controlnet(demo.make_controlnet(tmp_path / "c.safetensors", arch="flux-instantx", layout="diffusers"))
+    x, context, pooled = _inputs(3)
+    ref = torch.randn(1, 16, 6, 4, generator=torch.Generator().manual_seed(4))
+    control = cnet.model.network.residuals(x, torch.tensor([0.5]), torch.randn(1, 16, 8, 8), context, pooled)
+    call = lambda **kw: model.network(x, torch.tensor([0.5]), context, pooled, guidance=3.5, **kw)  # noqa: E731
+    with_refs = call(ref_latents=[ref], control=control)
+    assert with_refs.shape == x.shape and (with_refs - call(ref_latents=[ref])).abs().max() > 1e-2
+
+
 def test_residuals_spread_over_flux1_blocks_as_diffusers_does_for_19_and_38():
     doubles = [torch.full((1,), float(i)) for i in range(5)]
     ours = [int(r) for r in spread(doubles, 19, cycle=False)]
@@ -272,3 +283,7 @@ def test_wrong_family_controlnets_fail_naming_the_file(flux_engine):
     assert result.status == "error"
     message = result.error.data["exception_message"]
     assert "control_sd15_tiny.pth" in message and "SD1.x ControlNet" in message and "flux" in message
+    no_vae = flux_controlnet_graph()
+    del no_vae["21"]["inputs"]["vae"]  # InstantX-style ControlNets encode their hint with the VAE
+    result = flux_engine.execute(no_vae, prompt_id="novae")
+    assert result.status == "error" and "needs a VAE" in result.error.data["exception_message"]
