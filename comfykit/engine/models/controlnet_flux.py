@@ -258,19 +258,18 @@ def build_flux_controlnet(sd: dict[str, Any], layout: str, name: str,
     return FluxControlNet(build_on_meta(lambda: FluxControlNetModel(**config), sd, "FLUX.1 ControlNet", name))
 
 
-def block_samples(values: list | None, blocks: int, like: torch.Tensor) -> list[torch.Tensor] | None:
+def block_samples(values: list | None, blocks: int, zeros: torch.Tensor) -> list[torch.Tensor] | None:
     """ComfyUI's residual list as diffusers' ``controlnet_(single_)block_samples``: one per block of the model
-    (zeros where ComfyUI adds nothing), each padded with zeros to ``like``'s tokens (Kontext reference tokens get
-    no control, as in ComfyUI, which adds residuals to the first tokens only)."""
+    (``zeros``, [B, image tokens, width], where ComfyUI adds nothing), each padded with zeros to the image tokens
+    (Kontext reference tokens get no control, as in ComfyUI, which adds residuals to the first tokens only)."""
     values = list(values or [])
     if not any(v is not None for v in values):
         return None
-    zero, done, out = None, {}, []
+    like, done, out = zeros, {}, []
     for i in range(blocks):
         v = values[i] if i < len(values) else None
         if v is None:
-            zero = torch.zeros_like(like) if zero is None else zero
-            out.append(zero)
+            out.append(zeros)
             continue
         if id(v) not in done:  # residuals repeated over blocks are one tensor: convert it once
             w = v.to(like.device, like.dtype)

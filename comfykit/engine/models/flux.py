@@ -291,11 +291,11 @@ class FluxModel(nn.Module):
         if control:
             from .controlnet_flux import block_samples
 
-            like = torch.zeros(b, img.shape[1], self.transformer.inner_dim, device=device, dtype=dtype)
+            zeros = torch.zeros(b, img.shape[1], self.transformer.inner_dim, device=device, dtype=dtype)
             kwargs["controlnet_block_samples"] = block_samples(
-                control.get("input"), len(self.transformer.transformer_blocks), like)
+                control.get("input"), len(self.transformer.transformer_blocks), zeros)
             kwargs["controlnet_single_block_samples"] = block_samples(
-                control.get("output"), len(self.transformer.single_transformer_blocks), like)
+                control.get("output"), len(self.transformer.single_transformer_blocks), zeros)
         hook = None
         if self.guidance_embeds:
             kwargs["guidance"] = per_sample(0.0 if guidance is None else guidance, b, device, "guidance")
