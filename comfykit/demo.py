@@ -321,7 +321,11 @@ def make_diffusers_folder(path: str | Path, arch: str = "sd1", *, seed: int = 0)
 
 def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm", seed: int = 0) -> Path:
     """Write a tiny ControlNet fitting `make_checkpoint(arch=)`: "ldm" (lllyasviel's `control_model.*` keys,
-    .safetensors), "ldm-pth" (the same as a .pth pickle), "diffusers" (one file) or "diffusers-folder"."""
+    .safetensors), "ldm-pth" (the same as a .pth pickle), "diffusers" (one file) or "diffusers-folder".
+
+    FLUX.1 (fitting `make_dit_checkpoint("flux")` / "flux-dev"): arch "flux-instantx" (InstantX canny style),
+    "flux-union" (Shakker-Labs Union-Pro style, 10 modes) in "diffusers"/"diffusers-folder", and "flux-xlabs"
+    in XLabs' own layout ("xlabs") or diffusers'."""
     from .engine.models.tiny_controlnet import make_controlnet as write
 
     return write(path, arch=arch, layout=layout, seed=seed)

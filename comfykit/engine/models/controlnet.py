@@ -7,7 +7,8 @@ are read off tensor shapes. Layouts read (``load_controlnet``):
   converted with diffusers' ``convert_controlnet_checkpoint``;
 - diffusers-format SD1.5/SD2/SDXL ControlNets (single files, or a folder's ``diffusion_pytorch_model`` file);
 - diffusers-format SD3/SD3.5 ControlNets (``SD3ControlNetModel``) and Stability's SD3.5 ControlNet files
-  (canny, depth, blur; see ``controlnet_sd3``).
+  (canny, depth, blur; see ``controlnet_sd3``);
+- FLUX.1 ControlNets (``FluxControlNetModel``): InstantX / Shakker-Labs Union-Pro and XLabs' (``controlnet_flux``).
 
 Semantics follow ComfyUI 0.3.64: an apply node puts a :class:`ControlNet` (hint image, strength, percent range,
 the previously applied ControlNet) on each conditioning entry; at sampling time :meth:`ControlNet.start` makes a
@@ -43,8 +44,9 @@ def _count(sd: dict[str, Any], pattern: str) -> int:
 
 # -- what a file is -----------------------------------------------------------------------------------------------
 def detect_controlnet(sd: dict[str, Any]) -> str:
-    """The layout of a ControlNet state dict: "ldm", "diffusers", "sd3-diffusers" or "sd3-sai"; else a ModelError
-    saying what the file looks like (a T2I-Adapter, a Control-LoRA, a union or FLUX.1 ControlNet, not a ControlNet)."""
+    """The layout of a ControlNet state dict: "ldm", "diffusers", "sd3-diffusers", "sd3-sai", "flux-instantx" or
+    "flux-xlabs"; else a ModelError saying what the file looks like (a T2I-Adapter, a Control-LoRA, a union
+    ControlNet, not a ControlNet)."""
     if "lora_controlnet" in sd:
         raise ModelError("a Control-LoRA (lora_controlnet): not implemented yet in the embedded engine; run this "
                          "workflow on a ComfyUI server with ck.ComfyServer")
@@ -58,10 +60,11 @@ def detect_controlnet(sd: dict[str, Any]) -> str:
         return "diffusers"
     if "controlnet_blocks.0.weight" in sd and "pos_embed_input.proj.weight" in sd:
         return "sd3-sai" if "transformer_blocks.0.adaLN_modulation.1.bias" in sd else "sd3-diffusers"
-    if "controlnet_x_embedder.weight" in sd or any(k.startswith(("double_blocks.", "controlnet_blocks.0.linear"))
-                                                   for k in sd):
-        raise ModelError("a FLUX.1 ControlNet: not implemented yet in the embedded engine; run this workflow on a "
-                         "ComfyUI server with ck.ComfyServer")
+    from .controlnet_flux import flux_controlnet_layout
+
+    flux = flux_controlnet_layout(sd)
+    if flux is not None:
+        return flux
     if any(k.startswith(("adapter.", "body.0.", "conv_in.weight")) for k in sd) and not any(
             k.startswith(("input_blocks.", "model.diffusion_model.")) for k in sd):
         raise ModelError("a T2I-Adapter: not implemented yet in the embedded engine; run this workflow on a ComfyUI "
@@ -283,6 +286,10 @@ def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, 
         from .controlnet_sd3 import build_sd3_controlnet
 
         network: nn.Module = build_sd3_controlnet(sd, layout, label, folder_config)
+    elif layout.startswith("flux"):
+        from .controlnet_flux import build_flux_controlnet
+
+        network = build_flux_controlnet(sd, layout, label, folder_config)
     else:
         if layout == "ldm":
             prefixed = any(k.startswith(LDM_PREFIX) for k in sd)
@@ -447,17 +454,19 @@ class ControlRun:
             cmodel.to(x.device, x.dtype)  # x comes in the diffusion model's device and compute dtype
         net = cmodel.network
         hint = broadcast_hint(self._hint(x, cmodel.device, cmodel.dtype), x.shape[0], calls)
+        extra = net.run_options(self.control, inputs) if hasattr(net, "run_options") else {}
         with torch.no_grad():
-            out = net.residuals(x, t, hint, inputs.context, inputs.pooled)
+            out = net.residuals(x, t, hint, inputs.context, inputs.pooled, **extra)
         merged: dict[str, list[torch.Tensor | None]] = {}
         for key, values in out.items():
-            scaled = []
+            scaled, done = [], {}
             for v in values:
-                if v is not None:
+                if v is not None and id(v) not in done:  # a residual shared by blocks (FLUX.1) is scaled once
+                    w = v
                     if cmodel.global_average_pooling:
-                        v = v.mean(dim=(2, 3), keepdim=True).expand_as(v)
-                    v = (v * self.control.strength).to(x.dtype)
-                scaled.append(v)
+                        w = w.mean(dim=(2, 3), keepdim=True).expand_as(w)
+                    done[id(v)] = (w * self.control.strength).to(x.dtype)
+                scaled.append(None if v is None else done[id(v)])
             merged[key] = scaled
         return merge_residuals(merged, prev)
 

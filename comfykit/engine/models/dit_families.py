@@ -75,8 +75,9 @@ class FluxFamily(ModelFamily):
         return inputs
 
     def forward(self, network: nn.Module, x: torch.Tensor, t: torch.Tensor, inputs: ModelInputs) -> torch.Tensor:
+        control = inputs.control(x, t, inputs) if inputs.control is not None else None
         return network(x, t, inputs.context, inputs.pooled, guidance=inputs.guidance, concat=inputs.concat,
-                       ref_latents=list(inputs.ref_latents) if inputs.ref_latents else None)
+                       ref_latents=list(inputs.ref_latents) if inputs.ref_latents else None, control=control)
 
     def describe(self, config: dict[str, Any]) -> str:
         kind = "dev" if config["guidance_embeds"] else "schnell"

@@ -254,13 +254,16 @@ class FluxModel(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor | None,
                 guidance: torch.Tensor | float | None = None, concat: torch.Tensor | None = None,
-                ref_latents: list[torch.Tensor] | None = None, ref_latents_method: str = "offset") -> torch.Tensor:
+                ref_latents: list[torch.Tensor] | None = None, ref_latents_method: str = "offset",
+                control: dict[str, list] | None = None) -> torch.Tensor:
         """ComfyUI's Flux output [B,16,h,w] float32 for a model-space latent x [B,16,h,w] at noise level sigma [B].
 
         context [B,T,4096] (T5), pooled [B,768] (CLIP-L), guidance the FluxGuidance number (3.5, not x1000) or None;
         None leaves the guidance term out, as ComfyUI's Flux does (its model_base fills 3.5 when the conditioning
         has no guidance at all: do that before calling). concat holds the Fill/Canny/Depth channels; ref_latents are
         Kontext reference latents (model space), appended as extra image tokens; the output keeps the image tokens.
+        control: ControlNet residuals ({"input": [per double block], "output": [per single block]}, ComfyUI's lists)
+        added to the image tokens after each block.
         """
         device, dtype = self.device, self.dtype
         b, _, h, w = x.shape
@@ -285,6 +288,14 @@ class FluxModel(nn.Module):
         kwargs = {"hidden_states": img, "encoder_hidden_states": context, "pooled_projections": pooled.to(device, dtype),
                   "timestep": per_sample(sigma, b, device, "sigma"), "img_ids": img_ids, "txt_ids": txt_ids,
                   "return_dict": False}
+        if control:
+            from .controlnet_flux import block_samples
+
+            zeros = torch.zeros(b, img.shape[1], self.transformer.inner_dim, device=device, dtype=dtype)
+            kwargs["controlnet_block_samples"] = block_samples(
+                control.get("input"), len(self.transformer.transformer_blocks), zeros)
+            kwargs["controlnet_single_block_samples"] = block_samples(
+                control.get("output"), len(self.transformer.single_transformer_blocks), zeros)
         hook = None
         if self.guidance_embeds:
             kwargs["guidance"] = per_sample(0.0 if guidance is None else guidance, b, device, "guidance")

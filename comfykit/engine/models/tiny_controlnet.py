@@ -2,6 +2,7 @@
 
 >>> make_controlnet("models/controlnet/tiny_sd15.pth", arch="sd1", layout="ldm")
 >>> make_controlnet("models/controlnet/tiny_sd15_diffusers", arch="sd1", layout="diffusers-folder")
+>>> make_controlnet("models/controlnet/tiny_flux_canny.safetensors", arch="flux-xlabs", layout="xlabs")
 
 Each fits the demo checkpoint of the same arch (``comfykit.demo.make_checkpoint``): same channels, levels and text
 width. Every weight is random, the zero-initialised output convolutions too, so the residuals are never zero.
@@ -17,7 +18,9 @@ import torch
 
 from . import keys
 
-LAYOUTS = ("ldm", "ldm-pth", "diffusers", "diffusers-folder")
+LAYOUTS = ("ldm", "ldm-pth", "diffusers", "diffusers-folder", "xlabs")
+#: FLUX.1 ControlNet arch names: InstantX-style (latent hint), Shakker-Labs' Union-Pro (10 modes), XLabs (pixel hint)
+FLUX_ARCHS = ("flux-instantx", "flux-union", "flux-xlabs")
 #: the hint encoder's widths: four levels (8x down to the latent) as every real ControlNet, tiny
 HINT_CHANNELS = (8, 16, 16, 32)
 
@@ -61,6 +64,47 @@ def tiny_sd3_controlnet(seed: int = 0, **overrides: Any) -> torch.nn.Module:
     return randomize(SD3ControlNetModel(**{**TINY_SD3, "num_layers": 1, "qk_norm": "rms_norm", **overrides}), seed)
 
 
+def tiny_flux_controlnet(arch: str = "flux-instantx", seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A random diffusers ``FluxControlNetModel`` fitting the demo FLUX.1 (``demo.make_dit_checkpoint("flux")``):
+    2 double blocks and 1 single block (InstantX, Union-Pro with 10 modes), or 2 double blocks and a hint encoder
+    (XLabs); guidance-distilled, as the released ones (trained on dev)."""
+    from diffusers import FluxControlNetModel
+
+    from .tiny_dit import TINY_FLUX, randomize
+
+    if arch not in FLUX_ARCHS:
+        raise ValueError(f"unknown FLUX.1 ControlNet arch {arch!r}; choose one of {', '.join(FLUX_ARCHS)}")
+    cfg = {**TINY_FLUX, "joint_attention_dim": 32, "pooled_projection_dim": 32, "guidance_embeds": True,
+           "num_layers": 2, "num_single_layers": 1}
+    if arch == "flux-union":
+        cfg["num_mode"] = 10
+    elif arch == "flux-xlabs":
+        cfg.update(num_single_layers=0, conditioning_embedding_channels=16, patch_size=2)
+    return randomize(FluxControlNetModel(**{**cfg, **overrides}), seed)
+
+
+def flux_controlnet_to_xlabs(sd: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers ``FluxControlNetModel`` (with a hint encoder) state dict in XLabs' own key names."""
+    from .controlnet_flux import _XLABS_HINT
+    from .tiny_dit import flux_diffusers_to_bfl
+
+    inner = sd["x_embedder.weight"].shape[0]
+    trunk = {k: v for k, v in sd.items() if not k.startswith(("controlnet_", "input_hint_block."))}
+    stand_in = {"proj_out.weight": torch.zeros(1, inner), "proj_out.bias": torch.zeros(1),
+                "norm_out.linear.weight": torch.zeros(2 * inner, inner), "norm_out.linear.bias": torch.zeros(2 * inner)}
+    out = {k: v for k, v in flux_diffusers_to_bfl({**trunk, **stand_in}).items() if not k.startswith("final_layer.")}
+    index = {name: i for i, name in _XLABS_HINT.items()}
+    for key, value in sd.items():
+        module, _, kind = key.rpartition(".")
+        if module.startswith(("controlnet_blocks.", "controlnet_single_blocks.")):
+            out[key] = value
+        elif module == "controlnet_x_embedder":
+            out[f"pos_embed_input.{kind}"] = value
+        elif module.startswith("input_hint_block."):
+            out[f"input_hint_block.{index[module[len('input_hint_block.'):]]}.{kind}"] = value
+    return out
+
+
 def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model.") -> dict[str, Any]:
     """A diffusers ``ControlNetModel`` state dict in lllyasviel's original key names (``control_model.*``)."""
     trunk = {k: v for k, v in sd.items() if not k.startswith("controlnet_")}
@@ -83,23 +127,30 @@ def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model
 
 
 def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm", seed: int = 0) -> Path:
-    """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3") checkpoint in ``layout``
-    ("ldm" .safetensors with ``control_model.`` keys, "ldm-pth" the same as a torch pickle, "diffusers" a single file, "diffusers-folder"
-    a folder with config.json); the same weights for the same seed whatever the layout."""
+    """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3"; "flux-instantx", "flux-union",
+    "flux-xlabs" for the demo FLUX.1) checkpoint in ``layout`` ("ldm" .safetensors with ``control_model.`` keys,
+    "ldm-pth" the same as a torch pickle, "diffusers" a single file, "diffusers-folder" a folder with config.json;
+    "xlabs" or "ldm" for flux-xlabs: XLabs' own keys); the same weights for the same seed whatever the layout."""
     from safetensors.torch import save_file
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if arch == "sd3" and layout.startswith("ldm"):
-        raise ValueError("SD3 ControlNets come in the diffusers layout; use layout 'diffusers' or "
-                         "'diffusers-folder'")
-    net = tiny_sd3_controlnet(seed) if arch == "sd3" else tiny_controlnet(arch, seed)
+    xlabs = arch == "flux-xlabs" and layout in ("ldm", "xlabs")  # XLabs' own layout is their original one
+    if not xlabs and (layout == "xlabs" or (arch == "sd3" or arch in FLUX_ARCHS) and layout.startswith("ldm")):
+        raise ValueError(f"{arch} ControlNets come in the diffusers layout (flux-xlabs also in 'xlabs'); use "
+                         "layout 'diffusers' or 'diffusers-folder'")
+    if arch in FLUX_ARCHS:
+        net = tiny_flux_controlnet(arch, seed)
+    else:
+        net = tiny_sd3_controlnet(seed) if arch == "sd3" else tiny_controlnet(arch, seed)
     path = Path(path)
     if layout == "diffusers-folder":
         net.save_pretrained(path)
         return path
     sd = {k: v.contiguous() for k, v in net.state_dict().items()}
-    if layout.startswith("ldm"):
+    if xlabs:
+        sd = flux_controlnet_to_xlabs(sd)
+    elif layout.startswith("ldm"):
         sd = controlnet_diffusers_to_ldm(sd)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
