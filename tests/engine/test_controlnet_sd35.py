@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
+diffusers = pytest.importorskip("diffusers")
 
 from comfykit import demo  # noqa: E402
 from comfykit.engine.models.controlnet import detect_controlnet, load_controlnet  # noqa: E402
@@ -107,6 +107,88 @@ def test_residuals_and_model_output_equal_diffusers_networks(tmp_path):
                             block_controlnet_hidden_states=residuals[:3], return_dict=False)[0]
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     assert (ours - skipping_last).abs().max() > 1e-4  # diffusers' transformer alone leaves the last block out
+
+
+class _ComfyPositions(torch.nn.Module):
+    """The transformer's patch projection plus ComfyUI's grid: what the ControlNet's tokens are in ComfyUI."""
+
+    def __init__(self, proj):
+        super().__init__()
+        self.proj = proj
+
+    def forward(self, latent):
+        tokens = self.proj(latent).flatten(2).transpose(1, 2)
+        return tokens + sincos_grid(tokens.shape[-1], latent.shape[-2] // 2, latent.shape[-1] // 2)
+
+
+def test_sampling_equals_diffusers_sd3_controlnet_pipeline_with_comfyuis_differences(tmp_path, monkeypatch):
+    """KSampler + ControlNetApplyAdvanced against StableDiffusion3ControlNetPipeline on the same tiny weights, noise,
+    sigmas and blur hint, the pipeline given ComfyUI's three deliberate differences: the ControlNet's positions
+    (ComfyUI's grid, not the transformer's table), a residual on the last MMDiT block, and the posterior mean of
+    the hint's encoding (the pipeline samples it)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from safetensors.torch import save_file
+
+    from comfykit.engine.models.checkpoint import load_diffusion_model, load_vae
+    from comfykit.engine.models.keys import vae_diffusers_to_ldm
+    from comfykit.engine.models.tiny_dit import randomize, sd3_diffusers_to_sai, tiny_sd3
+    from comfykit.engine.sampling.ksampler import common_ksampler, prepare_noise, select_sigmas
+    from comfykit.engine.sampling.latent_formats import SD3
+    from comfykit.nodes.controlnet import ControlNetApplyAdvanced
+
+    ref = tiny_sd3(seed=5, num_layers=4, pooled_projection_dim=32)
+    save_file({k: v.contiguous() for k, v in sd3_diffusers_to_sai(ref.state_dict()).items()},
+              str(tmp_path / "sd35.safetensors"))
+    model = load_diffusion_model(tmp_path / "sd35.safetensors")
+    reference = tiny_sd35_controlnet(seed=6, num_layers=2)
+    save_file({k: v.contiguous() for k, v in to_sai(reference.state_dict(), 0).items()},
+              str(tmp_path / "sd3.5_large_controlnet_blur.safetensors"))
+    cnet = load_controlnet(tmp_path / "sd3.5_large_controlnet_blur.safetensors")
+    # tiny_vae16's 8 norm groups are not what comfykit's LDM autoencoder reads off 32 channels (32): make one
+    # both read alike
+    dvae = randomize(diffusers.AutoencoderKL(
+        block_out_channels=[32, 32], layers_per_block=1, latent_channels=16, norm_num_groups=32,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, use_quant_conv=False,
+        use_post_quant_conv=False, shift_factor=SD3.shift_factor, scaling_factor=SD3.scale_factor), 2)
+    save_file({k: v.contiguous() for k, v in vae_diffusers_to_ldm(dvae.state_dict()).items()},
+              str(tmp_path / "vae.safetensors"))
+    vae = load_vae(tmp_path / "vae.safetensors")
+
+    gen = torch.Generator().manual_seed(1)
+    cond, pooled = torch.randn(1, 20, 32, generator=gen), torch.randn(1, 32, generator=gen)
+    uncond, upooled = torch.randn(1, 20, 32, generator=gen), torch.randn(1, 32, generator=gen)
+    size = 8 * vae.downscale  # the hint at the decoded size: neither side resizes it
+    hint = torch.rand(1, size, size, 3, generator=gen)
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    seed, steps, cfg = 4, 3, 4.5
+    pos, neg = ControlNetApplyAdvanced().apply_controlnet(
+        [[cond, {"pooled_output": pooled}]], [[uncond, {"pooled_output": upooled}]], cnet, hint, 1.0, 0.0, 1.0,
+        vae=vae)
+    ours = model.latent_format.process_in(common_ksampler(model, seed, steps, cfg, "euler", "simple", pos, neg,
+                                                          latent)["samples"])
+
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    sigmas = select_sigmas(model.model_sampling, "euler", "simple", steps)
+    noise = prepare_noise(latent["samples"], seed) * sigmas[0]
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    pipe = diffusers.StableDiffusion3ControlNetPipeline(
+        transformer=ref, scheduler=scheduler, vae=dvae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+        tokenizer_2=None, text_encoder_3=None, tokenizer_3=None, controlnet=reference)
+    reference.pos_embed = _ComfyPositions(ref.pos_embed.proj)
+    given = {}
+    ref.register_forward_pre_hook(lambda m, a, kw: given.update(kw), with_kwargs=True)
+    ref.transformer_blocks[-1].register_forward_hook(
+        lambda m, a, out: (out[0], out[1] + given["block_controlnet_hidden_states"][-1]))
+    theirs = pipe(prompt_embeds=cond, pooled_prompt_embeds=pooled, negative_prompt_embeds=uncond,
+                  negative_pooled_prompt_embeds=upooled, latents=noise, height=size, width=size,
+                  control_image=hint.movedim(-1, 1) * 2 - 1, controlnet_conditioning_scale=1.0,
+                  sigmas=sigmas[:-1].tolist(), num_inference_steps=steps, guidance_scale=cfg,
+                  output_type="latent").images
+    plain = model.latent_format.process_in(common_ksampler(
+        model, seed, steps, cfg, "euler", "simple", [[cond, {"pooled_output": pooled}]],
+        [[uncond, {"pooled_output": upooled}]], latent)["samples"])
+    assert (ours - plain).abs().max() > 1e-3
+    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=1e-3)
 
 
 def test_hint_is_preprocessed_by_control_type_and_encoded_with_the_shift(tmp_path):
