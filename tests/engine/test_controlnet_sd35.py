@@ -121,6 +121,7 @@ class _ComfyPositions(torch.nn.Module):
         return tokens + sincos_grid(tokens.shape[-1], latent.shape[-2] // 2, latent.shape[-1] // 2)
 
 
+@pytest.mark.slow  # importing the pipeline pulls in transformers' vision models: ~20 s here
 def test_sampling_equals_diffusers_sd3_controlnet_pipeline_with_comfyuis_differences(tmp_path, monkeypatch):
     """KSampler + ControlNetApplyAdvanced against StableDiffusion3ControlNetPipeline on the same tiny weights, noise,
     sigmas and blur hint, the pipeline given ComfyUI's three deliberate differences: the ControlNet's positions
