@@ -93,9 +93,17 @@ def test_residuals_and_model_output_equal_diffusers_networks(tmp_path):
                            return_dict=False)[0]
     for i, r in enumerate(residuals):
         torch.testing.assert_close(r, blocks[i // 2], atol=1e-5, rtol=1e-5)
-    # the pooled text reaches the ControlNet (ComfyUI does not zero it for these files)
+    # the pooled text reaches the ControlNet (ComfyUI does not zero it for these files); without one (a
+    # conditioning with no pooled_output) ComfyUI embeds the timestep alone
     zeroed = net.residuals(x, t, hint, ctx, torch.zeros_like(pooled))["output"]
     assert (zeroed[0] - residuals[0]).abs().max() > 1e-4
+    without = net.residuals(x, t, hint, ctx, None)["output"]
+    no_text = reference.time_text_embed.text_embedder.register_forward_hook(lambda m, a, out: out * 0)
+    with torch.no_grad():
+        time_only = reference(hidden_states=tokens, controlnet_cond=hint, pooled_projections=pooled, timestep=t,
+                              return_dict=False)[0]
+    no_text.remove()
+    torch.testing.assert_close(without[-1], time_only[-1], atol=1e-5, rtol=1e-5)
 
     ours = model.apply(x, t, ModelInputs(context=ctx, pooled=pooled, control=lambda *_: {"output": residuals}))
     hook = ref.transformer_blocks[-1].register_forward_hook(lambda m, a, out: (out[0], out[1] + residuals[2]))

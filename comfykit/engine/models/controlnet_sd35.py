@@ -67,7 +67,7 @@ def sd35_sai_to_diffusers(sd: dict[str, Any]) -> tuple[dict[str, Any], int | Non
                     out[f"{prefix}attn.{name}.{kind}"] = part
             else:
                 out[f"{prefix}{_BLOCK.get(inner, inner)}.{kind}"] = value
-        elif not module.startswith("x_embedder"):  # ComfyUI replaces any patch embed with the model's
+        elif not module.startswith(("x_embedder", "pos_embed.")):  # ComfyUI uses the model's patch embed instead
             out[key] = value
     return out, control_type
 
