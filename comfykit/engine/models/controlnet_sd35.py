@@ -111,15 +111,16 @@ def infer_sd35_controlnet_config(sd: dict[str, Any]) -> dict[str, Any]:
             "force_zeros_for_pooled_projection": False}
 
 
-def sincos_grid(width: int, h: int, w: int) -> torch.Tensor:
-    """ComfyUI's position grid for these ControlNets: [h*w, width] sin-cos of positions spanning 0..15 on the short
-    side (the long side proportionally wider), the w half first."""
+def sincos_grid(width: int, h: int, w: int, device: Any = None) -> torch.Tensor:
+    """ComfyUI's position grid for these ControlNets: [h*w, width] float32 sin-cos of positions spanning 0..15 on
+    the short side (the long side proportionally wider), the w half first."""
     from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid
 
     small = min(h, w)
     span_h, span_w = h / small * GRID_SPAN, w / small * GRID_SPAN
-    grid_h, grid_w = torch.meshgrid(torch.linspace(GRID_CENTER - span_h, GRID_CENTER + span_h, h),
-                                    torch.linspace(GRID_CENTER - span_w, GRID_CENTER + span_w, w), indexing="ij")
+    grid_h, grid_w = torch.meshgrid(torch.linspace(GRID_CENTER - span_h, GRID_CENTER + span_h, h, device=device),
+                                    torch.linspace(GRID_CENTER - span_w, GRID_CENTER + span_w, w, device=device),
+                                    indexing="ij")
     emb_w = get_1d_sincos_pos_embed_from_grid(width // 2, grid_w.reshape(-1), output_type="pt")
     emb_h = get_1d_sincos_pos_embed_from_grid(width // 2, grid_h.reshape(-1), output_type="pt")
     return torch.cat([emb_w, emb_h], dim=1).float()
@@ -148,6 +149,7 @@ class SD35ControlNet(nn.Module):
         nn.init.zeros_(self.x_embedder.weight)
         nn.init.zeros_(self.x_embedder.bias)
         self.depth = 0  # the model's MMDiT block count, also set at run start
+        self._last_grid: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def width(self) -> int:
@@ -208,7 +210,7 @@ class SD35ControlNet(nn.Module):
             hint = hint.expand(b, -1, -1, -1)
         h, w = x.shape[-2] // patch, x.shape[-1] // patch
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2)
-        tokens = tokens + sincos_grid(self.width, h, w).to(tokens)
+        tokens = tokens + self._grid(h, w, tokens)
         timestep = t.reshape(-1).expand(b).to(dtype)
         if pooled is None:  # ComfyUI: no y, the time embedding alone
             outs = self._blocks_without_pooled(tokens, hint, timestep)
@@ -217,6 +219,13 @@ class SD35ControlNet(nn.Module):
                        timestep=timestep, return_dict=False)[0]
         repeat = math.ceil(max(self.depth, 1) / len(outs))
         return {"output": [o for o in outs for _ in range(repeat)]}
+
+    def _grid(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+        # the same for every step of a run: kept for the last size asked
+        key = (h, w, like.device, like.dtype)
+        if self._last_grid is None or self._last_grid[0] != key:
+            self._last_grid = (key, sincos_grid(self.width, h, w, like.device).to(like.dtype))
+        return self._last_grid[1]
 
     def _blocks_without_pooled(self, tokens: torch.Tensor, hint: torch.Tensor, timestep: torch.Tensor
                                ) -> list[torch.Tensor]:
