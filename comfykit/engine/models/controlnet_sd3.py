@@ -8,6 +8,8 @@ scaled by SD3's latent scale without the shift; the pooled text is zeroed; block
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -104,14 +106,15 @@ class SD3ControlNet(nn.Module):
 
 
 def build_sd3_controlnet(sd: dict[str, Any], layout: str, name: str, folder_config: dict[str, Any] | None = None
-                         ) -> SD3ControlNet:
-    """An :class:`SD3ControlNet` from a diffusers-layout state dict; Stability's SD3.5 layout is a ModelError."""
+                         ) -> nn.Module:
+    """An :class:`SD3ControlNet` from a diffusers-layout state dict, or for Stability's own SD3.5 layout
+    ("sd3-sai": canny/depth/blur) a :class:`~.controlnet_sd35.SD35ControlNet`."""
     from diffusers import SD3ControlNetModel
 
     if layout == "sd3-sai":
-        raise ModelError(f"{name}: a Stability SD3.5 ControlNet (canny/depth/blur, single-block layout): not "
-                         "implemented yet in the embedded engine; run this workflow on a ComfyUI server with "
-                         "ck.ComfyServer, or use a diffusers-format SD3 ControlNet")
+        from .controlnet_sd35 import build_sd35_controlnet
+
+        return build_sd35_controlnet(sd, name)
     try:
         config = infer_sd3_controlnet_config(sd)
     except (KeyError, IndexError) as e:
@@ -130,3 +133,26 @@ def block_residuals(control: dict[str, list] | None, blocks: int) -> list[torch.
         return None
     zero = torch.zeros_like(given[0])
     return [outputs[i] if i < len(outputs) and outputs[i] is not None else zero for i in range(blocks)]
+
+
+@contextmanager
+def last_block_residual(transformer: nn.Module, residuals: list[torch.Tensor] | None) -> Iterator[None]:
+    """While it is open, the transformer's last MMDiT block adds its residual too.
+
+    diffusers' SD3 transformer skips the last block (its context is pre-only); ComfyUI's MMDiT adds a residual
+    after every block it has one for (Stability's SD3.5 ControlNets give one to all 38 blocks of SD3.5 Large).
+    """
+    last = residuals[-1] if residuals else None
+    if last is None or not bool(last.any()):
+        yield
+        return
+
+    def add(_module: nn.Module, _args: Any, out: Any) -> Any:
+        context, hidden = out
+        return context, hidden + last.to(hidden)
+
+    handle = transformer.transformer_blocks[-1].register_forward_hook(add)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -174,7 +174,7 @@ class SD3Model(nn.Module):
         h and w are padded circularly to the patch size and the output cropped back. control: ControlNet
         residuals ({"output": [one per MMDiT block]}, ComfyUI's list) added after each block.
         """
-        from .controlnet_sd3 import block_residuals
+        from .controlnet_sd3 import block_residuals, last_block_residual
 
         device, dtype = self.device, self.dtype
         b, _, h, w = x.shape
@@ -191,11 +191,12 @@ class SD3Model(nn.Module):
         pooled_dim = self.transformer.config.pooled_projection_dim
         pooled = torch.zeros(b, pooled_dim) if pooled is None else pooled
         residuals = block_residuals(control, len(self.transformer.transformer_blocks))
-        out = self.transformer(hidden_states=x, encoder_hidden_states=context.to(device, dtype),
-                               pooled_projections=pooled.to(device, dtype),
-                               timestep=per_sample(sigma, b, device, "sigma") * 1000,
-                               block_controlnet_hidden_states=residuals,
-                               return_dict=False)[0]
+        with last_block_residual(self.transformer, residuals):
+            out = self.transformer(hidden_states=x, encoder_hidden_states=context.to(device, dtype),
+                                   pooled_projections=pooled.to(device, dtype),
+                                   timestep=per_sample(sigma, b, device, "sigma") * 1000,
+                                   block_controlnet_hidden_states=residuals,
+                                   return_dict=False)[0]
         return out[:, :, :h, :w].float()
 
     def __repr__(self) -> str:

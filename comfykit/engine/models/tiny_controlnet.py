@@ -105,6 +105,46 @@ def flux_controlnet_to_xlabs(sd: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def tiny_sd35_controlnet(seed: int = 0, num_layers: int = 1, **overrides: Any) -> torch.nn.Module:
+    """A random single-stream diffusers ``SD3ControlNetModel`` of Stability's SD3.5 ControlNet kind (no patch
+    embedding or text stream of its own) fitting the demo's SD3.5 checkpoint: its width and pooled width, one
+    head as ComfyUI reads it."""
+    from diffusers import SD3ControlNetModel
+
+    from ...demo import _SD3_DIT
+    from .tiny_dit import TINY_SD3, randomize
+
+    width = TINY_SD3["num_attention_heads"] * TINY_SD3["attention_head_dim"]
+    cfg = {"patch_size": TINY_SD3["patch_size"], "in_channels": 16, "out_channels": 16, "num_layers": num_layers,
+           "attention_head_dim": width, "num_attention_heads": 1, "joint_attention_dim": None,
+           "caption_projection_dim": width, "pooled_projection_dim": _SD3_DIT["pooled_projection_dim"],
+           "pos_embed_max_size": None, "pos_embed_type": None, "use_pos_embed": False,
+           "force_zeros_for_pooled_projection": False, **overrides}
+    return randomize(SD3ControlNetModel(**cfg), seed)
+
+
+def sd35_control_type(name: str) -> int | None:
+    """The ``control_type`` a Stability SD3.5 ControlNet file of this name holds (0 blur, 1 canny, 2 depth)."""
+    low = name.lower()
+    return next((i for i, kind in ((0, "blur"), (1, "canny"), (2, "depth")) if kind in low), None)
+
+
+def write_sd35_controlnet(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Stability-layout SD3.5 ControlNet (``make_controlnet(arch="sd3.5-sai")``); the control type
+    (canny, depth, blur) is read off the file name, as ComfyUI's templates name them."""
+    from safetensors.torch import save_file
+
+    from .controlnet_sd35 import sd35_diffusers_to_sai
+
+    path = Path(path)
+    sd = sd35_diffusers_to_sai(tiny_sd35_controlnet(seed).state_dict(), sd35_control_type(path.name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
 def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model.") -> dict[str, Any]:
     """A diffusers ``ControlNetModel`` state dict in lllyasviel's original key names (``control_model.*``)."""
     trunk = {k: v for k, v in sd.items() if not k.startswith("controlnet_")}
@@ -133,6 +173,10 @@ def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm",
     "xlabs" or "ldm" for flux-xlabs: XLabs' own keys); the same weights for the same seed whatever the layout."""
     from safetensors.torch import save_file
 
+    if arch == "sd3.5-sai":  # Stability's canny/depth/blur files: one layout, the control type from the name
+        if layout.startswith("diffusers"):
+            raise ValueError("Stability's SD3.5 ControlNets come in one layout (a single .safetensors file)")
+        return write_sd35_controlnet(path, seed)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     xlabs = arch == "flux-xlabs" and layout in ("ldm", "xlabs")  # XLabs' own layout is their original one
