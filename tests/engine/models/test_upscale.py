@@ -1,4 +1,4 @@
-"""Upscale models: ESRGAN-family files in both key layouts load into the built-in RRDBNet, equal an independent
+"""Upscale models: ESRGAN-family files in every key layout load into the built-in RRDBNet, equal an independent
 forward, upscale in tiles as ComfyUI does, and files of other kinds are refused with what they look like."""
 
 from __future__ import annotations
@@ -161,6 +161,8 @@ def test_cpu_tile_fits_the_memory_budget():
     ({"layers.0.residual_group.blocks.0.norm1.weight": (4,), "conv_first.weight": (4, 3, 3, 3)}, "SwinIR"),
     ({"lora_unet_down_blocks_0.lora_down.weight": (4, 8)}, "LoRA"),
     ({"body.0.weight": (8, 3, 3, 3), "body.1.weight": (8,), "body.2.weight": (8, 8, 3, 3)}, "SRVGGNetCompact"),
+    ({"model.0.weight": (8, 3, 3, 3), "model.1.sub.0.RDB1.conv1.0.weight": (4, 8, 3, 3),
+      "model.1.sub.0.RDB1.conv1x1.weight": (4, 8, 1, 1)}, "ESRGAN+"),
     ({"foo.weight": (3, 3)}, "keys start foo.weight"),
 ])
 def test_unknown_files_are_model_errors_saying_what_they_look_like(tmp_path, keys, looks_like):
