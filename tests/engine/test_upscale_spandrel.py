@@ -32,6 +32,16 @@ from comfykit.nodes.upscale import ImageUpscaleWithModel, UpscaleModelLoader  # 
 TILE, OVERLAP = 16, 4  # a 32 px image in 3 x 3 tiles, the last ones short (spandrel pads those)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Networks this small gain nothing from threads, and on a shared CPU OpenMP's waiting threads made each
+    tiled run take seconds instead of milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def engine(tmp_path):
     eng = Engine(tmp_path / "models", output_dir=tmp_path / "out", input_dir=tmp_path / "in",
