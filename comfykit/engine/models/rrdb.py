@@ -1,13 +1,15 @@
 """ESRGAN's RRDBNet (Wang et al. 2018): the network of ESRGAN, Real-ESRGAN and 4x-UltraSharp-style upscalers.
 
-Weights come in two key layouts, both read here:
+Weights come in three key layouts, all read here (the three spandrel's ESRGAN reads, less ESRGAN+):
 
 - the original ESRGAN repository's: ``model.0`` (first conv), ``model.1.sub.N.RDB1.conv1.0`` (the blocks),
   ``model.1.sub.<blocks>`` (trunk conv), then the upsampling and output convs at higher ``model.K`` indices;
 - BasicSR / Real-ESRGAN's: ``conv_first``, ``body.N.rdb1.conv1``, ``conv_body``, ``conv_up1``..., ``conv_hr``,
-  ``conv_last``.
+  ``conv_last``;
+- BSRGAN / RealSR's (early BasicSR): ``conv_first``, ``RRDB_trunk.N.RDB1.conv1``, ``trunk_conv``, ``upconv1``...,
+  ``HRconv``, ``conv_last``.
 
-``convert`` maps the old layout onto the new one and ``infer_config`` reads every size off the tensor shapes:
+``convert`` maps the other layouts onto the new one and ``infer_config`` reads every size off the tensor shapes:
 channels, features, growth, block count, number of x2 stages (scale 1, 2, 4, 8), pixel-shuffle upsampling and
 Real-ESRGAN's pixel-unshuffled input (its x2 and x1 models). ``make_state_dict`` writes random weights in either
 layout, for tests and ``ck.demo``.
@@ -125,12 +127,20 @@ _OLD_TRUNK = re.compile(r"model\.1\.sub\.(\d+)\.(weight|bias)$")
 _OLD_CONV = re.compile(r"model\.(\d+)\.(weight|bias)$")
 
 
+_BSRGAN = [(re.compile(r"RRDB_trunk\.(\d+)\.RDB(\d)\.conv(\d)\."), r"body.\1.rdb\2.conv\3."),
+           (re.compile(r"trunk_conv\."), "conv_body."), (re.compile(r"upconv(\d+)\."), r"conv_up\1."),
+           (re.compile(r"HRconv\."), "conv_hr.")]
+
+
 def layout(sd: dict[str, Any]) -> str | None:
-    """"new" (BasicSR names), "old" (the ESRGAN repository's ``model.N``) or None when not an RRDBNet."""
+    """"new" (BasicSR names), "old" (the ESRGAN repository's ``model.N``), "bsrgan" (BSRGAN / RealSR's
+    ``RRDB_trunk``) or None when not an RRDBNet."""
     if "conv_first.weight" in sd and "body.0.rdb1.conv1.weight" in sd and "conv_last.weight" in sd:
         return "new"
     if "model.0.weight" in sd and "model.1.sub.0.RDB1.conv1.0.weight" in sd:
         return "old"
+    if "conv_first.weight" in sd and "RRDB_trunk.0.RDB1.conv1.weight" in sd and "conv_last.weight" in sd:
+        return "bsrgan"
     return None
 
 
@@ -139,8 +149,18 @@ def convert(sd: dict[str, Any]) -> dict[str, Any]:
     kind = layout(sd)
     if kind == "new":
         return dict(sd)
+    if kind == "bsrgan":
+        out = {}
+        for key, value in sd.items():
+            for pattern, name in _BSRGAN:
+                if pattern.match(key):
+                    key = pattern.sub(name, key, count=1)
+                    break
+            out[key] = value
+        return out
     if kind != "old":
-        raise ValueError("not an RRDBNet state dict (no conv_first/body.0.rdb1 or model.0/model.1.sub.0.RDB1 keys)")
+        raise ValueError("not an RRDBNet state dict (no conv_first/body.0.rdb1, model.0/model.1.sub.0.RDB1 or "
+                         "conv_first/RRDB_trunk.0.RDB1 keys)")
     blocks = 1 + max(int(m.group(1)) for k in sd if (m := _OLD_BLOCK.match(k)))
     tail = sorted({int(m.group(1)) for k in sd if (m := _OLD_CONV.match(k))} - {0})
     if len(tail) < 2:
@@ -202,10 +222,23 @@ def to_old_layout(sd: dict[str, Any], config: RRDBConfig) -> dict[str, Any]:
     return out
 
 
+def to_bsrgan_layout(sd: dict[str, Any]) -> dict[str, Any]:
+    """BasicSR-named weights in BSRGAN / RealSR's names (``RRDB_trunk``, ``trunk_conv``, ``upconvN``, ``HRconv``)."""
+    out: dict[str, Any] = {}
+    for key, value in sd.items():
+        key = re.sub(r"^body\.(\d+)\.rdb(\d)\.", r"RRDB_trunk.\1.RDB\2.", key)
+        key = re.sub(r"^conv_body\.", "trunk_conv.", key)
+        key = re.sub(r"^conv_up(\d+)\.", r"upconv\1.", key)
+        out[re.sub(r"^conv_hr\.", "HRconv.", key)] = value
+    return out
+
+
 def make_state_dict(config: RRDBConfig, *, layout: str = "new", seed: int = 0) -> dict[str, torch.Tensor]:  # noqa: A002
-    """Random RRDBNet weights (deterministic per seed) in the "new" (BasicSR) or "old" (ESRGAN) key layout."""
-    if layout not in ("new", "old"):
-        raise ValueError(f"unknown layout {layout!r}; choose 'new' (conv_first, body.N...) or 'old' (model.N...)")
+    """Random RRDBNet weights (deterministic per seed) in the "new" (BasicSR), "old" (ESRGAN) or "bsrgan" key
+    layout."""
+    if layout not in ("new", "old", "bsrgan"):
+        raise ValueError(f"unknown layout {layout!r}; choose 'new' (conv_first, body.N...), 'old' (model.N...) or "
+                         "'bsrgan' (RRDB_trunk.N...)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = RRDBNet(config)
@@ -225,4 +258,6 @@ def make_state_dict(config: RRDBConfig, *, layout: str = "new", seed: int = 0) -
                 w[i * 4 + j if config.pixel_shuffle else i, i, 1, 1] += 1.0
         sd["conv_hr.weight"][i, i, 1, 1] += 1.0
         sd["conv_last.weight"][i, i, 1, 1] += 1.0
+    if layout == "bsrgan":
+        return to_bsrgan_layout(sd)
     return to_old_layout(sd, config) if layout == "old" else sd

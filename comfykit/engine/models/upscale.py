@@ -2,11 +2,13 @@
 
 Which loader, and why:
 
-- ESRGAN / Real-ESRGAN / 4x-UltraSharp-style RRDBNets, by far the files people download, load with the built-in
-  RRDBNet (:mod:`.rrdb`) from either key layout, everywhere. It is the same network spandrel builds, so results
-  do not depend on whether spandrel happens to import, and it is what the tests check.
-- Every other architecture (SwinIR, HAT, DAT, SRVGGNet, ...) goes to spandrel (MIT), the library ComfyUI uses,
-  when it imports. spandrel imports torchvision at import time, and where torchvision's wheels do not match the
+- ESRGAN / Real-ESRGAN / BSRGAN / 4x-UltraSharp-style RRDBNets, by far the files people download, load with the
+  built-in RRDBNet (:mod:`.rrdb`) from any of their key layouts, everywhere. It is the same network spandrel builds
+  and is called the way spandrel's descriptor calls it (input padded to spandrel's size rules, each tile's output
+  clamped to 0..1), so results do not depend on whether spandrel happens to import, and it is what CI tests.
+- Every other architecture (SwinIR, HAT, DAT, SRVGGNet, ESRGAN+, ...) goes to spandrel (MIT), the library ComfyUI
+  uses, when it imports, with spandrel_extra_arches' non-commercial architectures added where that is installed
+  (as ComfyUI does). spandrel imports torchvision at import time, and where torchvision's wheels do not match the
   installed torch (CPU torch with the CUDA-only torchvision wheels of some indexes) it cannot import; then those
   files raise a ModelError that says what the file looks like and that spandrel is needed.
 
@@ -45,7 +47,7 @@ class UpscaleModel:
 
     def __init__(self, network: nn.Module, scale: int, architecture: str, *, in_channels: int = 3,
                  out_channels: int = 3, name: str = "", call: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 features: int = 64):
+                 features: int = 64, minimum: int = 0, multiple_of: int = 1):
         self.network = network.eval()
         self.scale = int(scale)
         self.architecture = architecture
@@ -53,6 +55,8 @@ class UpscaleModel:
         self.name = name
         self.features = features  # width of the full-resolution feature maps, for the memory estimate
         self._call = call  # spandrel descriptors pad inputs to their size rules: call those instead
+        # without a descriptor: the size rules spandrel's would have (see _pad)
+        self.minimum, self.multiple_of = minimum, multiple_of
 
     def __repr__(self) -> str:
         return f"UpscaleModel({self.architecture}, {self.scale}x, {self.name!r})"
@@ -75,7 +79,12 @@ class UpscaleModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype)
         with torch.inference_mode():
-            return self._call(x) if self._call is not None else self.network(x)
+            if self._call is not None:
+                return self._call(x)
+            # what spandrel's ImageModelDescriptor does around the network, so both loaders agree on every tile
+            h, w = x.shape[-2:]
+            out = self.network(_pad(x, self.minimum, self.multiple_of)).clamp_(0.0, 1.0)
+            return out[..., :h * self.scale, :w * self.scale]
 
     def estimate_memory(self, tile: int) -> int:
         """Bytes one ``tile`` x ``tile`` call needs beyond the weights (measured on RRDBNet: the two widest
@@ -119,15 +128,12 @@ def load_upscale_model(path: str | Path, device: Any = "cpu") -> UpscaleModel:
     path = Path(path)
     sd = read_upscale_state_dict(path)
     kind = rrdb.layout(sd)
-    if kind is not None:
+    if kind is not None and not any(".conv1x1." in k for k in sd):  # ESRGAN+ (1x1 convs): spandrel's
         return _load_rrdb(path, sd, kind).to(device)
-    model = _load_spandrel(path, sd)
-    return model.to(device)
+    return _load_spandrel(path, sd).to(device)
 
 
 def _load_rrdb(path: Path, sd: dict[str, torch.Tensor], kind: str) -> UpscaleModel:
-    if any(".conv1x1." in k for k in sd):
-        raise _unknown(path, sd, "an ESRGAN+ RRDBNet (1x1 convs in its dense blocks)")
     try:
         sd = rrdb.convert(sd)
         config = rrdb.infer_config(sd)
@@ -146,8 +152,22 @@ def _load_rrdb(path: Path, sd: dict[str, torch.Tensor], kind: str) -> UpscaleMod
                          f"off its shapes ({config.features} features, {config.blocks} blocks, {config.scale}x): "
                          f"{detail}") from None
     arch = "RealESRGAN" if config.unshuffle > 1 else "ESRGAN"
+    # spandrel's ESRGAN size rules: 2 px at least, a multiple of 4 when the input is pixel-unshuffled
     return UpscaleModel(network, config.scale, arch, in_channels=config.in_channels,
-                        out_channels=config.out_channels, name=path.name, features=config.features)
+                        out_channels=config.out_channels, name=path.name, features=config.features, minimum=2,
+                        multiple_of=4 if config.unshuffle > 1 else 1)
+
+
+def _spandrel_registry(spandrel: Any) -> tuple[Any, bool]:
+    """spandrel's architectures plus spandrel_extra_arches' where it is installed (a copy: spandrel's global
+    registry is left as it is), and whether the extras are in."""
+    registry = spandrel.MAIN_REGISTRY.copy()
+    try:
+        from spandrel_extra_arches import EXTRA_REGISTRY
+    except Exception:  # not installed, or broken against this spandrel: the main architectures still load
+        return registry, False
+    registry.add(*EXTRA_REGISTRY, ignore_duplicates=True)
+    return registry, True
 
 
 def _load_spandrel(path: Path, sd: dict[str, torch.Tensor]) -> UpscaleModel:
@@ -156,22 +176,36 @@ def _load_spandrel(path: Path, sd: dict[str, torch.Tensor]) -> UpscaleModel:
     except Exception as e:  # ImportError, or torchvision's operators failing to load (RuntimeError)
         reason = f"spandrel cannot be imported here ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         raise _unknown(path, sd, None, reason) from None
+    registry, extras = _spandrel_registry(spandrel)
+    sd = spandrel.canonicalize_state_dict(sd)
+    # detect, then load, as spandrel's registry does, to name the architecture when its loading fails
+    arch = next((a.architecture for a in registry.architectures("detection") if a.detect(sd)), None)
+    if arch is None:
+        reason = f"spandrel does not know this architecture either (spandrel {spandrel.__version__}, " + (
+            "with spandrel_extra_arches)" if extras else "without spandrel_extra_arches, which adds SRFormer, "
+            "CodeFormer, DDColor, Restormer and others under non-commercial licences: if it is one of those, "
+            "pip install spandrel_extra_arches)")
+        raise _unknown(path, sd, None, reason, hint=False) from None
     try:
-        descriptor = spandrel.ModelLoader().load_from_state_dict(sd)
-    except spandrel.UnsupportedModelError:
-        raise _unknown(path, sd, None, "spandrel does not know this architecture either", hint=False) from None
+        descriptor = arch.load(sd)
+    except Exception as e:  # a detected architecture whose tensors are missing or out of shape
+        detail = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise ModelError(f"{path}: spandrel {spandrel.__version__} reads it as a {arch.name} model but cannot "
+                         f"load it ({detail}); it looks like {_looks_like(sd)}. The file may be cut short or a "
+                         "variant this spandrel does not support: re-download it or upgrade spandrel") from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
-        raise ModelError(f"{path}: a {descriptor.architecture.name} model, which is not a single-image model; "
+        raise ModelError(f"{path}: a {arch.name} model ({descriptor.purpose}), which is not a single-image model; "
                          "an upscale model must map one image to one image")
-    return UpscaleModel(descriptor.model, descriptor.scale, descriptor.architecture.name,
-                        in_channels=descriptor.input_channels, out_channels=descriptor.output_channels,
-                        name=path.name, call=descriptor)
+    return UpscaleModel(descriptor.model, descriptor.scale, arch.name, in_channels=descriptor.input_channels,
+                        out_channels=descriptor.output_channels, name=path.name, call=descriptor)
 
 
 def _looks_like(sd: dict[str, Any]) -> str:
     """A guess at what a state dict is, from its key names (for error messages)."""
     keys = list(sd)
     has = lambda *parts: any(any(p in k for p in parts) for k in keys)  # noqa: E731
+    if has(".conv1x1."):
+        return "an ESRGAN+ RRDBNet (1x1 convs in its dense blocks)"
     if has("residual_group.blocks"):
         return "a SwinIR/HAT-style transformer upscaler"
     if has("model.diffusion_model.", "input_blocks.0.0.weight", "double_blocks.0."):
@@ -192,11 +226,24 @@ def _unknown(path: Path, sd: dict[str, Any], what: str | None, reason: str = "",
     why = f"; {reason}" if reason else ""
     advice = (". Other architectures load through spandrel: install spandrel with a torchvision that matches your "
               "torch") if hint else "; check that the file is an image upscaler"
-    return ModelError(f"{path}: not an upscale model the built-in loader reads (ESRGAN / Real-ESRGAN RRDBNets, old "
-                      f"model.N or new conv_first/body.N layout): it looks like {what}{why}{advice}")
+    return ModelError(f"{path}: not an upscale model the built-in loader reads (ESRGAN / Real-ESRGAN / BSRGAN "
+                      f"RRDBNets: model.N, conv_first/body.N or RRDB_trunk.N layout): it looks like {what}{why}{advice}")
 
 
 # -- tiled upscaling -------------------------------------------------------------------------------------------
+def _pad(x: torch.Tensor, minimum: int, multiple_of: int) -> torch.Tensor:
+    """[B, C, H, W] padded on the bottom and right to ``minimum`` px and a multiple of ``multiple_of``, as
+    spandrel pads before a call: reflect as far as it can (size - 1), then replicate."""
+    h, w = x.shape[-2:]
+    pad_h = -max(h, minimum) % multiple_of + max(h, minimum) - h
+    pad_w = -max(w, minimum) % multiple_of + max(w, minimum) - w
+    if not (pad_h or pad_w):
+        return x
+    reflect_h, reflect_w = min(pad_h, h - 1), min(pad_w, w - 1)
+    x = torch.nn.functional.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
+    return torch.nn.functional.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+
+
 def _starts(size: int, tile: int, overlap: int) -> list[int]:
     """Where the tiles along one side begin (ComfyUI's positions: every tile - overlap, the last one clamped)."""
     if size <= tile:

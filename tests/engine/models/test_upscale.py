@@ -1,4 +1,4 @@
-"""Upscale models: ESRGAN-family files in both key layouts load into the built-in RRDBNet, equal an independent
+"""Upscale models: ESRGAN-family files in every key layout load into the built-in RRDBNet, equal an independent
 forward, upscale in tiles as ComfyUI does, and files of other kinds are refused with what they look like."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _reference(sd: dict, x: torch.Tensor, upsamples: int, unshuffle: int = 1, sh
 @pytest.mark.parametrize("scale,unshuffle,shuffle", [(4, 1, False), (2, 1, False), (8, 1, False), (1, 1, False),
                                                      (2, 2, False), (1, 4, False), (4, 1, True)],
                          ids=["x4", "x2", "x8", "x1", "realesrgan-x2plus", "realesrgan-x1", "pixelshuffle-x4"])
-def test_both_key_layouts_equal_a_reference_forward(tmp_path, scale, unshuffle, shuffle):
+def test_every_key_layout_equals_a_reference_forward(tmp_path, scale, unshuffle, shuffle):
     upsamples = {1: 0, 2: 1, 4: 2, 8: 3}[scale * unshuffle]
     config = rrdb.RRDBConfig(features=16, growth=8, blocks=2, upsamples=upsamples, unshuffle=unshuffle,
                              pixel_shuffle=shuffle)
@@ -59,13 +59,18 @@ def test_both_key_layouts_equal_a_reference_forward(tmp_path, scale, unshuffle, 
     from safetensors.torch import save_file
 
     save_file(new, str(tmp_path / "realesrgan_new.safetensors"))
+    bsrgan = rrdb.make_state_dict(config, layout="bsrgan", seed=3)
+    assert "RRDB_trunk.0.RDB1.conv1.weight" in bsrgan and "HRconv.weight" in bsrgan
+    torch.save(bsrgan, tmp_path / "bsrgan.pth")
     x = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0))
     expected = _reference(new, x, upsamples, unshuffle, shuffle)
     assert expected.shape == (1, 3, 24 * scale, 20 * scale)
-    for name in ("esrgan_old.pth", "realesrgan_new.safetensors"):
+    for name in ("esrgan_old.pth", "realesrgan_new.safetensors", "bsrgan.pth"):
         model = load_upscale_model(tmp_path / name)
         assert model.scale == scale and rrdb.infer_config(rrdb.convert(new)) == config
-        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.network(x), expected, atol=1e-5, rtol=1e-5)
+        # called as spandrel's descriptor calls a network: the output clamped to the image range
+        torch.testing.assert_close(model(x), expected.clamp(0, 1), atol=1e-5, rtol=1e-5)
 
 
 def test_shapes_are_read_off_the_file(tmp_path):
@@ -156,6 +161,8 @@ def test_cpu_tile_fits_the_memory_budget():
     ({"layers.0.residual_group.blocks.0.norm1.weight": (4,), "conv_first.weight": (4, 3, 3, 3)}, "SwinIR"),
     ({"lora_unet_down_blocks_0.lora_down.weight": (4, 8)}, "LoRA"),
     ({"body.0.weight": (8, 3, 3, 3), "body.1.weight": (8,), "body.2.weight": (8, 8, 3, 3)}, "SRVGGNetCompact"),
+    ({"model.0.weight": (8, 3, 3, 3), "model.1.sub.0.RDB1.conv1.0.weight": (4, 8, 3, 3),
+      "model.1.sub.0.RDB1.conv1x1.weight": (4, 8, 1, 1)}, "ESRGAN+"),
     ({"foo.weight": (3, 3)}, "keys start foo.weight"),
 ])
 def test_unknown_files_are_model_errors_saying_what_they_look_like(tmp_path, keys, looks_like):
@@ -210,8 +217,9 @@ def test_upscale_nodes_run_in_a_workflow(tmp_path):
 
 
 def test_other_architectures_go_through_spandrel_where_it_imports(tmp_path, monkeypatch):
-    """A stand-in spandrel module (the real one needs a torchvision matching torch): its descriptor becomes an
-    UpscaleModel called through the descriptor, and what it does not know is a ModelError."""
+    """A stand-in spandrel module (the real one needs a torchvision matching torch; test_upscale_spandrel.py runs
+    it where it imports): its descriptor becomes an UpscaleModel called through the descriptor, and what it does
+    not know is a ModelError."""
     import sys
     import types
 
@@ -237,9 +245,20 @@ def test_other_architectures_go_through_spandrel_where_it_imports(tmp_path, monk
             conv.load_state_dict({"weight": sd["conv_first.weight"], "bias": sd["conv_first.bias"]})
             return ImageModelDescriptor(conv, 2)
 
+    class Registry:
+        def copy(self):
+            return self
+
+        def architectures(self, order):
+            load = ModelLoader().load_from_state_dict
+            return [types.SimpleNamespace(architecture=types.SimpleNamespace(name="SwinIR", load=load),
+                                          detect=lambda sd: any("residual_group" in k for k in sd))]
+
     fake = types.SimpleNamespace(ModelLoader=ModelLoader, ImageModelDescriptor=ImageModelDescriptor,
-                                 UnsupportedModelError=UnsupportedModelError)
+                                 UnsupportedModelError=UnsupportedModelError, MAIN_REGISTRY=Registry(),
+                                 canonicalize_state_dict=dict, __version__="0.4.2")
     monkeypatch.setitem(sys.modules, "spandrel", fake)
+    monkeypatch.setitem(sys.modules, "spandrel_extra_arches", None)  # a real one would add to the fake registry
     eye = torch.eye(3)[:, :, None, None]
     save_file({"layers.0.residual_group.blocks.0.norm1.weight": torch.ones(4), "conv_first.weight": eye,
                "conv_first.bias": torch.zeros(3)}, str(tmp_path / "swinir.safetensors"))
