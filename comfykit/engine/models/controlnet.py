@@ -7,7 +7,8 @@ are read off tensor shapes. Layouts read (``load_controlnet``):
   converted with diffusers' ``convert_controlnet_checkpoint``;
 - diffusers-format SD1.5/SD2/SDXL ControlNets (single files, or a folder's ``diffusion_pytorch_model`` file);
 - diffusers-format SD3/SD3.5 ControlNets (``SD3ControlNetModel``) and Stability's SD3.5 ControlNet files
-  (canny, depth, blur; see ``controlnet_sd3``).
+  (canny, depth, blur; see ``controlnet_sd3``);
+- T2I-Adapters, TencentARC's and diffusers' layouts (diffusers' ``T2IAdapter``; see ``controlnet_t2i``).
 
 Semantics follow ComfyUI 0.3.64: an apply node puts a :class:`ControlNet` (hint image, strength, percent range,
 the previously applied ControlNet) on each conditioning entry; at sampling time :meth:`ControlNet.start` makes a
@@ -43,8 +44,8 @@ def _count(sd: dict[str, Any], pattern: str) -> int:
 
 # -- what a file is -----------------------------------------------------------------------------------------------
 def detect_controlnet(sd: dict[str, Any]) -> str:
-    """The layout of a ControlNet state dict: "ldm", "diffusers", "sd3-diffusers" or "sd3-sai"; else a ModelError
-    saying what the file looks like (a T2I-Adapter, a Control-LoRA, a union or FLUX.1 ControlNet, not a ControlNet)."""
+    """The layout of a ControlNet state dict: "ldm", "diffusers", "t2i", "sd3-diffusers" or "sd3-sai"; else a
+    ModelError saying what the file looks like (a Control-LoRA, a union or FLUX.1 ControlNet, not a ControlNet)."""
     if "lora_controlnet" in sd:
         raise ModelError("a Control-LoRA (lora_controlnet): not implemented yet in the embedded engine; run this "
                          "workflow on a ComfyUI server with ck.ComfyServer")
@@ -62,10 +63,10 @@ def detect_controlnet(sd: dict[str, Any]) -> str:
                                                    for k in sd):
         raise ModelError("a FLUX.1 ControlNet: not implemented yet in the embedded engine; run this workflow on a "
                          "ComfyUI server with ck.ComfyServer")
-    if any(k.startswith(("adapter.", "body.0.", "conv_in.weight")) for k in sd) and not any(
-            k.startswith(("input_blocks.", "model.diffusion_model.")) for k in sd):
-        raise ModelError("a T2I-Adapter: not implemented yet in the embedded engine; run this workflow on a ComfyUI "
-                         "server with ck.ComfyServer")
+    from .controlnet_t2i import is_t2i_adapter
+
+    if is_t2i_adapter(sd):
+        return "t2i"
     raise ModelError(f"not a ControlNet: {_looks_like(sd)}; put ControlNet files (control_*.pth / .safetensors, "
                      "diffusers controlnet folders) in models/controlnet")
 
@@ -185,15 +186,28 @@ class UNetControlNet(nn.Module):
         diffusers' ``ControlNetModel.forward`` with SDXL's adm vector ``y`` taken as it is (the LDM UNet's ``y``:
         pooled text then the embedded size numbers, the concatenation diffusers' ``text_time`` embedding makes).
         """
+        dtype = self.net.conv_in.weight.dtype
+        emb = self.embed(x, t, y)
+        return self.trunk(x, emb, self.net.controlnet_cond_embedding(hint.to(dtype)), context)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The timestep embedding, plus SDXL's adm embedding of ``y``."""
         net = self.net
         dtype = net.conv_in.weight.dtype
-        x, hint, context = x.to(dtype), hint.to(dtype), context.to(dtype)
         emb = net.time_embedding(net.time_proj(t.reshape(-1).expand(x.shape[0])).to(dtype))
         if net.config.addition_embed_type == "text_time":
             if y is None:
                 raise ValueError("this SDXL ControlNet needs the model's adm vector y")
             emb = emb + net.add_embedding(y.to(dtype))
-        h = net.conv_in(x) + net.controlnet_cond_embedding(hint)
+        return emb
+
+    def trunk(self, x: torch.Tensor, emb: torch.Tensor, guided_hint: torch.Tensor, context: torch.Tensor
+              ) -> dict[str, list[torch.Tensor]]:
+        """The encoder copy run on ``x`` plus the embedded hint: the zero-conv outputs as :meth:`residuals`."""
+        net = self.net
+        dtype = net.conv_in.weight.dtype
+        context = context.to(dtype)
+        h = net.conv_in(x.to(dtype)) + guided_hint
         skips = [h]
         for block in net.down_blocks:
             if getattr(block, "has_cross_attention", False):
@@ -283,6 +297,10 @@ def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, 
         from .controlnet_sd3 import build_sd3_controlnet
 
         network: nn.Module = build_sd3_controlnet(sd, layout, label, folder_config)
+    elif layout == "t2i":
+        from .controlnet_t2i import build_t2i_adapter
+
+        network = build_t2i_adapter(sd, label, folder_config)
     else:
         if layout == "ldm":
             prefixed = any(k.startswith(LDM_PREFIX) for k in sd)
@@ -421,7 +439,7 @@ class ControlRun:
         self.control, self.model, self.previous = control, model, previous
         start, end = control.percent
         self.sigma_range = (model_sampling.percent_to_sigma(start), model_sampling.percent_to_sigma(end))
-        self._hints: dict[tuple, torch.Tensor] = {}
+        self._hints: dict[tuple, Any] = {}  # resized hints, and T2I-Adapter features per hint
 
     def _hint(self, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         from ..images import common_upscale
@@ -430,8 +448,10 @@ class ControlRun:
         key = (tuple(x.shape[-2:]), str(device), dtype)
         if key not in self._hints:
             ratio = net.hint_ratio(self.control.vae)
-            hint = common_upscale(self.control.hint.float().cpu(), x.shape[-1] * ratio, x.shape[-2] * ratio,
-                                  "nearest-exact", "center")
+            width, height = x.shape[-1] * ratio, x.shape[-2] * ratio
+            if hasattr(net, "hint_size"):  # T2I-Adapters round up to their pixel-unshuffle factor
+                width, height = net.hint_size(width, height)
+            hint = common_upscale(self.control.hint.float().cpu(), width, height, "nearest-exact", "center")
             self._hints[key] = net.prepare_hint(hint, self.control, self.model).to(device, dtype)
         return self._hints[key]
 
@@ -448,7 +468,13 @@ class ControlRun:
         net = cmodel.network
         hint = broadcast_hint(self._hint(x, cmodel.device, cmodel.dtype), x.shape[0], calls)
         with torch.no_grad():
-            out = net.residuals(x, t, hint, inputs.context, inputs.pooled)
+            if hasattr(net, "features"):  # T2I-Adapters see the hint alone: ComfyUI runs them once per hint
+                key = ("features", tuple(hint.shape), str(hint.device), hint.dtype)
+                if key not in self._hints:
+                    self._hints[key] = net.features(hint, self.model)
+                out = self._hints[key]
+            else:
+                out = net.residuals(x, t, hint, inputs.context, inputs.pooled)
         merged: dict[str, list[torch.Tensor | None]] = {}
         for key, values in out.items():
             scaled = []

@@ -2,9 +2,12 @@
 
 >>> make_controlnet("models/controlnet/tiny_sd15.pth", arch="sd1", layout="ldm")
 >>> make_controlnet("models/controlnet/tiny_sd15_diffusers", arch="sd1", layout="diffusers-folder")
+>>> make_controlnet("models/controlnet/t2iadapter_depth.pth", arch="sd1-t2i", layout="ldm-pth")
 
 Each fits the demo checkpoint of the same arch (``comfykit.demo.make_checkpoint``): same channels, levels and text
 width. Every weight is random, the zero-initialised output convolutions too, so the residuals are never zero.
+T2I-Adapters ("sd1-t2i", "sd1-t2i-light", "sdxl-t2i") fit the UNet of :func:`t2i_unet_config` (the demo SD1 UNet
+for "sd1-t2i"; the light and SDXL adapters need three levels, :func:`make_t2i_unet` writes one).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 from . import keys
 
 LAYOUTS = ("ldm", "ldm-pth", "diffusers", "diffusers-folder")
+#: T2I-Adapter arch -> diffusers adapter_type
+T2I_ARCHES = {"sd1-t2i": "full_adapter", "sd1-t2i-light": "light_adapter", "sdxl-t2i": "full_adapter_xl"}
 #: the hint encoder's widths: four levels (8x down to the latent) as every real ControlNet, tiny
 HINT_CHANNELS = (8, 16, 16, 32)
 
@@ -61,6 +66,69 @@ def tiny_sd3_controlnet(seed: int = 0, **overrides: Any) -> torch.nn.Module:
     return randomize(SD3ControlNetModel(**{**TINY_SD3, "num_layers": 1, "qk_norm": "rms_norm", **overrides}), seed)
 
 
+def t2i_unet_config(arch: str = "sd1-t2i") -> Any:
+    """The tiny ``UNetConfig`` the T2I-Adapter of ``arch`` fits (every level with attention, as diffusers' SD1.5)."""
+    from ...demo import _WIDTH, _configs
+    from .unet import UNetConfig
+
+    if arch == "sd1-t2i":
+        return _configs("sd1")[0]
+    if arch == "sd1-t2i-light":
+        return UNetConfig(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=(1, 1, 1),
+                          transformer_depth=(1, 1, 1), context_dim=_WIDTH, num_heads=8, use_linear=False)
+    if arch == "sdxl-t2i":
+        return UNetConfig(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=(1, 1, 1),
+                          transformer_depth=(0, 1, 1), context_dim=2 * _WIDTH, num_head_channels=64,
+                          use_linear=True, adm_in_channels=_WIDTH + 6 * 256)
+    raise ValueError(f"unknown T2I-Adapter arch {arch!r}; choose one of {', '.join(T2I_ARCHES)}")
+
+
+def make_t2i_unet(path: str | Path, arch: str = "sd1-t2i", seed: int = 0) -> Path:
+    """Write a tiny random UNet (LDM keys, for UNETLoader / ``load_diffusion_model``) the adapter of ``arch`` fits."""
+    from ...demo import _random, _save
+    from .unet import UNetModel
+
+    cfg = t2i_unet_config(arch)
+    return _save(_random(lambda: UNetModel(cfg), seed).state_dict(), path)
+
+
+def tiny_t2i_adapter(arch: str = "sd1-t2i", seed: int = 0, in_channels: int = 3) -> torch.nn.Module:
+    """A random diffusers ``T2IAdapter`` fitting :func:`t2i_unet_config` of ``arch`` (deterministic per seed)."""
+    from diffusers import T2IAdapter
+
+    kind = T2I_ARCHES[arch] if arch in T2I_ARCHES else None
+    if kind is None:
+        raise ValueError(f"unknown T2I-Adapter arch {arch!r}; choose one of {', '.join(T2I_ARCHES)}")
+    cfg = t2i_unet_config(arch)
+    widths = [cfg.model_channels * m for m in cfg.channel_mult]
+    channels = {"full_adapter": widths, "light_adapter": widths[:-1], "full_adapter_xl": widths + widths[-1:]}[kind]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = T2IAdapter(in_channels=in_channels, channels=channels, num_res_blocks=2,
+                         downscale_factor=16 if kind == "full_adapter_xl" else 8, adapter_type=kind).eval()
+        with torch.no_grad():
+            for p in net.parameters():  # larger than the default init, so the features visibly steer
+                p.mul_(3.0)
+    return net
+
+
+def t2i_diffusers_to_original(sd: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers ``T2IAdapter`` state dict in TencentARC's original key names (``conv_in``, ``body.N.*``)."""
+    out = {}
+    light = "adapter.conv_in.weight" not in sd
+    for key, value in sd.items():
+        key = key.removeprefix("adapter.")
+        parts = key.split(".")
+        if parts[0] == "body" and light and parts[2] == "resnets":
+            key = ".".join(["body", parts[1], "body", *parts[3:]])
+        elif parts[0] == "body" and parts[2] == "resnets":  # full: a flat list of 2 res blocks per level
+            key = ".".join(["body", str(2 * int(parts[1]) + int(parts[3])), *parts[4:]])
+        elif parts[0] == "body" and not light and parts[2] == "in_conv":
+            key = ".".join(["body", str(2 * int(parts[1])), *parts[2:]])
+        out[key] = value
+    return out
+
+
 def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model.") -> dict[str, Any]:
     """A diffusers ``ControlNetModel`` state dict in lllyasviel's original key names (``control_model.*``)."""
     trunk = {k: v for k, v in sd.items() if not k.startswith("controlnet_")}
@@ -83,24 +151,32 @@ def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model
 
 
 def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm", seed: int = 0) -> Path:
-    """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3") checkpoint in ``layout``
+    """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3"; T2I-Adapters "sd1-t2i",
+    "sd1-t2i-light", "sdxl-t2i") checkpoint in ``layout``
     ("ldm" .safetensors with ``control_model.`` keys, "ldm-pth" the same as a torch pickle, "diffusers" a single file, "diffusers-folder"
     a folder with config.json); the same weights for the same seed whatever the layout."""
-    from safetensors.torch import save_file
-
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if arch in T2I_ARCHES:
+        return _write(tiny_t2i_adapter(arch, seed), path, layout, t2i_diffusers_to_original)
     if arch == "sd3" and layout.startswith("ldm"):
         raise ValueError("SD3 ControlNets come in the diffusers layout; use layout 'diffusers' or "
                          "'diffusers-folder'")
     net = tiny_sd3_controlnet(seed) if arch == "sd3" else tiny_controlnet(arch, seed)
+    return _write(net, path, layout, controlnet_diffusers_to_ldm)
+
+
+def _write(net: torch.nn.Module, path: str | Path, layout: str, to_original: Any) -> Path:
+    """Save a diffusers module in ``layout``; ``to_original`` renames its state dict for the "ldm" layouts."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     if layout == "diffusers-folder":
         net.save_pretrained(path)
         return path
     sd = {k: v.contiguous() for k, v in net.state_dict().items()}
     if layout.startswith("ldm"):
-        sd = controlnet_diffusers_to_ldm(sd)
+        sd = to_original(sd)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if layout == "ldm-pth":
