@@ -8,7 +8,8 @@ are read off tensor shapes. Layouts read (``load_controlnet``):
 - diffusers-format SD1.5/SD2/SDXL ControlNets (single files, or a folder's ``diffusion_pytorch_model`` file);
 - diffusers-format SD3/SD3.5 ControlNets (``SD3ControlNetModel``) and Stability's SD3.5 ControlNet files
   (canny, depth, blur; see ``controlnet_sd3``);
-- T2I-Adapters, TencentARC's and diffusers' layouts (diffusers' ``T2IAdapter``; see ``controlnet_t2i``).
+- T2I-Adapters, TencentARC's and diffusers' layouts (diffusers' ``T2IAdapter``; see ``controlnet_t2i``);
+- union ControlNets (ControlNet++ / ProMax, diffusers' ``ControlNetUnionModel``; see ``controlnet_union``).
 
 Semantics follow ComfyUI 0.3.64: an apply node puts a :class:`ControlNet` (hint image, strength, percent range,
 the previously applied ControlNet) on each conditioning entry; at sampling time :meth:`ControlNet.start` makes a
@@ -44,15 +45,13 @@ def _count(sd: dict[str, Any], pattern: str) -> int:
 
 # -- what a file is -----------------------------------------------------------------------------------------------
 def detect_controlnet(sd: dict[str, Any]) -> str:
-    """The layout of a ControlNet state dict: "ldm", "diffusers", "t2i", "sd3-diffusers" or "sd3-sai"; else a
-    ModelError saying what the file looks like (a Control-LoRA, a union or FLUX.1 ControlNet, not a ControlNet)."""
+    """The layout of a ControlNet state dict: "ldm", "diffusers", "union", "t2i", "sd3-diffusers" or "sd3-sai";
+    else a ModelError saying what the file looks like (a Control-LoRA or FLUX.1 ControlNet, not a ControlNet)."""
     if "lora_controlnet" in sd:
         raise ModelError("a Control-LoRA (lora_controlnet): not implemented yet in the embedded engine; run this "
                          "workflow on a ComfyUI server with ck.ComfyServer")
     if "task_embedding" in sd or "control_add_embedding.linear_1.weight" in sd:
-        raise ModelError("a union ControlNet (ControlNet++ / ProMax, used with SetUnionControlNetType): not "
-                         "implemented yet in the embedded engine; run this workflow on a ComfyUI server with "
-                         "ck.ComfyServer")
+        return "union"
     if any(k in sd for k in (LDM_PREFIX + "zero_convs.0.0.weight", "zero_convs.0.0.weight")):
         return "ldm"
     if "controlnet_cond_embedding.conv_in.weight" in sd:
@@ -301,6 +300,10 @@ def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, 
         from .controlnet_t2i import build_t2i_adapter
 
         network = build_t2i_adapter(sd, label, folder_config)
+    elif layout == "union":
+        from .controlnet_union import build_union_controlnet
+
+        network = build_union_controlnet(sd, label, folder_config)
     else:
         if layout == "ldm":
             prefixed = any(k.startswith(LDM_PREFIX) for k in sd)
@@ -436,6 +439,8 @@ class ControlRun:
         if control.hint is None:
             raise ValueError(f"ControlNet {control.model.name!r} has no hint image; apply it with ControlNetApply")
         control.model.network.check(model, control.model.name)
+        if hasattr(control.model.network, "check_type"):  # a union ControlNet: does the file have this type?
+            control.model.network.check_type(control.union_type, control.model.name)
         self.control, self.model, self.previous = control, model, previous
         start, end = control.percent
         self.sigma_range = (model_sampling.percent_to_sigma(start), model_sampling.percent_to_sigma(end))
@@ -473,6 +478,8 @@ class ControlRun:
                 if key not in self._hints:
                     self._hints[key] = net.features(hint, self.model)
                 out = self._hints[key]
+            elif getattr(net, "union", False):
+                out = net.residuals(x, t, hint, inputs.context, inputs.pooled, union_type=self.control.union_type)
             else:
                 out = net.residuals(x, t, hint, inputs.context, inputs.pooled)
         merged: dict[str, list[torch.Tensor | None]] = {}

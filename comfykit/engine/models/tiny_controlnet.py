@@ -56,6 +56,28 @@ def tiny_controlnet(arch: str = "sd1", seed: int = 0) -> torch.nn.Module:
     return net
 
 
+def tiny_union_controlnet(seed: int = 0, promax: bool = False) -> torch.nn.Module:
+    """A random diffusers ``ControlNetUnionModel`` for the demo SDXL UNet: 6 control types, or ProMax's 8."""
+    from diffusers import ControlNetUnionModel
+
+    kwargs = controlnet_kwargs("sdxl")
+    width = kwargs["block_out_channels"][0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ControlNetUnionModel(**kwargs, num_control_type=8 if promax else 6, num_trans_channel=width,
+                                   num_trans_head=8, num_trans_layer=1, num_proj_channel=width).eval()
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding",
+                                    "spatial_ch_projs")):
+                    p.copy_(torch.randn_like(p) * 0.1)  # diffusers starts these at zero
+                elif name == "task_embedding":
+                    p.mul_(0.1)
+                elif "norm" in name:
+                    p.add_(torch.randn_like(p) * 0.02)
+    return net
+
+
 def tiny_sd3_controlnet(seed: int = 0, **overrides: Any) -> torch.nn.Module:
     """A random diffusers ``SD3ControlNetModel`` fitting ``tiny_dit.tiny_sd3`` (one block unless overridden)."""
     from diffusers import SD3ControlNetModel
@@ -152,13 +174,18 @@ def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model
 
 def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm", seed: int = 0) -> Path:
     """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3"; T2I-Adapters "sd1-t2i",
-    "sd1-t2i-light", "sdxl-t2i") checkpoint in ``layout``
+    "sd1-t2i-light", "sdxl-t2i"; union ControlNets "sdxl-union", "sdxl-union-promax") checkpoint in ``layout``
     ("ldm" .safetensors with ``control_model.`` keys, "ldm-pth" the same as a torch pickle, "diffusers" a single file, "diffusers-folder"
     a folder with config.json); the same weights for the same seed whatever the layout."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if arch in T2I_ARCHES:
         return _write(tiny_t2i_adapter(arch, seed), path, layout, t2i_diffusers_to_original)
+    if arch.startswith("sdxl-union"):
+        if layout.startswith("ldm"):
+            raise ValueError("union ControlNets come in the diffusers layout; use layout 'diffusers' or "
+                             "'diffusers-folder'")
+        return _write(tiny_union_controlnet(seed, promax=arch.endswith("promax")), path, layout, None)
     if arch == "sd3" and layout.startswith("ldm"):
         raise ValueError("SD3 ControlNets come in the diffusers layout; use layout 'diffusers' or "
                          "'diffusers-folder'")
