@@ -9,7 +9,8 @@ are read off tensor shapes. Layouts read (``load_controlnet``):
 - diffusers-format SD3/SD3.5 ControlNets (``SD3ControlNetModel``) and Stability's SD3.5 ControlNet files
   (canny, depth, blur; see ``controlnet_sd3``);
 - T2I-Adapters, TencentARC's and diffusers' layouts (diffusers' ``T2IAdapter``; see ``controlnet_t2i``);
-- union ControlNets (ControlNet++ / ProMax, diffusers' ``ControlNetUnionModel``; see ``controlnet_union``).
+- union ControlNets (ControlNet++ / ProMax, diffusers' ``ControlNetUnionModel``; see ``controlnet_union``);
+- Stability's Control-LoRAs (``lora_controlnet``): built on the model's UNet when sampling (see ``control_lora``).
 
 Semantics follow ComfyUI 0.3.64: an apply node puts a :class:`ControlNet` (hint image, strength, percent range,
 the previously applied ControlNet) on each conditioning entry; at sampling time :meth:`ControlNet.start` makes a
@@ -45,11 +46,10 @@ def _count(sd: dict[str, Any], pattern: str) -> int:
 
 # -- what a file is -----------------------------------------------------------------------------------------------
 def detect_controlnet(sd: dict[str, Any]) -> str:
-    """The layout of a ControlNet state dict: "ldm", "diffusers", "union", "t2i", "sd3-diffusers" or "sd3-sai";
-    else a ModelError saying what the file looks like (a Control-LoRA or FLUX.1 ControlNet, not a ControlNet)."""
+    """The layout of a ControlNet state dict: "ldm", "diffusers", "union", "t2i", "control-lora", "sd3-diffusers" or
+    "sd3-sai"; else a ModelError saying what the file looks like (a FLUX.1 ControlNet, not a ControlNet)."""
     if "lora_controlnet" in sd:
-        raise ModelError("a Control-LoRA (lora_controlnet): not implemented yet in the embedded engine; run this "
-                         "workflow on a ComfyUI server with ck.ComfyServer")
+        return "control-lora"
     if "task_embedding" in sd or "control_add_embedding.linear_1.weight" in sd:
         return "union"
     if any(k in sd for k in (LDM_PREFIX + "zero_convs.0.0.weight", "zero_convs.0.0.weight")):
@@ -304,6 +304,10 @@ def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, 
         from .controlnet_union import build_union_controlnet
 
         network = build_union_controlnet(sd, label, folder_config)
+    elif layout == "control-lora":
+        from .control_lora import ControlLora
+
+        network = ControlLora(sd, label)
     else:
         if layout == "ldm":
             prefixed = any(k.startswith(LDM_PREFIX) for k in sd)

@@ -78,6 +78,30 @@ def tiny_union_controlnet(seed: int = 0, promax: bool = False) -> torch.nn.Modul
     return net
 
 
+def tiny_control_lora(arch: str = "sdxl", seed: int = 0, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A random Control-LoRA state dict (Stability's keys) for the demo UNet of ``arch``: ``up``/``down`` pairs
+    for every encoder weight, its own biases and norms, and a hint encoder and zero convolutions."""
+    from ...demo import _configs
+    from .control_lora import ENCODER, MARKER
+    from .unet import UNetModel
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in UNetModel(_configs(arch)[0]).state_dict().items() if k.startswith(ENCODER)}
+    control = controlnet_diffusers_to_ldm(tiny_controlnet(arch, seed).state_dict(), prefix="")
+    gen = torch.Generator().manual_seed(seed)
+    out = {MARKER: torch.tensor([])}
+    for key, shape in shapes.items():
+        if key.endswith(".weight") and len(shape) >= 2:
+            kernel = [1] * (len(shape) - 2)
+            out[key[:-7] + ".up"] = torch.randn(shape[0], rank, *kernel, generator=gen) * 0.1
+            out[key[:-7] + ".down"] = torch.randn(rank, *shape[1:], generator=gen) * 0.1
+        else:  # biases and norm scales are stored whole
+            out[key] = torch.randn(shape, generator=gen) * 0.05 + (1.0 if key.endswith(".weight") else 0.0)
+    out.update({k: v for k, v in control.items() if k.startswith(("zero_convs.", "input_hint_block.",
+                                                                  "middle_block_out."))})
+    return out
+
+
 def tiny_sd3_controlnet(seed: int = 0, **overrides: Any) -> torch.nn.Module:
     """A random diffusers ``SD3ControlNetModel`` fitting ``tiny_dit.tiny_sd3`` (one block unless overridden)."""
     from diffusers import SD3ControlNetModel
@@ -173,14 +197,23 @@ def controlnet_diffusers_to_ldm(sd: dict[str, Any], prefix: str = "control_model
 
 
 def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm", seed: int = 0) -> Path:
-    """Write a tiny ControlNet for the demo ``arch`` ("sd1", "sd2", "sdxl", "sd3"; T2I-Adapters "sd1-t2i",
-    "sd1-t2i-light", "sdxl-t2i"; union ControlNets "sdxl-union", "sdxl-union-promax") checkpoint in ``layout``
-    ("ldm" .safetensors with ``control_model.`` keys, "ldm-pth" the same as a torch pickle, "diffusers" a single file, "diffusers-folder"
-    a folder with config.json); the same weights for the same seed whatever the layout."""
+    """Write a tiny ControlNet for the demo ``arch`` checkpoint in ``layout``; the same weights for the same seed
+    whatever the layout.
+
+    ``arch``: "sd1", "sd2", "sdxl", "sd3"; T2I-Adapters "sd1-t2i", "sd1-t2i-light", "sdxl-t2i"; union ControlNets
+    "sdxl-union", "sdxl-union-promax"; Control-LoRAs "sdxl-control-lora", "sd1-control-lora" (always one
+    .safetensors file). ``layout``: "ldm" (the original keys, lllyasviel's ``control_model.*`` or TencentARC's,
+    .safetensors), "ldm-pth" (the same as a torch pickle), "diffusers" (a single file), "diffusers-folder" (a folder
+    with config.json).
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if arch in T2I_ARCHES:
         return _write(tiny_t2i_adapter(arch, seed), path, layout, t2i_diffusers_to_original)
+    if arch.endswith("-control-lora"):  # Stability's files: one .safetensors, keys of their own
+        from ...demo import _save
+
+        return _save(tiny_control_lora(arch.removesuffix("-control-lora"), seed), path)
     if arch.startswith("sdxl-union"):
         if layout.startswith("ldm"):
             raise ValueError("union ControlNets come in the diffusers layout; use layout 'diffusers' or "
