@@ -8,6 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+import tiny_graphs  # noqa: E402
+
 from comfykit import demo  # noqa: E402
 from comfykit.engine.models import load_checkpoint  # noqa: E402
 from comfykit.engine.models.controlnet import load_controlnet  # noqa: E402
@@ -137,3 +139,37 @@ def test_union_controlnet_on_sd1_is_a_model_error(models, tmp_path):
     with pytest.raises(ModelError, match=r"diffusion_pytorch_model.safetensors: this is an SDXL ControlNet .*union"
                                          r".* model is sd1"):
         common_ksampler(sd1, 1, 1, 4.0, "euler", "simple", positive, negative, {"samples": torch.zeros(1, 4, 8, 8)})
+
+
+def test_union_workflow_runs_on_the_engine(tmp_path):
+    """ControlNetLoader -> SetUnionControlNetType -> ControlNetApplyAdvanced -> KSampler, as users wire it."""
+    import numpy as np
+    from PIL import Image
+
+    from comfykit.engine import Engine
+
+    models, inputs = tmp_path / "models", tmp_path / "input"
+    demo.make_checkpoint(models / "checkpoints" / "sdxl.safetensors", arch="sdxl", seed=1)
+    make_controlnet(models / "controlnet" / "union_promax.safetensors", arch="sdxl-union-promax",
+                    layout="diffusers", seed=2)
+    inputs.mkdir(parents=True)
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8")).save(inputs / "hint.png")
+
+    def prompt(kind):
+        p = tiny_graphs.t2i("sdxl.safetensors", save=False)
+        p["3"]["inputs"].update(positive=["12", 0], negative=["12", 1])
+        p.update({"10": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "union_promax.safetensors"}},
+                  "11": {"class_type": "SetUnionControlNetType", "inputs": {"control_net": ["10", 0], "type": kind}},
+                  "13": {"class_type": "LoadImage", "inputs": {"image": "hint.png"}},
+                  "12": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+                      "positive": ["6", 0], "negative": ["7", 0], "control_net": ["11", 0], "image": ["13", 0],
+                      "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}})
+        return p
+
+    engine = Engine(models, output_dir=tmp_path / "out", input_dir=inputs, temp_dir=tmp_path / "tmp",
+                    device="cpu", previews="none")
+    try:
+        tile, depth = (np.asarray(engine.run(prompt(k)).image, dtype=float) for k in ("tile", "depth"))
+    finally:
+        engine.shutdown()
+    assert np.abs(tile - depth).max() > 0  # the type reaches the network
