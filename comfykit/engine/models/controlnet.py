@@ -320,6 +320,7 @@ def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, 
     # ComfyUI's rule: "shuffle" ControlNets average each residual over the image
     stem = Path(label).stem if not isinstance(source, dict) else ""
     pooling = stem.endswith(("_shuffle", "_shuffle_fp16")) or bool(folder_config.get("global_pool_conditions"))
+    pooling = pooling and layout not in ("t2i", "control-lora")  # ComfyUI pools only ControlNets proper
     return ControlNet(ControlModel(network, Path(label).name, pooling))
 
 
