@@ -42,6 +42,7 @@ TEMPLATES = {
     "depth_controlnet": "an SD1.5 depth ControlNet",
     "mixing_controlnets": "two ControlNets stacked on one conditioning",
     "2_pass_pose_worship": "a pose ControlNet in a two-pass hires fix",
+    "depth_t2i_adapter": "an SD1.5 depth T2I-Adapter (TencentARC's layout) through ControlNetLoader",
     "lora_multiple": "two LoRAs chained on an SD1.5 checkpoint",
     "area_composition": "ConditioningSetArea composition over a wide latent",
 }
@@ -107,8 +108,10 @@ def _write_models(prompt: dict, models, inputs) -> None:
         elif n["class_type"] == "ControlNetLoader":  # lllyasviel's SD1.5 ControlNets, .safetensors or .pth
             name = n["inputs"]["control_net_name"]
             layout = "ldm-pth" if name.endswith(".pth") else "ldm"
-            demo.make_controlnet(models / "controlnet" / name, arch=_family(name).replace("-inpaint", ""),
-                                 layout=layout)
+            arch = _family(name).replace("-inpaint", "")
+            if "t2i" in name.lower():  # TencentARC's adapters, the same original layout
+                arch += "-t2i"
+            demo.make_controlnet(models / "controlnet" / name, arch=arch, layout=layout)
         elif n["class_type"] in ("LoraLoader", "LoraLoaderModelOnly"):
             ckpt = next(m["inputs"]["ckpt_name"] for m in nodes if m["class_type"] == "CheckpointLoaderSimple")
             path = models / "checkpoints" / ckpt

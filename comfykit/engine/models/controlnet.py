@@ -8,7 +8,10 @@ are read off tensor shapes. Layouts read (``load_controlnet``):
 - diffusers-format SD1.5/SD2/SDXL ControlNets (single files, or a folder's ``diffusion_pytorch_model`` file);
 - diffusers-format SD3/SD3.5 ControlNets (``SD3ControlNetModel``) and Stability's SD3.5 ControlNet files
   (canny, depth, blur; see ``controlnet_sd3``);
-- FLUX.1 ControlNets (``FluxControlNetModel``): InstantX / Shakker-Labs Union-Pro and XLabs' (``controlnet_flux``).
+- FLUX.1 ControlNets (``FluxControlNetModel``): InstantX / Shakker-Labs Union-Pro and XLabs' (``controlnet_flux``);
+- T2I-Adapters, TencentARC's and diffusers' layouts (diffusers' ``T2IAdapter``; see ``controlnet_t2i``);
+- union ControlNets (ControlNet++ / ProMax, diffusers' ``ControlNetUnionModel``; see ``controlnet_union``);
+- Stability's Control-LoRAs (``lora_controlnet``): built on the model's UNet when sampling (see ``control_lora``).
 
 Semantics follow ComfyUI 0.3.64: an apply node puts a :class:`ControlNet` (hint image, strength, percent range,
 the previously applied ControlNet) on each conditioning entry; at sampling time :meth:`ControlNet.start` makes a
@@ -44,16 +47,12 @@ def _count(sd: dict[str, Any], pattern: str) -> int:
 
 # -- what a file is -----------------------------------------------------------------------------------------------
 def detect_controlnet(sd: dict[str, Any]) -> str:
-    """The layout of a ControlNet state dict: "ldm", "diffusers", "sd3-diffusers", "sd3-sai", "flux-instantx" or
-    "flux-xlabs"; else a ModelError saying what the file looks like (a T2I-Adapter, a Control-LoRA, a union
-    ControlNet, not a ControlNet)."""
+    """The layout of a ControlNet state dict: "ldm", "diffusers", "union", "t2i", "control-lora", "sd3-diffusers",
+    "sd3-sai", "flux-instantx" or "flux-xlabs"; else a ModelError saying what the file looks like."""
     if "lora_controlnet" in sd:
-        raise ModelError("a Control-LoRA (lora_controlnet): not implemented yet in the embedded engine; run this "
-                         "workflow on a ComfyUI server with ck.ComfyServer")
+        return "control-lora"
     if "task_embedding" in sd or "control_add_embedding.linear_1.weight" in sd:
-        raise ModelError("a union ControlNet (ControlNet++ / ProMax, used with SetUnionControlNetType): not "
-                         "implemented yet in the embedded engine; run this workflow on a ComfyUI server with "
-                         "ck.ComfyServer")
+        return "union"
     if any(k in sd for k in (LDM_PREFIX + "zero_convs.0.0.weight", "zero_convs.0.0.weight")):
         return "ldm"
     if "controlnet_cond_embedding.conv_in.weight" in sd:
@@ -65,10 +64,10 @@ def detect_controlnet(sd: dict[str, Any]) -> str:
     flux = flux_controlnet_layout(sd)
     if flux is not None:
         return flux
-    if any(k.startswith(("adapter.", "body.0.", "conv_in.weight")) for k in sd) and not any(
-            k.startswith(("input_blocks.", "model.diffusion_model.")) for k in sd):
-        raise ModelError("a T2I-Adapter: not implemented yet in the embedded engine; run this workflow on a ComfyUI "
-                         "server with ck.ComfyServer")
+    from .controlnet_t2i import is_t2i_adapter
+
+    if is_t2i_adapter(sd):
+        return "t2i"
     raise ModelError(f"not a ControlNet: {_looks_like(sd)}; put ControlNet files (control_*.pth / .safetensors, "
                      "diffusers controlnet folders) in models/controlnet")
 
@@ -188,15 +187,28 @@ class UNetControlNet(nn.Module):
         diffusers' ``ControlNetModel.forward`` with SDXL's adm vector ``y`` taken as it is (the LDM UNet's ``y``:
         pooled text then the embedded size numbers, the concatenation diffusers' ``text_time`` embedding makes).
         """
+        dtype = self.net.conv_in.weight.dtype
+        emb = self.embed(x, t, y)
+        return self.trunk(x, emb, self.net.controlnet_cond_embedding(hint.to(dtype)), context)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The timestep embedding, plus SDXL's adm embedding of ``y``."""
         net = self.net
         dtype = net.conv_in.weight.dtype
-        x, hint, context = x.to(dtype), hint.to(dtype), context.to(dtype)
         emb = net.time_embedding(net.time_proj(t.reshape(-1).expand(x.shape[0])).to(dtype))
         if net.config.addition_embed_type == "text_time":
             if y is None:
                 raise ValueError("this SDXL ControlNet needs the model's adm vector y")
             emb = emb + net.add_embedding(y.to(dtype))
-        h = net.conv_in(x) + net.controlnet_cond_embedding(hint)
+        return emb
+
+    def trunk(self, x: torch.Tensor, emb: torch.Tensor, guided_hint: torch.Tensor, context: torch.Tensor
+              ) -> dict[str, list[torch.Tensor]]:
+        """The encoder copy run on ``x`` plus the embedded hint: the zero-conv outputs as :meth:`residuals`."""
+        net = self.net
+        dtype = net.conv_in.weight.dtype
+        context = context.to(dtype)
+        h = net.conv_in(x.to(dtype)) + guided_hint
         skips = [h]
         for block in net.down_blocks:
             if getattr(block, "has_cross_attention", False):
@@ -290,6 +302,18 @@ def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, 
         from .controlnet_flux import build_flux_controlnet
 
         network = build_flux_controlnet(sd, layout, label, folder_config)
+    elif layout == "t2i":
+        from .controlnet_t2i import build_t2i_adapter
+
+        network = build_t2i_adapter(sd, label, folder_config)
+    elif layout == "union":
+        from .controlnet_union import build_union_controlnet
+
+        network = build_union_controlnet(sd, label, folder_config)
+    elif layout == "control-lora":
+        from .control_lora import ControlLora
+
+        network = ControlLora(sd, label)
     else:
         if layout == "ldm":
             prefixed = any(k.startswith(LDM_PREFIX) for k in sd)
@@ -302,6 +326,7 @@ def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, 
     # ComfyUI's rule: "shuffle" ControlNets average each residual over the image
     stem = Path(label).stem if not isinstance(source, dict) else ""
     pooling = stem.endswith(("_shuffle", "_shuffle_fp16")) or bool(folder_config.get("global_pool_conditions"))
+    pooling = pooling and layout not in ("t2i", "control-lora")  # ComfyUI pools only ControlNets proper
     return ControlNet(ControlModel(network, Path(label).name, pooling))
 
 
@@ -425,10 +450,12 @@ class ControlRun:
         if control.hint is None:
             raise ValueError(f"ControlNet {control.model.name!r} has no hint image; apply it with ControlNetApply")
         control.model.network.check(model, control.model.name)
+        if hasattr(control.model.network, "check_type"):  # a union ControlNet: does the file have this type?
+            control.model.network.check_type(control.union_type, control.model.name)
         self.control, self.model, self.previous = control, model, previous
         start, end = control.percent
         self.sigma_range = (model_sampling.percent_to_sigma(start), model_sampling.percent_to_sigma(end))
-        self._hints: dict[tuple, torch.Tensor] = {}
+        self._hints: dict[tuple, Any] = {}  # resized hints, and T2I-Adapter features per hint
 
     def _hint(self, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         from ..images import common_upscale
@@ -437,8 +464,10 @@ class ControlRun:
         key = (tuple(x.shape[-2:]), str(device), dtype)
         if key not in self._hints:
             ratio = net.hint_ratio(self.control.vae)
-            hint = common_upscale(self.control.hint.float().cpu(), x.shape[-1] * ratio, x.shape[-2] * ratio,
-                                  "nearest-exact", "center")
+            width, height = x.shape[-1] * ratio, x.shape[-2] * ratio
+            if hasattr(net, "hint_size"):  # T2I-Adapters round up to their pixel-unshuffle factor
+                width, height = net.hint_size(width, height)
+            hint = common_upscale(self.control.hint.float().cpu(), width, height, "nearest-exact", "center")
             self._hints[key] = net.prepare_hint(hint, self.control, self.model).to(device, dtype)
         return self._hints[key]
 
@@ -456,7 +485,16 @@ class ControlRun:
         hint = broadcast_hint(self._hint(x, cmodel.device, cmodel.dtype), x.shape[0], calls)
         extra = net.run_options(self.control, inputs) if hasattr(net, "run_options") else {}
         with torch.no_grad():
-            out = net.residuals(x, t, hint, inputs.context, inputs.pooled, **extra)
+            if hasattr(net, "features"):  # T2I-Adapters see the hint alone: ComfyUI runs them once per hint
+                key = ("features", tuple(hint.shape), str(hint.device), hint.dtype)
+                if key not in self._hints:
+                    self._hints[key] = net.features(hint, self.model)
+                out = self._hints[key]
+            elif getattr(net, "union", False):
+                out = net.residuals(x, t, hint, inputs.context, inputs.pooled, union_type=self.control.union_type,
+                                    **extra)
+            else:
+                out = net.residuals(x, t, hint, inputs.context, inputs.pooled, **extra)
         merged: dict[str, list[torch.Tensor | None]] = {}
         for key, values in out.items():
             scaled, done = [], {}

@@ -184,7 +184,7 @@ def test_a_file_that_is_not_a_controlnet_is_a_model_error(make_ckpt, tmp_path):
 
     save_file({"adapter.body.0.block1.weight": torch.zeros(4, 4, 3, 3), "adapter.conv_in.weight": torch.zeros(1)},
               str(tmp_path / "t2iadapter.safetensors"))
-    with pytest.raises(ModelError, match="T2I-Adapter: not implemented yet.*ComfyServer"):
+    with pytest.raises(ModelError, match="t2iadapter.safetensors: the T2I-Adapter weights are damaged"):
         load_controlnet(tmp_path / "t2iadapter.safetensors")
 
 
