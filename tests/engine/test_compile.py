@@ -168,3 +168,26 @@ def test_inductor_compiles_the_unet_on_cpu(models_dir, ckpt_name, tmp_path):
         got = _pixels(engine.run(graph))
     want = _pixels(_engine(models_dir, tmp_path).run(graph))
     assert np.abs(got - want).max() <= 2
+
+
+def test_compile_and_channels_last_flags_reach_the_engine(monkeypatch):
+    from comfykit import cli
+    from comfykit.server.cli import engine_kwargs, parse_args
+
+    kwargs = engine_kwargs(parse_args(["--compile", "--force-channels-last"]))
+    assert kwargs["compile"] is True and kwargs["channels_last"] is True
+    assert engine_kwargs(parse_args(["--compile-mode", "max-autotune"]))["compile"] == "max-autotune"
+    assert "compile" not in engine_kwargs(parse_args([])) and "channels_last" not in engine_kwargs(parse_args([]))
+    seen = {}
+
+    class FakeEngine:
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+
+    import comfykit.engine
+
+    monkeypatch.setattr(comfykit.engine, "Engine", FakeEngine, raising=False)
+    cli._engine(cli._parser().parse_args(["generate", "x", "--compile", "--channels-last"]))
+    assert seen["compile"] is True and seen["channels_last"] is True
+    cli._engine(cli._parser().parse_args(["generate", "x"]))
+    assert seen["compile"] is False and seen["channels_last"] is None
