@@ -195,8 +195,13 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def measure(case: str, device: torch.device, variants: tuple[str, ...], tiny: bool, backend: str) -> dict:
-    """Full-device comparison: best of 2 timed runs after a warm-up for each side and variant."""
+def measure(case: str, device: torch.device, variants: tuple[str, ...], tiny: bool, backend: str,
+            left=lambda: float("inf")) -> dict:
+    """Full-device comparison: best of 2 timed runs after a warm-up for each side and variant.
+
+    ``left()`` is the seconds left of the run's budget: the compile variant (minutes on a large model) is
+    skipped when under two are left.
+    """
     from comfykit.engine.compile import Compiler, to_channels_last
 
     repeats = 1 if tiny else 2
@@ -214,7 +219,9 @@ def measure(case: str, device: torch.device, variants: tuple[str, ...], tiny: bo
         row["cl_its"] = steps / _best(ours, repeats)
         for p in model.network.parameters():  # back to the default layout for the other variants
             p.data = p.data.contiguous()
-    if "compile" in variants:
+    if "compile" in variants and left() < 120:
+        row["skipped"] = row.get("skipped", []) + ["compile"]
+    elif "compile" in variants:
         model.compiled = Compiler({"backend": backend})
         row["compile_s"] = ours()  # the first run compiles
         row["compiled_its"] = steps / min(ours() for _ in range(repeats))
@@ -271,8 +278,10 @@ def table(rows: list[dict], device_name: str, tiny: bool) -> list[str]:
             compiled = f"{r['compiled_its']:.2f} ({r['compile_s']:.0f})"
             if r.get("compile_failed"):
                 compiled += " eager: compile failed"
+        elif "compile" in r.get("skipped", []):
+            compiled = "skipped: out of time"
         t4 = (f"{r['t4_its']:.2f} | {_fmt(r['t4_peak_gb'], 1)}" if "t4_its" in r else
-              f"failed: {r.get('t4_error', 'not run')} | -")
+              f"{r.get('t4_error', 'not run')} | -")
         lines.append(f"| {r['case']} | {r['ours_its']:.2f} | {r['diffusers_its']:.2f} | "
                      f"**{r['ours_its'] / r['diffusers_its']:.2f}** | {compiled} | {_fmt(r.get('cl_its'))} | "
                      f"{_fmt(r['peak_gb'], 1)} | {t4} |")
@@ -287,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-t4", action="store_true")
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="toy sizes on any device: exercises the code paths")
+    parser.add_argument("--minutes", type=float, default=9.0,
+                        help="time budget: the compile variant and the T4 runs are skipped when it runs short")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() and not args.tiny:
@@ -304,14 +315,23 @@ def main(argv: list[str] | None = None) -> None:
     for case in args.only.split(","):
         if case not in CASES:
             sys.exit(f"--only: unknown case {case!r}; use {', '.join(CASES)}")
-        row = measure(case, device, variants, args.tiny, args.compile_backend)
+        def left() -> float:
+            return args.minutes * 60 - (time.perf_counter() - start)
+
+        row = measure(case, device, variants, args.tiny, args.compile_backend, left)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        if not args.no_t4:
+        if not args.no_t4 and left() < 60:
+            row["skipped"] = row.get("skipped", []) + ["t4"]
+            row["t4_error"] = "skipped: out of time"
+        elif not args.no_t4:
             child = [sys.executable, __file__, "--child", case] + (["--tiny"] if args.tiny else [])
-            out = subprocess.run(child, capture_output=True, text=True)
-            row.update(json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else
-                       {"t4_error": (out.stderr.strip().splitlines() or ["?"])[-1]})
+            try:
+                out = subprocess.run(child, capture_output=True, text=True, timeout=max(60.0, left()))
+                row.update(json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else
+                           {"t4_error": "failed: " + (out.stderr.strip().splitlines() or ["?"])[-1]})
+            except subprocess.TimeoutExpired:
+                row["t4_error"] = "killed: out of time"
         row["elapsed_s"] = time.perf_counter() - start
         rows.append(row)
         print(json.dumps(row), flush=True)
