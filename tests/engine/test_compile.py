@@ -73,7 +73,8 @@ def _runs(engine, ckpt):
 @pytest.mark.slow  # dynamo traces the tiny UNet: 5-40 s on 2 busy cores
 def test_compiled_once_through_cache_hits_and_lora_changes(lora_models, ckpt_name, tmp_path):
     backend = CountingBackend()
-    compiled = _engine(lora_models, tmp_path, compile={"backend": backend})
+    # channels-last too: LoRA's patched weights keep the base's layout, which the graph's guards check
+    compiled = _engine(lora_models, tmp_path, compile={"backend": backend}, channels_last=True)
     eager = _engine(lora_models, tmp_path)
     got, want = _runs(compiled, ckpt_name), _runs(eager, ckpt_name)
     assert backend.graphs == 1  # one graph for the base model, its cache hit and both LoRA clones
