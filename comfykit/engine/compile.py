@@ -75,6 +75,9 @@ def _mark_dynamic(args: tuple, kwargs: dict[str, Any]) -> None:
             mark(value, 0)
             if value.ndim == 3:  # [B, tokens, width] text: 77, 154, 231 ... tokens
                 mark(value, 1)
+            elif value.ndim == 4:  # latent-sized extra channels (inpainting, Fill)
+                mark(value, 2)
+                mark(value, 3)
 
 
 class Compiler:
