@@ -11,8 +11,9 @@ What keeps recompiles rare:
   are, so a reloaded model, a LoRA clone (new tensors for its patched layers) or a new LoRA strength reuses the
   compiled graph;
 * parameters are set ``requires_grad=False`` (as LoRA's patched ones are): a mismatch there is a guard failure;
-* the latent's batch and spatial sizes and the text length are marked dynamic, so a new resolution or batch size
-  does not recompile (batch 1 is still its own graph: torch specialises sizes 0 and 1).
+* the batch size and the text length are marked dynamic, so they do not recompile (batch 1 is still its own graph:
+  torch specialises sizes 0 and 1); heights and widths stay static (inductor cannot lower the UNet with symbolic
+  ones), so each new resolution compiles once.
 
 A model being streamed (partial loading, ``offload.stream``) runs eagerly: its hooks swap weights in and out of
 the device during the forward, which a compiled graph cannot follow. If compiling fails (no C++ compiler, no
@@ -63,21 +64,20 @@ def compile_options(compile: bool | str | dict[str, Any] | None) -> dict[str, An
 
 
 def _mark_dynamic(args: tuple, kwargs: dict[str, Any]) -> None:
-    """Batch and spatial sizes of the latent, batch and length of the text: may change between runs."""
+    """Batch sizes and text lengths may change between runs without a recompile; spatial sizes stay static.
+
+    Why static: inductor (torch 2.13) cannot lower the UNet with symbolic heights and widths (a ValueRangeError in
+    the stride-2 convolutions' size arithmetic), so a new resolution compiles its own graph instead.
+    """
     mark = torch._dynamo.maybe_mark_dynamic  # "maybe": a size the graph must fix is specialised, not an error
-    x = args[0] if args else kwargs.get("x")
-    if isinstance(x, torch.Tensor):
-        for dim in range(x.ndim):
-            if dim != 1:  # channels are the model's
-                mark(x, dim)
-    for value in (*args[1:], *kwargs.values()):
+    for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor) and value.ndim:
             mark(value, 0)
             if value.ndim == 3:  # [B, tokens, width] text: 77, 154, 231 ... tokens
                 mark(value, 1)
-            elif value.ndim == 4:  # latent-sized extra channels (inpainting, Fill)
-                mark(value, 2)
-                mark(value, 3)
+            elif value.ndim >= 4:  # latents, extra channels: keep dynamo from making H and W symbolic
+                for dim in range(2, value.ndim):
+                    torch._dynamo.mark_static(value, dim)
 
 
 class Compiler:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import numpy as np
@@ -169,6 +170,8 @@ def test_inductor_compiles_the_unet_on_cpu(models_dir, ckpt_name, tmp_path):
         got = _pixels(engine.run(graph))
     want = _pixels(_engine(models_dir, tmp_path).run(graph))
     assert np.abs(got - want).max() <= 2
+    if shutil.which("g++") or shutil.which("c++"):  # inductor's CPU code needs one
+        assert engine.models.compiler.failed == {}
 
 
 def test_compile_and_channels_last_flags_reach_the_engine(monkeypatch):
@@ -192,3 +195,17 @@ def test_compile_and_channels_last_flags_reach_the_engine(monkeypatch):
     assert seen["compile"] is True and seen["channels_last"] is True
     cli._engine(cli._parser().parse_args(["generate", "x"]))
     assert seen["compile"] is False and seen["channels_last"] is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_inductor_and_channels_last_on_cuda_match_eager(models_dir, ckpt_name, tmp_path):
+    """On a GPU: Triton-compiled, channels-last UNet and VAE give the eager picture."""
+    engine = Engine(models_dir, output_dir=tmp_path / "o1", device="cuda", dtype="fp32", previews="none",
+                    compile=True, channels_last=True)
+    got = [_pixels(engine.run(tiny_graphs.t2i(ckpt_name, seed=s, save=False))) for s in (42, 7)]
+    assert engine.models.compiler.failed == {}
+    want = [_pixels(Engine(models_dir, output_dir=tmp_path / "o2", device="cuda", dtype="fp32",
+                           previews="none").run(tiny_graphs.t2i(ckpt_name, seed=s, save=False))) for s in (42, 7)]
+    for a, b in zip(got, want):
+        assert np.abs(a - b).max() <= 2  # TF32/kernel choice noise only
