@@ -69,7 +69,8 @@ class Engine(Backend):
         if isinstance(dtype, str):
             dtype = _parse_dtype(dtype)
         self.dtype = dtype
-        self.compile = compile_options(compile)  # torch.compile arguments, or None (checked here, not at first run)
+        compile_options(compile)  # a bad value fails here, not at the first run
+        self.compile = compile
         self.channels_last = channels_last
         self.previews = previews
         self.preview_size = int(preview_size)
