@@ -120,6 +120,11 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
                    help="GPU memory mode, as ComfyUI's --highvram/--lowvram/--novram: low streams a model that "
                         "does not fit layer by layer")
     p.add_argument("--reserve-vram", type=float, default=0.0, metavar="GB", help="GPU memory left for others")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each diffusion model once (the first run is slower, later ones faster)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode for --compile",
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    p.add_argument("--channels-last", action="store_true", help="store convolution weights channels-last")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -150,7 +155,8 @@ def _engine(args: argparse.Namespace, models_dir: Any = None, output_dir: Any = 
     _check_device(args.device)
     return Engine(models_dir if models_dir is not None else args.models_dir, output_dir=output_dir,
                   input_dir=args.input_dir, device=args.device, previews="none", vram=args.vram,
-                  reserve_vram=args.reserve_vram)
+                  reserve_vram=args.reserve_vram, compile=(args.compile_mode or True) if args.compile or args.compile_mode else False,
+                  channels_last=True if args.channels_last else None)
 
 
 def _progress(enabled: bool) -> tuple[Any, Any]:

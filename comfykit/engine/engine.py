@@ -39,6 +39,10 @@ class Engine(Backend):
     Memory (see ``comfykit.engine.models.manager``): ``vram`` "high" | "normal" | "low" | "no" | "cpu" as ComfyUI's
     flags, ``reserve_vram`` GB left free, ``vram_budget`` GB the engine may use on the device (default: all that
     is free).
+
+    Speed: ``compile`` True, a ``torch.compile`` mode ("max-autotune", ...) or a dict of its arguments compiles
+    each diffusion network once (see ``comfykit.engine.compile``); ``channels_last`` stores convolution weights
+    channels-last (None: the device's default, off).
     """
 
     def __init__(self, models_dir: str | os.PathLike | None = None, *, output_dir: str | os.PathLike | None = None,
@@ -46,7 +50,9 @@ class Engine(Backend):
                  device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
                  cache: str = "classic", cache_size: int | None = None, previews: str = "auto",
                  preview_size: int = 512, vram: str = "normal", reserve_vram: float = 0.0,
-                 vram_budget: float | None = None):
+                 vram_budget: float | None = None, compile: bool | str | dict[str, Any] | None = False,  # noqa: A002
+                 channels_last: bool | None = None):
+        from .compile import compile_options
         from .models.manager import VRAM_MODES
 
         if vram not in VRAM_MODES:
@@ -63,6 +69,9 @@ class Engine(Backend):
         if isinstance(dtype, str):
             dtype = _parse_dtype(dtype)
         self.dtype = dtype
+        compile_options(compile)  # a bad value fails here, not at the first run
+        self.compile = compile
+        self.channels_last = channels_last
         self.previews = previews
         self.preview_size = int(preview_size)
         self.disable_metadata = False
@@ -94,7 +103,8 @@ class Engine(Backend):
 
             budget = None if self.vram_budget is None else int(self.vram_budget * 2**30)
             self._models = ModelManager(device=self.device, dtype=self.dtype, vram=self.vram, budget=budget,
-                                        reserve=int(self.reserve_vram * 2**30))
+                                        reserve=int(self.reserve_vram * 2**30), compile=self.compile,
+                                        channels_last=self.channels_last)
         return self._models
 
     def call_with(self, fn: Any, *models: Any) -> Any:

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     vram.add_argument("--novram", action="store_true", help="keep weights in host RAM, stream every layer")
     p.add_argument("--reserve-vram", type=float, default=0.0, metavar="GB",
                    help="GPU memory in GB left for other programs")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each diffusion model once (the first run is slower, later ones faster)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode for --compile",
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    p.add_argument("--force-channels-last", action="store_true",
+                   help="store convolution weights channels-last (as ComfyUI's flag)")
     p.add_argument("--demo", action="store_true",
                    help="also serve comfykit's tiny random demo checkpoint (made in MODELS/checkpoints if absent)")
     p.add_argument("--output-directory", default=None, help="where SaveImage writes (default ./output)")
@@ -113,6 +119,10 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             kwargs["vram"] = mode
     if getattr(args, "reserve_vram", 0.0):
         kwargs["reserve_vram"] = args.reserve_vram
+    if getattr(args, "compile", False) or getattr(args, "compile_mode", None):
+        kwargs["compile"] = args.compile_mode or True
+    if getattr(args, "force_channels_last", False):
+        kwargs["channels_last"] = True
     if args.cache_lru > 0:
         kwargs["cache"], kwargs["cache_size"] = "lru", args.cache_lru
     elif args.cache_none:

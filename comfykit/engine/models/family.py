@@ -158,6 +158,7 @@ class DiffusionModel:
         self.model_sampling = model_sampling
         self.name = name
         self.patches: dict[str, Any] = {}  # LoRA provenance, for repr and cache keys
+        self.compiled: Any = None  # a comfykit.engine.compile.Compiler (Engine(compile=...)), shared by clones
 
     @property
     def arch(self) -> str:
@@ -201,8 +202,9 @@ class DiffusionModel:
         device, dtype = self.device, self.dtype
         t = torch.as_tensor(t, device=device).float().reshape(-1).expand(x.shape[0])
         moved = {f.name: _move(getattr(inputs, f.name), device, dtype) for f in fields(inputs)}
+        network = self.network if self.compiled is None else self.compiled.bind(self.network)
         with torch.no_grad():  # not inference_mode: callers may update the outputs in place
-            out = self.family.forward(self.network, x.to(device, dtype), t, ModelInputs(**moved))
+            out = self.family.forward(network, x.to(device, dtype), t, ModelInputs(**moved))
         return out.float()
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,

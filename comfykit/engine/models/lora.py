@@ -86,7 +86,10 @@ def _patch(root: nn.Module, patches: dict[str, list[tuple[str, dict[str, torch.T
         total = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
         for name, parts in entries:
             total += _delta(w, {k: v.to(w.device) for k, v in parts.items()}, strength, name)
-        module.weight = nn.Parameter((w.detach().float() + total).to(w.dtype), requires_grad=False)
+        # the layout (channels-last or not) and requires_grad of a frozen base weight: a compiled graph's guards
+        # see the clone's weights as the same kind of input, so a LoRA change does not recompile
+        patched = torch.empty_like(w, requires_grad=False).copy_(w.detach().float() + total)
+        module.weight = nn.Parameter(patched, requires_grad=False)
     return new_root
 
 

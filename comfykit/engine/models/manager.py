@@ -101,7 +101,11 @@ class ModelManager:
     """
 
     def __init__(self, device: Any = None, dtype: torch.dtype | None = None, max_loaded: int = 4, *,
-                 vram: str = "normal", budget: int | None = None, reserve: int = 0, host_budget: int | None = None):
+                 vram: str = "normal", budget: int | None = None, reserve: int = 0, host_budget: int | None = None,
+                 compile: bool | str | dict[str, Any] | None = None,  # noqa: A002 - Engine(compile=...)
+                 channels_last: bool | None = None):
+        from ..compile import Compiler, compile_options, use_channels_last
+
         if vram not in VRAM_MODES:
             raise ValueError(f"vram={vram!r} is not a memory mode; use one of {', '.join(VRAM_MODES)}")
         self.vram = vram
@@ -118,6 +122,10 @@ class ModelManager:
         self._resident: OrderedDict[tuple, Placement] = OrderedDict()  # least recently used first
         self._reload: dict[tuple, Callable[[], Any]] = {}
         self._dropped: dict[tuple, Any] = {}
+        options = compile_options(compile)
+        # one Compiler for every diffusion model loaded here: a reload or a LoRA clone reuses its graphs
+        self.compiler = None if options is None else Compiler(options)
+        self.channels_last = use_channels_last(channels_last, self.device)
 
     @property
     def managed(self) -> bool:
@@ -145,6 +153,20 @@ class ModelManager:
             return torch.device("cpu")
         return self.device
 
+    def _prepare(self, value: Any) -> Any:
+        """Attach the compiler to a loaded diffusion model; convolution weights channels-last when asked."""
+        from ..compile import to_channels_last
+        from .diffusion import VAE, DiffusionModel
+
+        for part in value if isinstance(value, tuple) else (value,):
+            if isinstance(part, DiffusionModel):
+                part.compiled = self.compiler
+                if self.channels_last:
+                    to_channels_last(part.network)
+            elif isinstance(part, VAE) and self.channels_last:
+                to_channels_last(part.module)
+        return value
+
     def _remember(self, value: Any, reload: Callable[[], Any]) -> Any:
         for i, part in enumerate(value if isinstance(value, tuple) else (value,)):
             if part is not None and model_modules(part):
@@ -161,12 +183,12 @@ class ModelManager:
             return load_checkpoint(path, device=self.device, dtype=self.dtype, embeddings_dir=embeddings_dir,
                                    load_device=target)
 
-        return self._get(key, lambda: self._remember(load(), lambda: load(self.device)))
+        return self._get(key, lambda: self._prepare(self._remember(load(), lambda: load(self.device))))
 
     def load_vae(self, path: str | Path) -> Any:
         """A standalone VAE, loaded once while the file is unchanged."""
-        return self._get(("vae", file_key(path)),
-                         lambda: self._remember(load_vae(path, device=self.device), lambda: load_vae(path, device=self.device)))
+        return self._get(("vae", file_key(path)), lambda: self._prepare(
+            self._remember(load_vae(path, device=self.device), lambda: load_vae(path, device=self.device))))
 
     def load_diffusion_model(self, path: str | Path, weight_dtype: str = "default") -> Any:
         """A diffusion model file on its own (UNETLoader), loaded once per file and weight_dtype."""
@@ -176,7 +198,7 @@ class ModelManager:
             return load_diffusion_model(path, device=self.device, dtype=self.dtype, weight_dtype=weight_dtype,
                                         load_device=target or self._load_device(path))
 
-        return self._get(key, lambda: self._remember(load(), lambda: load(self.device)))
+        return self._get(key, lambda: self._prepare(self._remember(load(), lambda: load(self.device))))
 
     def load_text_encoders(self, paths: list[str | Path], type: str, *, cpu: bool = False,  # noqa: A002
                            embeddings_dir: str | Path | None = None) -> Any:
@@ -325,7 +347,10 @@ class ModelManager:
             for old, new in zip(model_modules(dropped), model_modules(fresh)):
                 new_state = new.state_dict(keep_vars=True)
                 for name, t in (*old.named_parameters(), *old.named_buffers()):
-                    t.data = new_state[name].data
+                    new_data = new_state[name].data
+                    if self.channels_last and new_data.ndim == 4:  # as it was before it was dropped
+                        new_data = new_data.contiguous(memory_format=torch.channels_last)
+                    t.data = new_data
             del self._dropped[key]
             self.events.append(("restore", _name(dropped)))
 
