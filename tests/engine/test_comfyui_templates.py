@@ -20,6 +20,9 @@ from comfykit import demo  # noqa: E402
 #: where the templates are: the newer JSON-only package, then the ComfyUI 0.3.64-era package (0.1.95), which
 #: still has the SD1.5/SD2 inpainting and ESRGAN examples the newer one dropped
 PACKAGES = ("comfyui_workflow_templates_json", "comfyui_workflow_templates")
+#: templates whose newer version needs nodes the engine lacks: sd3.5_large_depth now makes its depth map with Lotus
+#: (SetFirstSigma, LotusConditioning), so its ComfyUI 0.3.64-era version is the one run
+PINNED = {"sd3.5_large_depth": ("comfyui_workflow_templates",)}
 
 #: template -> what it exercises
 TEMPLATES = {
@@ -43,6 +46,9 @@ TEMPLATES = {
     "mixing_controlnets": "two ControlNets stacked on one conditioning",
     "2_pass_pose_worship": "a pose ControlNet in a two-pass hires fix",
     "depth_t2i_adapter": "an SD1.5 depth T2I-Adapter (TencentARC's layout) through ControlNetLoader",
+    "sd3.5_large_canny_controlnet_example": "Stability's SD3.5 canny ControlNet, Canny, ControlNetApplySD3",
+    "sd3.5_large_blur": "Stability's SD3.5 blur ControlNet",
+    "sd3.5_large_depth": "Stability's SD3.5 depth ControlNet (the 0.1.95 template)",
     "lora_multiple": "two LoRAs chained on an SD1.5 checkpoint",
     "area_composition": "ConditioningSetArea composition over a wide latent",
 }
@@ -52,7 +58,7 @@ def _template(name: str) -> dict:
     """The template's JSON from the first installed package that has it (the test skips when none does)."""
     import importlib
 
-    for package in PACKAGES:
+    for package in PINNED.get(name, PACKAGES):
         try:
             file = resources.files(importlib.import_module(package)) / "templates" / f"{name}.json"
         except ImportError:
@@ -105,12 +111,14 @@ def _write_models(prompt: dict, models, inputs) -> None:
                 demo.make_checkpoint(path, arch=family, seed=1)
         elif n["class_type"] == "VAELoader" and unet is None:  # an SD1.5 VAE beside a checkpoint
             demo.make_vae(models / "vae" / n["inputs"]["vae_name"])
-        elif n["class_type"] == "ControlNetLoader":  # lllyasviel's SD1.5 ControlNets, .safetensors or .pth
+        elif n["class_type"] == "ControlNetLoader":  # lllyasviel's SD1.5 ControlNets (.safetensors or .pth), ...
             name = n["inputs"]["control_net_name"]
             layout = "ldm-pth" if name.endswith(".pth") else "ldm"
             arch = _family(name).replace("-inpaint", "")
             if "t2i" in name.lower():  # TencentARC's adapters, the same original layout
                 arch += "-t2i"
+            elif arch == "sd3":  # Stability's SD3.5 canny/depth/blur files, the control type from the name
+                arch, layout = "sd3.5-sai", "ldm"
             demo.make_controlnet(models / "controlnet" / name, arch=arch, layout=layout)
         elif n["class_type"] in ("LoraLoader", "LoraLoaderModelOnly"):
             ckpt = next(m["inputs"]["ckpt_name"] for m in nodes if m["class_type"] == "CheckpointLoaderSimple")

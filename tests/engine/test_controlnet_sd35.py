@@ -24,8 +24,6 @@ from comfykit.engine.models.controlnet_sd35 import sincos_grid  # noqa: E402
 from comfykit.engine.models.tiny_controlnet import make_controlnet, tiny_sd35_controlnet  # noqa: E402
 from comfykit.errors import ModelError  # noqa: E402
 
-TEMPLATE_NAMES = ("sd3.5_large_canny_controlnet_example", "sd3.5_large_blur", "sd3.5_large_depth")
-
 
 def _inputs(seed=0, width=32, pooled=32):
     gen = torch.Generator().manual_seed(seed)
@@ -257,50 +255,3 @@ def test_sd35_controlnet_on_an_sd15_model_is_a_model_error_naming_the_file(tmp_p
     with pytest.raises(ModelError, match=r"sd3\.5_large_controlnet_canny\.safetensors: this is a Stability SD3\.5 "
                                          r"ControlNet \(canny.* but the model is sd1"):
         common_ksampler(model, 1, 1, 1.0, "euler", "simple", pos, neg, {"samples": torch.zeros(1, 4, 8, 8)})
-
-
-def _template_prompt(name: str) -> dict:
-    """The template as an API prompt; sd3.5_large_depth from the ComfyUI 0.3.64-era package (the newer one makes
-    its depth map with Lotus: SetFirstSigma, LotusConditioning, which the engine does not implement)."""
-    import importlib
-    import json
-    from importlib import resources
-
-    import comfykit as ck
-
-    packages = ("comfyui_workflow_templates",) if name == "sd3.5_large_depth" else (
-        "comfyui_workflow_templates_json", "comfyui_workflow_templates")
-    for package in packages:
-        try:
-            file = resources.files(importlib.import_module(package)) / "templates" / f"{name}.json"
-        except ImportError:
-            continue
-        if file.is_file():
-            return ck.Workflow.load(json.loads(file.read_text())).to_api(validate=False)
-    pytest.skip(f"template {name!r} is in none of the installed packages {', '.join(packages)}")
-
-
-@pytest.mark.parametrize("name", TEMPLATE_NAMES)
-def test_sd35_controlnet_template_runs_end_to_end(name, tmp_path):
-    from test_comfyui_templates import _shrink, _write_models
-
-    from comfykit.engine import Engine
-
-    prompt = _template_prompt(name)
-    models, inputs = tmp_path / "models", tmp_path / "input"
-    loaders = {k: n for k, n in prompt.items() if n["class_type"] == "ControlNetLoader"}
-    _write_models({k: n for k, n in prompt.items() if k not in loaders}, models, inputs)
-    for n in loaders.values():
-        make_controlnet(models / "controlnet" / n["inputs"]["control_net_name"], arch="sd3.5-sai")
-    _shrink(prompt)
-    for n in prompt.values():  # the canny template scales its input to 1024x1024
-        if n["class_type"] == "ImageScale":
-            n["inputs"].update(width=64, height=64)
-    engine = Engine(models, output_dir=tmp_path / "out", input_dir=inputs, temp_dir=tmp_path / "tmp",
-                    device="cpu", previews="none")
-    try:
-        result = engine.run(prompt)
-    finally:
-        engine.shutdown()
-    assert result.status == "success", result.error
-    assert result.images and all(im.size[0] >= 64 for im in result.images)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from .controlnet import UNetControlNet
 
 MARKER = "lora_controlnet"
 ENCODER = ("time_embed.", "label_emb.", "input_blocks.", "middle_block.")
@@ -98,7 +99,7 @@ class ControlLora(nn.Module):
 
     def check(self, model: Any, name: str) -> None:
         """Build (or reuse) the ControlNet for the UNet of ``model``; ModelError when the file does not fit it."""
-        from .controlnet import UNetControlNet, build_unet_controlnet, ldm_to_diffusers
+        from .controlnet import build_unet_controlnet, ldm_to_diffusers
 
         cfg = model.config
         ok = hasattr(cfg, "model_channels") and cfg.model_channels == self.model_channels and \
@@ -122,13 +123,8 @@ class ControlLora(nn.Module):
         self.built = nn.Module.to(net, device=next(base_net.parameters()).device, dtype=dtype)
         self._base = weakref.ref(base_net)
 
-    def hint_ratio(self, vae: Any) -> int:
-        """Hint pixels per latent pixel: the hint is an image at the decoded size."""
-        return 8
-
-    def prepare_hint(self, hint: torch.Tensor, control: Any, model: Any) -> torch.Tensor:
-        """The resized hint as the network takes it (pixels in 0..1, unchanged)."""
-        return hint
+    hint_ratio = UNetControlNet.hint_ratio  # the hint as the ControlNet it builds takes it: pixels, unchanged
+    prepare_hint = UNetControlNet.prepare_hint
 
     def residuals(self, x: torch.Tensor, t: torch.Tensor, hint: torch.Tensor, context: torch.Tensor,
                   y: torch.Tensor | None) -> dict[str, list[torch.Tensor]]:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import build_on_meta, config_from_folder, count_blocks
+from .dit_common import build_on_meta, config_from_folder, vae_hint_ratio
 
 #: FLUX.1's block counts: ComfyUI spreads a ControlNet's residuals over these, whatever the model's depth
 MAIN_DOUBLE, MAIN_SINGLE = 19, 38
@@ -89,24 +89,14 @@ def xlabs_to_diffusers(sd: dict[str, Any]) -> dict[str, Any]:
 
 def infer_flux_controlnet_config(sd: dict[str, Any]) -> dict[str, Any]:
     """``FluxControlNetModel`` kwargs from diffusers-layout tensor shapes (head width from the q norm, as FLUX.1)."""
-    from .flux import rope_axes
+    from .flux import flux_trunk_config
 
-    inner, in_channels = sd["x_embedder.weight"].shape
-    head_dim = sd["transformer_blocks.0.attn.norm_q.weight"].shape[0]
     hint = sd.get("input_hint_block.conv_out.weight")
     mode = sd.get("controlnet_mode_embedder.weight")
     return {
+        **flux_trunk_config(sd),
         # the hint encoder's features are packed 2x2 like the latent; without one the hint comes packed
         "patch_size": 2 if hint is not None else 1,
-        "in_channels": in_channels,
-        "num_layers": count_blocks(sd, "transformer_blocks"),
-        "num_single_layers": count_blocks(sd, "single_transformer_blocks"),
-        "attention_head_dim": head_dim,
-        "num_attention_heads": inner // head_dim,
-        "joint_attention_dim": sd["context_embedder.weight"].shape[1],
-        "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
-        "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in sd,
-        "axes_dims_rope": rope_axes(head_dim),
         "num_mode": None if mode is None else mode.shape[0],
         "conditioning_embedding_channels": None if hint is None else hint.shape[0],
     }
@@ -170,10 +160,7 @@ class FluxControlNet(nn.Module):
         """Hint pixels per latent pixel: the VAE's downscale (InstantX encodes the hint) or 8 (XLabs)."""
         if not self.latent_hint:
             return 8
-        if vae is None:
-            raise ValueError("This ControlNet needs a VAE but none was provided, please use a ControlNetApply node "
-                             "with a VAE input and connect it (ControlNetApplyAdvanced's vae)")
-        return getattr(vae, "downscale", 8)
+        return vae_hint_ratio(vae)
 
     def prepare_hint(self, hint: torch.Tensor, control: Any, model: Any) -> torch.Tensor:
         """InstantX: the hint encoded with the apply node's VAE, in FLUX.1's latent space; XLabs: pixels in -1..1."""

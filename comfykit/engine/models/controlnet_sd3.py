@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import build_on_meta, config_from_folder, count_blocks, pad_to_patch
+from .dit_common import build_on_meta, config_from_folder, count_blocks, pad_to_patch, vae_hint_ratio
 
 MMDIT_HEAD_DIM = 64
 
@@ -74,10 +74,7 @@ class SD3ControlNet(nn.Module):
 
     def hint_ratio(self, vae: Any) -> int:
         """Hint pixels per latent pixel: the VAE's downscale (the hint is encoded to a latent)."""
-        if vae is None:
-            raise ValueError("This ControlNet needs a VAE but none was provided, please use a ControlNetApply node "
-                             "with a VAE input and connect it (ControlNetApplyAdvanced's vae, or ControlNetApplySD3)")
-        return getattr(vae, "downscale", 8)
+        return vae_hint_ratio(vae, "ControlNetApplyAdvanced's vae, or ControlNetApplySD3")
 
     def prepare_hint(self, hint: torch.Tensor, control: Any, model: Any) -> torch.Tensor:
         """The hint image encoded with the apply node's VAE, scaled as ComfyUI's SD3 ControlNet (no shift)."""

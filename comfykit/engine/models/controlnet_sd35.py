@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from .dit_common import vae_hint_ratio
 
 #: the ``control_type`` scalar of Stability's files
 CONTROL_TYPES = {0: "blur", 1: "canny", 2: "depth"}
@@ -189,10 +190,7 @@ class SD35ControlNet(nn.Module):
 
     def hint_ratio(self, vae: Any) -> int:
         """Hint pixels per latent pixel: the VAE's downscale (the hint is encoded to a latent)."""
-        if vae is None:
-            raise ValueError("This ControlNet needs a VAE but none was provided, please use a ControlNetApply node "
-                             "with a VAE input and connect it (ControlNetApplyAdvanced's vae, or ControlNetApplySD3)")
-        return getattr(vae, "downscale", 8)
+        return vae_hint_ratio(vae, "ControlNetApplyAdvanced's vae, or ControlNetApplySD3")
 
     def prepare_hint(self, hint: torch.Tensor, control: Any, model: Any) -> torch.Tensor:
         """The hint preprocessed for its control type, encoded with the apply node's VAE, in SD3's latent space."""

@@ -268,3 +268,12 @@ def load_dit(source: str | Path | dict[str, Any], *, device: Any = None, dtype: 
     build = flux_transformer_from_state_dict if flux else sd3_transformer_from_state_dict
     module = build(sd, name=label, folder_config=cfg, consume=owned or consume, dtype=dtype)
     return (FluxModel if flux else SD3Model)(place(module, device, dtype), name=Path(label).name)
+
+
+def vae_hint_ratio(vae: Any, apply_nodes: str = "ControlNetApplyAdvanced's vae") -> int:
+    """Hint pixels per latent pixel of a ControlNet whose hint is VAE-encoded: the VAE's downscale; ComfyUI's error
+    when the apply node has no VAE."""
+    if vae is None:
+        raise ValueError("This ControlNet needs a VAE but none was provided, please use a ControlNetApply node "
+                         f"with a VAE input and connect it ({apply_nodes})")
+    return getattr(vae, "downscale", 8)

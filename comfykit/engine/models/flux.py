@@ -93,14 +93,17 @@ def infer_flux_config(sd: dict[str, Any]) -> dict[str, Any]:
     derivatives; schnell has none). `in_channels` is 64 (16 latent channels x 2x2 patch) for plain models and more
     for Fill (384) and Canny/Depth (128), whose extra channels are concatenated to the latent.
     """
+    return {**flux_trunk_config(sd), "patch_size": 1, "out_channels": sd["proj_out.weight"].shape[0]}
+
+
+def flux_trunk_config(sd: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs `FluxTransformer2DModel` and `FluxControlNetModel` share, from diffusers-layout tensor shapes."""
     inner, in_channels = sd["x_embedder.weight"].shape
     head_dim = sd["transformer_blocks.0.attn.norm_q.weight"].shape[0]
     if inner % head_dim:
         raise ValueError(f"width {inner} is not a multiple of the head width {head_dim}")
     return {
-        "patch_size": 1,
         "in_channels": in_channels,
-        "out_channels": sd["proj_out.weight"].shape[0],
         "num_layers": count_blocks(sd, "transformer_blocks"),
         "num_single_layers": count_blocks(sd, "single_transformer_blocks"),
         "attention_head_dim": head_dim,
