@@ -61,23 +61,31 @@ def test_sincos_grid_is_comfyuis_span_not_the_models_table():
     torch.testing.assert_close(grid[-1, 4:], expect_last_h)
 
 
-def test_residuals_and_model_output_equal_diffusers_networks(tmp_path):
+def _sd35_and_blur_controlnet(tmp_path, blocks: int):
+    """A tiny SD3.5 MMDiT of ``blocks`` blocks (diffusers' and loaded from Stability's layout) and a 2-block blur
+    ControlNet (diffusers' and loaded from Stability's layout)."""
     from safetensors.torch import save_file
 
     from comfykit.engine.models.checkpoint import load_diffusion_model
-    from comfykit.engine.models.family import ModelInputs
     from comfykit.engine.models.tiny_dit import sd3_diffusers_to_sai, tiny_sd3
 
-    # a 3-block MMDiT steered by a 2-block ControlNet: ComfyUI repeats each residual ceil(3 / 2) = 2 times and the
-    # last MMDiT block takes one too
-    ref = tiny_sd3(seed=5, num_layers=3, pooled_projection_dim=32)
+    ref = tiny_sd3(seed=5, num_layers=blocks, pooled_projection_dim=32)
     save_file({k: v.contiguous() for k, v in sd3_diffusers_to_sai(ref.state_dict()).items()},
               str(tmp_path / "sd35.safetensors"))
     model = load_diffusion_model(tmp_path / "sd35.safetensors")
     reference = tiny_sd35_controlnet(seed=6, num_layers=2)
     save_file({k: v.contiguous() for k, v in to_sai(reference.state_dict(), 0).items()},
               str(tmp_path / "sd3.5_large_controlnet_blur.safetensors"))
-    cnet = load_controlnet(tmp_path / "sd3.5_large_controlnet_blur.safetensors")
+    return ref, model, reference, load_controlnet(tmp_path / "sd3.5_large_controlnet_blur.safetensors")
+
+
+def test_residuals_and_model_output_equal_diffusers_networks(tmp_path):
+
+    from comfykit.engine.models.family import ModelInputs
+
+    # a 3-block MMDiT steered by a 2-block ControlNet: ComfyUI repeats each residual ceil(3 / 2) = 2 times and the
+    # last MMDiT block takes one too
+    ref, model, reference, cnet = _sd35_and_blur_controlnet(tmp_path, 3)
     net = cnet.model.network
     net.check(model, "blur")  # a run start: borrows the model's patch embedding and block count
 
@@ -136,21 +144,14 @@ def test_sampling_equals_diffusers_sd3_controlnet_pipeline_with_comfyuis_differe
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from safetensors.torch import save_file
 
-    from comfykit.engine.models.checkpoint import load_diffusion_model, load_vae
+    from comfykit.engine.models.checkpoint import load_vae
     from comfykit.engine.models.keys import vae_diffusers_to_ldm
-    from comfykit.engine.models.tiny_dit import randomize, sd3_diffusers_to_sai, tiny_sd3
+    from comfykit.engine.models.tiny_dit import randomize
     from comfykit.engine.sampling.ksampler import common_ksampler, prepare_noise, select_sigmas
     from comfykit.engine.sampling.latent_formats import SD3
     from comfykit.nodes.controlnet import ControlNetApplyAdvanced
 
-    ref = tiny_sd3(seed=5, num_layers=4, pooled_projection_dim=32)
-    save_file({k: v.contiguous() for k, v in sd3_diffusers_to_sai(ref.state_dict()).items()},
-              str(tmp_path / "sd35.safetensors"))
-    model = load_diffusion_model(tmp_path / "sd35.safetensors")
-    reference = tiny_sd35_controlnet(seed=6, num_layers=2)
-    save_file({k: v.contiguous() for k, v in to_sai(reference.state_dict(), 0).items()},
-              str(tmp_path / "sd3.5_large_controlnet_blur.safetensors"))
-    cnet = load_controlnet(tmp_path / "sd3.5_large_controlnet_blur.safetensors")
+    ref, model, reference, cnet = _sd35_and_blur_controlnet(tmp_path, 4)
     # tiny_vae16's 8 norm groups are not what comfykit's LDM autoencoder reads off 32 channels (32): make one
     # both read alike
     dvae = randomize(diffusers.AutoencoderKL(
