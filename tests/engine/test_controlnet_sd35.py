@@ -152,8 +152,7 @@ def test_sampling_equals_diffusers_sd3_controlnet_pipeline_with_comfyuis_differe
     from comfykit.nodes.controlnet import ControlNetApplyAdvanced
 
     ref, model, reference, cnet = _sd35_and_blur_controlnet(tmp_path, 4)
-    # tiny_vae16's 8 norm groups are not what comfykit's LDM autoencoder reads off 32 channels (32): make one
-    # both read alike
+    # tiny_vae16's shape, with SD3's shift and scale in its config: the pipeline reads them from there
     dvae = randomize(diffusers.AutoencoderKL(
         block_out_channels=[32, 32], layers_per_block=1, latent_channels=16, norm_num_groups=32,
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, use_quant_conv=False,

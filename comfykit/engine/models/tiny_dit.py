@@ -57,10 +57,11 @@ def tiny_sd3(dual: tuple[int, ...] = (0,), qk_norm: str | None = "rms_norm", see
 
 
 def tiny_vae16(seed: int = 0) -> nn.Module:
-    """A random 16-channel diffusers `AutoencoderKL` without quant convs (the FLUX.1/SD3 VAE shape, tiny)."""
+    """A random 16-channel diffusers `AutoencoderKL` without quant convs (the FLUX.1/SD3 VAE shape, tiny; 32 norm
+    groups, as every released VAE and as comfykit and ComfyUI read them)."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(block_out_channels=[32, 32], layers_per_block=1, latent_channels=16, norm_num_groups=8,
+    vae = AutoencoderKL(block_out_channels=[32, 32], layers_per_block=1, latent_channels=16, norm_num_groups=32,
                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                         use_quant_conv=False, use_post_quant_conv=False)
     return randomize(vae, seed)
