@@ -16,6 +16,7 @@ TEMPLATES = {
                                              "MaskPreview",
     "flux_canny_model_example": "Canny as the hint of a FLUX.1 Canny model",
     "flux_fill_inpaint_example": "DifferentialDiffusion on FLUX.1 Fill inpainting",
+    "flux_fill_outpaint_example": "ImagePadForOutpaint into FLUX.1 Fill",
 }
 
 
