@@ -1,0 +1,145 @@
+"""FLUX.1 LoRAs onto clones of tiny FLUX.1 models: each key layout, BFL's control LoRAs, fp8 and wrong families."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from comfykit.engine.models import load_lora  # noqa: E402
+from comfykit.engine.models.checkpoint import load_diffusion_model, read_state_dict  # noqa: E402
+from comfykit.engine.models.lora_dit import bfl_to_diffusers_modules  # noqa: E402
+from comfykit.engine.models.tiny_dit import flux_diffusers_to_bfl, tiny_flux, write_flux_file  # noqa: E402
+from comfykit.engine.models.tiny_lora import make_flux_lora  # noqa: E402
+from comfykit.errors import ModelError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def flux_file(tmp_path_factory):
+    return write_flux_file(tmp_path_factory.mktemp("flux") / "flux1-dev.safetensors", guidance=True)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.network.transformer.state_dict().items()}
+
+
+def _hand_merged(base: dict[str, torch.Tensor], lora_path, layout: str, strength: float) -> dict[str, torch.Tensor]:
+    """The reference: each LoRA's up @ down x alpha/rank x strength added to the BFL-layout weight, then the whole
+    model converted to diffusers names by diffusers' own checkpoint converter (what a merged file would load as)."""
+    from comfykit.engine.models.flux import flux_to_diffusers
+
+    lora = read_state_dict(lora_path)
+    bfl = flux_diffusers_to_bfl(base)
+    if layout == "peft":
+        merged = dict(base)
+        for key in [k for k in lora if k.endswith("lora_A.weight")]:
+            name = key[len("transformer."):-len(".lora_A.weight")]
+            merged[name + ".weight"] = base[name + ".weight"] + strength * (
+                lora[key.replace("lora_A", "lora_B")] @ lora[key])
+        return merged
+    kohya = {"lora_unet_" + k[:-len(".weight")].replace(".", "_"): k for k in bfl if k.endswith(".weight")}
+    for key in [k for k in lora if k.endswith(("lora_A.weight", "lora_down.weight"))]:
+        up = lora[key.replace("lora_A", "lora_B").replace("lora_down", "lora_up")]
+        name = key.rsplit(".", 2)[0]
+        scale = float(lora[name + ".alpha"]) / lora[key].shape[0] if name + ".alpha" in lora else 1.0
+        weight = kohya[name] if layout == "kohya" else name[len("diffusion_model."):] + ".weight"
+        bfl[weight] = bfl[weight] + strength * scale * (up @ lora[key])
+    return flux_to_diffusers(bfl)
+
+
+@pytest.mark.parametrize("layout", ["bfl", "kohya", "peft"])
+def test_each_layout_equals_the_hand_merged_model(flux_file, tmp_path, layout):
+    model = load_diffusion_model(flux_file)
+    before = _weights(model)
+    path = make_flux_lora(tmp_path / f"{layout}.safetensors", flux_file, layout=layout)
+    patched, clip = load_lora(model, None, path, 0.7, 1.0)
+    assert clip is None and patched is not model and str(path) in patched.patches
+    want = _hand_merged(before, path, layout, 0.7)
+    got = _weights(patched)
+    changed = [k for k in got if not torch.equal(got[k], before[k])]
+    assert len(changed) > 10  # the LoRA reached the model, through every split (qkv, linear1, adaLN)
+    for key in got:
+        assert torch.allclose(got[key], want[key], atol=1e-5), key
+    assert all(torch.equal(v, before[k]) for k, v in _weights(model).items())  # the original is untouched
+    # clones share what the LoRA leaves alone
+    assert (patched.network.transformer.proj_out.bias.data_ptr() == model.network.transformer.proj_out.bias.data_ptr())
+
+
+def test_the_name_table_matches_diffusers_converter():
+    """The BFL -> diffusers row splits are the ones diffusers' checkpoint converter makes (odd width, 2+3 blocks)."""
+    from comfykit.engine.models.flux import flux_to_diffusers
+
+    t = tiny_flux(guidance=True, num_layers=2, num_single_layers=3)
+    bfl = flux_diffusers_to_bfl(t.state_dict())
+    converted = flux_to_diffusers(bfl)
+    seen = set()
+    for name, targets in bfl_to_diffusers_modules(t).items():
+        leaf = "scale" if name.endswith("_norm") else "weight"
+        for module, rows in targets:
+            want = converted[module + ".weight"]
+            got = bfl[f"{name}.{leaf}"]
+            if rows == "swap":
+                got = torch.cat(got.chunk(2)[::-1])
+            elif rows is not None:
+                got = got[rows[0]:rows[1]]
+            assert torch.equal(got, want), (name, module)
+            seen.add(module + ".weight")
+    assert seen == {k for k in converted if k.endswith(".weight")}
+
+
+def test_strength_zero_is_the_same_model_and_outputs_change_otherwise(flux_file, tmp_path):
+    model = load_diffusion_model(flux_file)
+    path = make_flux_lora(tmp_path / "l.safetensors", flux_file, layout="bfl")
+    assert load_lora(model, None, path, 0.0, 0.0)[0] is model
+    assert load_lora(model, None, path, 0.0, 1.0)[0] is model
+    x, ctx, pooled = torch.randn(1, 16, 8, 8), torch.randn(1, 5, 32), torch.randn(1, 24)
+    base = model(x, torch.tensor([500.0]), ctx, pooled)
+    out = load_lora(model, None, path, 1.0, 1.0)[0](x, torch.tensor([500.0]), ctx, pooled)
+    assert not torch.allclose(base, out, atol=1e-4)
+    assert torch.equal(model(x, torch.tensor([500.0]), ctx, pooled), base)
+
+
+def test_fp8_model_with_a_lora_stays_fp8_and_is_close_to_float(flux_file, tmp_path):
+    path = make_flux_lora(tmp_path / "k.safetensors", flux_file, layout="kohya")
+    full = load_lora(load_diffusion_model(flux_file), None, path, 1.0, 1.0)[0]
+    fp8 = load_diffusion_model(flux_file, weight_dtype="fp8_e4m3fn")
+    patched = load_lora(fp8, None, path, 1.0, 1.0)[0]
+    layer = patched.network.transformer.transformer_blocks[0].attn.to_q
+    assert layer.weight.dtype == torch.float8_e4m3fn  # stored back in fp8: a LoRA does not double the memory
+    assert not torch.equal(layer.weight.float(), fp8.network.transformer.transformer_blocks[0].attn.to_q.weight.float())
+    x, ctx, pooled = torch.randn(1, 16, 8, 8), torch.randn(1, 5, 32), torch.randn(1, 24)
+    a, b = full(x, torch.tensor([500.0]), ctx, pooled), patched(x, torch.tensor([500.0]), ctx, pooled)
+    assert (a - b).abs().mean() < 0.1 * a.abs().mean()
+
+
+def test_bfl_control_lora_widens_x_embedder_on_the_clone_only(flux_file, tmp_path):
+    model = load_diffusion_model(flux_file)
+    path = make_flux_lora(tmp_path / "flux1-depth-dev-lora.safetensors", flux_file, layout="bfl-control")
+    patched = load_lora(model, None, path, 1.0, 0.0)[0]
+    t, t0 = patched.network.transformer, model.network.transformer
+    assert t.x_embedder.weight.shape == (t0.x_embedder.out_features, 128)
+    assert t.config.in_channels == 128 and patched.config["in_channels"] == 128 and patched.network.concat_channels == 16
+    assert t0.config.in_channels == 64 and model.config["in_channels"] == 64 and t0.x_embedder.weight.shape[1] == 64
+    lora = read_state_dict(path)
+    # the norm scales are replaced, not added to; the extra input columns are the LoRA's alone
+    assert torch.equal(t.transformer_blocks[0].attn.norm_q.weight, lora["double_blocks.0.img_attn.norm.query_norm.scale"])
+    delta = lora["img_in.lora_B.weight"] @ lora["img_in.lora_A.weight"]
+    assert torch.allclose(t.x_embedder.weight[:, 64:], delta[:, 64:], atol=1e-6)
+    assert torch.allclose(t.x_embedder.bias, t0.x_embedder.bias + lora["img_in.lora_B.bias"], atol=1e-6)
+    x, ctx, pooled = torch.randn(1, 16, 8, 8), torch.randn(1, 5, 32), torch.randn(1, 24)
+    out = patched(x, torch.tensor([500.0]), ctx, pooled, concat=torch.randn(1, 16, 8, 8))
+    assert out.shape == (1, 16, 8, 8) and torch.isfinite(out).all()
+
+
+def test_wrong_family_loras_name_the_file(flux_file, tmp_path):
+    from comfykit import demo
+    from comfykit.engine.models.checkpoint import load_checkpoint
+
+    ckpt = demo.make_checkpoint(tmp_path / "sd15.safetensors", arch="sd1", seed=1)
+    sd_lora = demo.make_lora(tmp_path / "sd15-lora.safetensors", ckpt)
+    with pytest.raises(ModelError, match="sd15-lora.safetensors.*SD/SDXL UNet"):
+        load_lora(load_diffusion_model(flux_file), None, sd_lora, 1.0, 1.0)
+    flux_lora = make_flux_lora(tmp_path / "flux-lora.safetensors", flux_file, layout="bfl")
+    sd_model, sd_clip, _ = load_checkpoint(ckpt)
+    with pytest.raises(ModelError, match="flux-lora.safetensors.*FLUX.1 LoRA"):
+        load_lora(sd_model, sd_clip, flux_lora, 1.0, 1.0)
