@@ -30,6 +30,8 @@ def _hand_merged(base: dict[str, torch.Tensor], lora_path, layout: str, strength
 
     lora = read_state_dict(lora_path)
     bfl = flux_diffusers_to_bfl(base)
+    if layout == "xlabs":
+        return _xlabs_merged(base, lora, strength)
     if layout == "peft":
         merged = dict(base)
         for key in [k for k in lora if k.endswith("lora_A.weight")]:
@@ -47,7 +49,33 @@ def _hand_merged(base: dict[str, torch.Tensor], lora_path, layout: str, strength
     return flux_to_diffusers(bfl)
 
 
-@pytest.mark.parametrize("layout", ["bfl", "kohya", "peft"])
+def _xlabs_merged(base: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], strength: float) -> dict:
+    """XLabs' processors: qkv_lora1/2 on the image/text q, k, v, proj_lora1/2 on the outputs; no alpha."""
+    merged = dict(base)
+    inner = base["x_embedder.weight"].shape[0]
+
+    def add(target: str, key: str, rows: slice = slice(None)) -> None:
+        merged[target + ".weight"] = merged[target + ".weight"] + strength * (
+            lora[key + ".up.weight"][rows] @ lora[key + ".down.weight"])
+
+    for key in {k.rsplit(".", 2)[0] for k in lora}:
+        i = key.split(".")[1]
+        if key.startswith("double_blocks"):
+            d, stream = f"transformer_blocks.{i}.attn.", key[-1]
+            if "qkv" in key:
+                for j, x in enumerate("qkv"):
+                    add(d + (f"to_{x}" if stream == "1" else f"add_{x}_proj"), key, slice(j * inner, (j + 1) * inner))
+            else:
+                add(d + ("to_out.0" if stream == "1" else "to_add_out"), key)
+        elif "qkv" in key:
+            for j, x in enumerate("qkv"):
+                add(f"single_transformer_blocks.{i}.attn.to_{x}", key, slice(j * inner, (j + 1) * inner))
+        else:
+            add(f"single_transformer_blocks.{i}.proj_out", key)
+    return merged
+
+
+@pytest.mark.parametrize("layout", ["bfl", "kohya", "peft", "xlabs"])
 def test_each_layout_equals_the_hand_merged_model(flux_file, tmp_path, layout):
     model = load_diffusion_model(flux_file)
     before = _weights(model)
@@ -143,3 +171,27 @@ def test_wrong_family_loras_name_the_file(flux_file, tmp_path):
     sd_model, sd_clip, _ = load_checkpoint(ckpt)
     with pytest.raises(ModelError, match="flux-lora.safetensors.*FLUX.1 LoRA"):
         load_lora(sd_model, sd_clip, flux_lora, 1.0, 1.0)
+
+
+def test_lora_loader_patches_transformer_and_clip_of_flux(flux_file, tmp_path):
+    """LoraLoader with a FLUX.1 LoRA that also trains CLIP-L (kohya `lora_te1_` keys) patches both clones."""
+    from safetensors.torch import load_file, save_file
+
+    from comfykit.engine.models.lora import clip_targets
+    from comfykit.engine.models.text_encoder_files import load_text_encoders
+    from comfykit.engine.models.tiny_text_encoders import write_clip_l, write_t5xxl
+
+    clip = load_text_encoders([write_clip_l(tmp_path / "clip_l.safetensors"),
+                               write_t5xxl(tmp_path / "t5xxl.safetensors")], "flux")
+    name, (clip_name, module_path) = next((n, t) for n, t in clip_targets(clip).items() if n.startswith("lora_te"))
+    module = clip.clips[clip_name].get_submodule(module_path)
+    path = make_flux_lora(tmp_path / "both.safetensors", flux_file, layout="kohya")
+    sd = load_file(str(path))
+    sd[name + ".lora_down.weight"] = torch.randn(4, module.in_features)
+    sd[name + ".lora_up.weight"] = torch.randn(module.out_features, 4)
+    save_file(sd, str(path))
+    model = load_diffusion_model(flux_file)
+    new_model, new_clip = load_lora(model, clip, path, 1.0, 1.0)
+    assert new_model is not model and new_clip is not clip
+    assert not torch.equal(new_clip.clips[clip_name].get_submodule(module_path).weight, module.weight)
+    assert load_lora(model, clip, path, 1.0, 0.0)[1] is clip

@@ -1,11 +1,11 @@
-"""FLUX.1 LoRAs (kohya, BFL/ComfyUI, PEFT/diffusers names; BFL's Canny/Depth control LoRAs) onto model clones.
+"""FLUX.1 LoRAs (kohya, BFL/ComfyUI, PEFT/diffusers, XLabs names; BFL's Canny/Depth control LoRAs) onto clones.
 
 Every layout is read into one form: per target parameter of diffusers' `FluxTransformer2DModel`, a list of weight
 patches. BFL-named layers map to diffusers modules by the same row splits diffusers' checkpoint converter uses
 (fused qkv -> q, k, v; a single block's linear1 -> q, k, v, mlp; the final adaLN's shift/scale halves swapped).
-diffusers' own LoRA converters are not called: they hard-code the released model's 19/38 blocks and 3072 width,
-so they fail on any other size (and on the tiny test models). The table is checked against diffusers' weight
-converter in tests (tests/engine/test_flux_lora.py).
+diffusers' kohya and BFL-control LoRA converters are not called: they hard-code the released model's 19/38 blocks
+and 3072 width, so they fail on any other size (and on the tiny test models); the table is checked against diffusers'
+weight converter in tests (tests/engine/test_flux_lora.py). Its XLabs converter reads the sizes off the file: used.
 
 Patch kinds, as ComfyUI applies them: "lora" (up @ down x alpha/rank x strength), "diff" (a full delta x strength,
 also `lora_B.bias` as a bias delta), "set" (a replacement weight, strength ignored: BFL control LoRAs' q/k norm
@@ -132,9 +132,18 @@ def read_flux_lora(path: Path, transformer: nn.Module) -> tuple[dict[str, list],
     """(diffusers parameter -> [(kind, tensor-or-parts, rows)], unmatched names, number of layers in the file)."""
     from .checkpoint import read_state_dict
 
+    sd = read_state_dict(path)
+    if any(".processor.qkv_lora" in k or ".processor.proj_lora" in k for k in sd):
+        # XLabs' names; diffusers' converter for them splits the fused qkv by the file's own sizes
+        from diffusers.loaders.lora_conversion_utils import _convert_xlabs_flux_lora_to_diffusers
+
+        try:
+            sd = _convert_xlabs_flux_lora_to_diffusers(dict(sd))
+        except (ValueError, KeyError, AttributeError) as e:
+            raise ModelError(f"{path}: an XLabs-style FLUX.1 LoRA with keys this loader cannot read ({e})") from None
     groups: dict[str, dict[str, torch.Tensor]] = {}
     unmatched: list[str] = []
-    for key, value in read_state_dict(path).items():
+    for key, value in sd.items():
         parsed = _parse(key)
         if parsed is None:
             unmatched.append(key)
@@ -161,8 +170,8 @@ def read_flux_lora(path: Path, transformer: nn.Module) -> tuple[dict[str, list],
     return patches, unmatched, len(groups)
 
 
-def _lora_delta(parts: dict[str, torch.Tensor], rows: Any, strength: float) -> torch.Tensor:
-    down, up = parts["down"].float(), parts["up"].float()
+def _lora_delta(parts: dict[str, torch.Tensor], rows: Any, strength: float, device: torch.device) -> torch.Tensor:
+    down, up = parts["down"].to(device, torch.float32), parts["up"].to(device, torch.float32)
     scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
     return _rows(up.flatten(1), rows) @ down.flatten(1) * (scale * strength)
 
@@ -210,7 +219,7 @@ def patch_flux(network: nn.Module, patches: dict[str, list], strength: float, pa
         for kind, value, rows in entries:
             if kind == "reshape":
                 continue
-            delta = (_lora_delta(value, rows, strength) if kind == "lora"
+            delta = (_lora_delta(value, rows, strength, w.device) if kind == "lora"
                      else _rows(value.float(), rows).to(w.device) * (1.0 if kind == "set" else strength))
             if kind == "lora" and module_path == "x_embedder" and delta.shape[1] > w.shape[1]:
                 # BFL's control LoRAs: ComfyUI adds reshape_weight for them; the wider input is zero-padded

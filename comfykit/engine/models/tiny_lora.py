@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-LAYOUTS = ("bfl", "kohya", "peft", "bfl-control")
+LAYOUTS = ("bfl", "kohya", "peft", "xlabs", "bfl-control")
 
 
 def _transformer(source: Any) -> nn.Module:
@@ -30,7 +30,8 @@ def make_flux_lora(path: str | Path, model: Any, *, layout: str = "bfl", rank: i
 
     "bfl": `diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight` (ComfyUI/ai-toolkit), "kohya":
     `lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight` + `.alpha`, "peft": diffusers names
-    `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, "bfl-control": BFL's Canny/Depth control LoRA
+    `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, "xlabs": `double_blocks.0.processor.qkv_lora1.down.weight`,
+    "bfl-control": BFL's Canny/Depth control LoRA
     (bare BFL names, `img_in` taking `control_channels` inputs, `lora_B.bias` and the q/k norm scales as weights).
     """
     from .lora_dit import bfl_to_diffusers_modules
@@ -50,6 +51,16 @@ def make_flux_lora(path: str | Path, model: Any, *, layout: str = "bfl", rank: i
         for name, m in transformer.named_modules():
             if isinstance(m, nn.Linear) and (".attn." in name or ".ff" in name or "proj_mlp" in name):
                 pair("transformer." + name, m.out_features, m.in_features, "lora_A", "lora_B")
+        return _save(sd, path)
+    if layout == "xlabs":  # the attention layers only: qkv and proj of each stream, as XLabs' processors
+        inner, mlp = transformer.x_embedder.out_features, transformer.single_transformer_blocks[0].proj_mlp.out_features
+        for i in range(len(transformer.transformer_blocks)):
+            for n in (1, 2):
+                pair(f"double_blocks.{i}.processor.qkv_lora{n}", 3 * inner, inner, "down", "up")
+                pair(f"double_blocks.{i}.processor.proj_lora{n}", inner, inner, "down", "up")
+        for i in range(len(transformer.single_transformer_blocks)):
+            pair(f"single_blocks.{i}.processor.qkv_lora", 3 * inner, inner, "down", "up")
+            pair(f"single_blocks.{i}.processor.proj_lora", inner, inner + mlp, "down", "up")
         return _save(sd, path)
     for bfl, targets in bfl_to_diffusers_modules(transformer).items():
         modules = [transformer.get_submodule(t) for t, _ in targets]
