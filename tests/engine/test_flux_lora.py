@@ -1,4 +1,4 @@
-"""FLUX.1 LoRAs onto clones of tiny FLUX.1 models: each key layout, BFL's control LoRAs, fp8 and wrong families."""
+"""FLUX.1 and SD3.5 LoRAs onto clones of tiny models: each key layout, BFL's control LoRAs, fp8, wrong families."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ torch = pytest.importorskip("torch")
 
 from comfykit.engine.models import load_lora  # noqa: E402
 from comfykit.engine.models.checkpoint import load_diffusion_model, read_state_dict  # noqa: E402
-from comfykit.engine.models.lora_dit import bfl_to_diffusers_modules  # noqa: E402
-from comfykit.engine.models.tiny_dit import flux_diffusers_to_bfl, tiny_flux, write_flux_file  # noqa: E402
+from comfykit.engine.models.lora_dit import bfl_to_diffusers_modules, sai_to_diffusers_modules  # noqa: E402
+from comfykit.engine.models.tiny_dit import (  # noqa: E402
+    flux_diffusers_to_bfl,
+    sd3_diffusers_to_sai,
+    tiny_flux,
+    tiny_sd3,
+    write_flux_file,
+    write_sd3_file,
+)
 from comfykit.engine.models.tiny_lora import make_flux_lora  # noqa: E402
 from comfykit.errors import ModelError  # noqa: E402
 
@@ -165,7 +172,7 @@ def test_wrong_family_loras_name_the_file(flux_file, tmp_path):
 
     ckpt = demo.make_checkpoint(tmp_path / "sd15.safetensors", arch="sd1", seed=1)
     sd_lora = demo.make_lora(tmp_path / "sd15-lora.safetensors", ckpt)
-    with pytest.raises(ModelError, match="sd15-lora.safetensors.*SD/SDXL UNet"):
+    with pytest.raises(ModelError, match="sd15-lora.safetensors.*made for an SD/SDXL UNet"):
         load_lora(load_diffusion_model(flux_file), None, sd_lora, 1.0, 1.0)
     flux_lora = make_flux_lora(tmp_path / "flux-lora.safetensors", flux_file, layout="bfl")
     sd_model, sd_clip, _ = load_checkpoint(ckpt)
@@ -195,3 +202,69 @@ def test_lora_loader_patches_transformer_and_clip_of_flux(flux_file, tmp_path):
     assert new_model is not model and new_clip is not clip
     assert not torch.equal(new_clip.clips[clip_name].get_submodule(module_path).weight, module.weight)
     assert load_lora(model, clip, path, 1.0, 0.0)[1] is clip
+
+
+# -- SD3 / SD3.5 ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sd3_file(tmp_path_factory):
+    return write_sd3_file(tmp_path_factory.mktemp("sd3") / "sd3.5_medium.safetensors", prefix="", with_vae=False)
+
+
+def test_the_sd3_name_table_matches_diffusers_converter():
+    """Stability's names -> diffusers rows as diffusers' converter does (dual attention, qk norms, last block)."""
+    from comfykit.engine.models.sd3 import sd3_to_diffusers
+
+    t = tiny_sd3(dual=(0,), qk_norm="rms_norm")
+    sai = sd3_diffusers_to_sai(t.state_dict())
+    converted = sd3_to_diffusers(sai)
+    seen = set()
+    for name, targets in sai_to_diffusers_modules(t).items():
+        for module, rows in targets:
+            got, want = sai[name + ".weight"], converted[module + ".weight"]
+            if rows == "swap":
+                got = torch.cat(got.chunk(2)[::-1])
+            elif rows is not None:
+                got = got[rows[0]:rows[1]]
+            assert torch.equal(got, want), (name, module)
+            seen.add(module + ".weight")
+    assert seen == {k for k in converted if k.endswith(".weight") and k != "pos_embed.pos_embed"}
+
+
+@pytest.mark.parametrize("layout", ["sai", "kohya", "peft"])
+def test_sd3_lora_layouts_equal_the_hand_merged_model(sd3_file, tmp_path, layout):
+    from comfykit.engine.models.sd3 import sd3_to_diffusers
+
+    model = load_diffusion_model(sd3_file)
+    before = _weights(model)
+    path = make_flux_lora(tmp_path / f"sd3-{layout}.safetensors", sd3_file, layout=layout)
+    patched = load_lora(model, None, path, 0.7, 1.0)[0]
+    lora = read_state_dict(path)
+    if layout == "peft":
+        want = dict(before)
+        for key in [k for k in lora if k.endswith("lora_A.weight")]:
+            name = key[len("transformer."):-len(".lora_A.weight")]
+            want[name + ".weight"] = before[name + ".weight"] + 0.7 * (lora[key.replace("lora_A", "lora_B")] @ lora[key])
+    else:
+        sai = sd3_diffusers_to_sai(before)
+        kohya = {"lora_unet_" + k[:-len(".weight")].replace(".", "_"): k for k in sai if k.endswith(".weight")}
+        for key in [k for k in lora if k.endswith(("lora_A.weight", "lora_down.weight"))]:
+            name = key.rsplit(".", 2)[0]
+            up = lora[key.replace("lora_A", "lora_B").replace("lora_down", "lora_up")]
+            scale = float(lora[name + ".alpha"]) / lora[key].shape[0] if name + ".alpha" in lora else 1.0
+            weight = kohya[name] if layout == "kohya" else name[len("diffusion_model."):] + ".weight"
+            sai[weight] = sai[weight] + 0.7 * scale * (up @ lora[key])
+        want = sd3_to_diffusers(sai)
+    got = _weights(patched)
+    assert sum(not torch.equal(got[k], before[k]) for k in got) > 10
+    for key in got:
+        assert torch.allclose(got[key], want[key], atol=1e-5), key
+    assert all(torch.equal(v, before[k]) for k, v in _weights(model).items())
+
+
+def test_flux_and_sd3_loras_on_each_other_name_the_file(sd3_file, flux_file, tmp_path):
+    path = make_flux_lora(tmp_path / "flux-on-sd3.safetensors", flux_file, layout="bfl")
+    with pytest.raises(ModelError, match="flux-on-sd3.safetensors.*made for FLUX.1"):
+        load_lora(load_diffusion_model(sd3_file), None, path, 1.0, 1.0)
+    path = make_flux_lora(tmp_path / "sd3-on-flux.safetensors", sd3_file, layout="kohya")
+    with pytest.raises(ModelError, match="sd3-on-flux.safetensors.*made for SD3"):
+        load_lora(load_diffusion_model(flux_file), None, path, 1.0, 1.0)

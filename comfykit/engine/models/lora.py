@@ -105,10 +105,10 @@ def load_lora(model: DiffusionModel | None, clip: TextEncoder | None, path: str 
     if strength_model == 0 and strength_clip == 0:
         return model, clip
     path = Path(path)
-    if model is not None and model.arch == "flux":
-        from .lora_dit import load_flux_lora
+    if model is not None and model.arch in ("flux", "sd3"):
+        from .lora_dit import load_dit_lora
 
-        new_model = load_flux_lora(model, path, strength_model)
+        new_model = load_dit_lora(model, path, strength_model)
         if clip is None or strength_clip == 0 or not _has_text_keys(path):
             return new_model, clip
         return new_model, load_lora(None, clip, path, 0.0, strength_clip)[1]

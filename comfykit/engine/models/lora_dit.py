@@ -1,8 +1,9 @@
-"""FLUX.1 LoRAs (kohya, BFL/ComfyUI, PEFT/diffusers, XLabs names; BFL's Canny/Depth control LoRAs) onto clones.
+"""FLUX.1 and SD3/SD3.5 LoRAs onto clones: kohya, original (BFL / Stability: ComfyUI's), PEFT/diffusers and XLabs
+names, and BFL's Canny/Depth control LoRAs.
 
-Every layout is read into one form: per target parameter of diffusers' `FluxTransformer2DModel`, a list of weight
-patches. BFL-named layers map to diffusers modules by the same row splits diffusers' checkpoint converter uses
-(fused qkv -> q, k, v; a single block's linear1 -> q, k, v, mlp; the final adaLN's shift/scale halves swapped).
+Every layout is read into one form: per target parameter of the diffusers transformer, a list of weight patches.
+Original-named layers map to diffusers modules by the row splits diffusers' checkpoint converters use (fused qkv ->
+q, k, v; a FLUX single block's linear1 -> q, k, v, mlp; final/last-context adaLN shift/scale halves swapped).
 diffusers' kohya and BFL-control LoRA converters are not called: they hard-code the released model's 19/38 blocks
 and 3072 width, so they fail on any other size (and on the tiny test models); the table is checked against diffusers'
 weight converter in tests (tests/engine/test_flux_lora.py). Its XLabs converter reads the sizes off the file: used.
@@ -78,6 +79,46 @@ def bfl_to_diffusers_modules(transformer: nn.Module) -> dict[str, list[Target]]:
     return out
 
 
+def sai_to_diffusers_modules(transformer: nn.Module) -> dict[str, list[Target]]:
+    """Stability's MMDiT layer name -> [(diffusers module, output rows)] for a diffusers SD3/SD3.5 transformer."""
+    inner = transformer.pos_embed.proj.out_channels
+    thirds = [(0, inner), (inner, 2 * inner), (2 * inner, 3 * inner)]
+    t = "time_text_embed."
+    out: dict[str, list[Target]] = {
+        "x_embedder.proj": [("pos_embed.proj", None)], "context_embedder": [("context_embedder", None)],
+        "t_embedder.mlp.0": [(t + "timestep_embedder.linear_1", None)],
+        "t_embedder.mlp.2": [(t + "timestep_embedder.linear_2", None)],
+        "y_embedder.mlp.0": [(t + "text_embedder.linear_1", None)],
+        "y_embedder.mlp.2": [(t + "text_embedder.linear_2", None)],
+        "final_layer.linear": [("proj_out", None)], "final_layer.adaLN_modulation.1": [("norm_out.linear", "swap")],
+    }
+    blocks = len(transformer.transformer_blocks)
+    for i in range(blocks):
+        d, x, c = f"transformer_blocks.{i}.", f"joint_blocks.{i}.x_block.", f"joint_blocks.{i}.context_block."
+        out |= {x + "attn.qkv": [(d + f"attn.to_{q}", r) for q, r in zip("qkv", thirds)],
+                c + "attn.qkv": [(d + f"attn.add_{q}_proj", r) for q, r in zip("qkv", thirds)],
+                x + "attn.proj": [(d + "attn.to_out.0", None)], c + "attn.proj": [(d + "attn.to_add_out", None)],
+                x + "attn2.qkv": [(d + f"attn2.to_{q}", r) for q, r in zip("qkv", thirds)],
+                x + "attn2.proj": [(d + "attn2.to_out.0", None)],
+                x + "mlp.fc1": [(d + "ff.net.0.proj", None)], x + "mlp.fc2": [(d + "ff.net.2", None)],
+                c + "mlp.fc1": [(d + "ff_context.net.0.proj", None)], c + "mlp.fc2": [(d + "ff_context.net.2", None)],
+                x + "adaLN_modulation.1": [(d + "norm1.linear", None)],
+                # the last block's context stream only feeds attention: its adaLN is the (shift, scale) kind
+                c + "adaLN_modulation.1": [(d + "norm1_context.linear", "swap" if i == blocks - 1 else None)],
+                x + "attn.ln_q": [(d + "attn.norm_q", None)], x + "attn.ln_k": [(d + "attn.norm_k", None)],
+                c + "attn.ln_q": [(d + "attn.norm_added_q", None)], c + "attn.ln_k": [(d + "attn.norm_added_k", None)],
+                x + "attn2.ln_q": [(d + "attn2.norm_q", None)], x + "attn2.ln_k": [(d + "attn2.norm_k", None)]}
+    present = {p for p, _ in transformer.named_modules()}
+    return {k: v for k, v in out.items() if all(m in present for m, _ in v)}
+
+
+def original_to_diffusers_modules(transformer: nn.Module) -> dict[str, list[Target]]:
+    """The original (BFL or Stability) layer names of a FLUX.1 or SD3 diffusers transformer -> its modules."""
+    if hasattr(transformer, "single_transformer_blocks"):
+        return bfl_to_diffusers_modules(transformer)
+    return sai_to_diffusers_modules(transformer)
+
+
 def _parse(key: str) -> tuple[str, str] | None:
     """A file key -> (layer name with its prefix, patch part); None for keys of no known kind."""
     parsed = keys.lora_base_name(key)
@@ -96,9 +137,9 @@ class _Names:
     """Resolves a file's layer names (BFL or diffusers, dotted or kohya-underscored, any prefix) to targets."""
 
     def __init__(self, transformer: nn.Module):
-        self.bfl = bfl_to_diffusers_modules(transformer)
+        self.bfl = original_to_diffusers_modules(transformer)
         self.bfl_flat = {k.replace(".", "_"): k for k in self.bfl}
-        modules = [p for p, m in transformer.named_modules() if isinstance(m, nn.Linear) or p.endswith(
+        modules = [p for p, m in transformer.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) or p.endswith(
             ("norm_q", "norm_k", "norm_added_q", "norm_added_k"))]
         self.dif = set(modules)
         self.dif_flat = {p.replace(".", "_"): p for p in modules}
@@ -128,7 +169,7 @@ def _rows(t: torch.Tensor, rows: Any) -> torch.Tensor:
     return t[rows[0]:rows[1]]
 
 
-def read_flux_lora(path: Path, transformer: nn.Module) -> tuple[dict[str, list], list[str], int]:
+def read_dit_lora(path: Path, transformer: nn.Module) -> tuple[dict[str, list], list[str], int]:
     """(diffusers parameter -> [(kind, tensor-or-parts, rows)], unmatched names, number of layers in the file)."""
     from .checkpoint import read_state_dict
 
@@ -196,8 +237,8 @@ def _current(module: nn.Module, name: str, like: torch.Tensor) -> torch.Tensor:
     return w * scale.to(w) if scale is not None else w
 
 
-def patch_flux(network: nn.Module, patches: dict[str, list], strength: float, path: Path) -> tuple[nn.Module, int]:
-    """A shared copy of the FluxModel `network` with the patches applied; returns it and its new in_channels."""
+def patch_dit(network: nn.Module, patches: dict[str, list], strength: float, path: Path) -> tuple[nn.Module, int]:
+    """A shared copy of a FluxModel/SD3Model `network` with the patches applied; returns it and its in_channels."""
     new = shared_copy(network)
     transformer = new.transformer
     in_channels = transformer.config.in_channels
@@ -239,25 +280,40 @@ def patch_flux(network: nn.Module, patches: dict[str, list], strength: float, pa
     return new, in_channels
 
 
-def load_flux_lora(model: DiffusionModel, path: Path, strength: float) -> DiffusionModel:
-    """A clone of a FLUX.1 `model` with the LoRA file's transformer weights at `strength` (the input is unchanged)."""
+def _foreign_family(arch: str, unmatched: list[str]) -> str | None:
+    """The family a LoRA's unmatched layer names belong to, when that is not `arch`'s: "FLUX.1", "SD3", "an SD UNet"."""
+    names = [n.removeprefix("model.").removeprefix("diffusion_model.").removeprefix("lora_unet_") for n in unmatched]
+    if arch != "flux" and any(n.startswith(("double_blocks", "single_blocks")) or "single_transformer_blocks" in n
+                              for n in names):
+        return "FLUX.1"
+    if arch != "sd3" and any(n.startswith("joint_blocks") for n in names):
+        return "SD3"
+    if any(n.startswith(("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block"))
+           or n.startswith("unet.") for n in names):
+        return "an SD/SDXL UNet"
+    return None
+
+
+def load_dit_lora(model: DiffusionModel, path: Path, strength: float) -> DiffusionModel:
+    """A clone of a FLUX.1 / SD3 `model` with the LoRA file's transformer weights at `strength` (input unchanged)."""
     transformer = model.network.transformer
-    patches, unmatched, total = read_flux_lora(path, transformer)
-    if not patches:
-        what = " (it is made for an SD/SDXL UNet)" if any(
-            k.startswith(("lora_unet_down", "lora_unet_up", "lora_unet_mid", "unet.", "lora_unet_input_blocks",
-                          "lora_unet_output_blocks")) for k in unmatched) else ""
-        raise ModelError(f"{path}: none of its {total} LoRA layers match this FLUX.1 model{what} "
-                         f"(first: {unmatched[:2]}); use a LoRA made for FLUX.1")
+    patches, unmatched, total = read_dit_lora(path, transformer)
+    kind = "FLUX.1" if model.arch == "flux" else "SD3/SD3.5"
+    foreign = _foreign_family(model.arch, unmatched)
+    if foreign or not patches:
+        # a few names (final_layer.*, context_embedder) are alike in FLUX.1 and SD3: the blocks tell them apart
+        what = f" (it is made for {foreign})" if foreign else ""
+        raise ModelError(f"{path}: {len(unmatched)} of its {total} LoRA layers match nothing in this {kind} model"
+                         f"{what} (first: {unmatched[:2]}); use a LoRA made for {kind}")
     if unmatched:
         import warnings
 
-        warnings.warn(f"LoRA {path.name}: {len(unmatched)} of {total} layers match nothing in the FLUX.1 model "
+        warnings.warn(f"LoRA {path.name}: {len(unmatched)} of {total} layers match nothing in the {model.arch} model "
                       f"(e.g. {unmatched[0]}); they are ignored", stacklevel=3)
     if strength == 0:
         return model
     new = model.clone()
-    new.network, in_channels = patch_flux(model.network, patches, strength, path)
+    new.network, in_channels = patch_dit(model.network, patches, strength, path)
     if isinstance(model.config, dict) and model.config.get("in_channels") != in_channels:
         new.config = {**model.config, "in_channels": in_channels}
     new.patches[str(path)] = strength
