@@ -268,3 +268,47 @@ def test_flux_and_sd3_loras_on_each_other_name_the_file(sd3_file, flux_file, tmp
     path = make_flux_lora(tmp_path / "sd3-on-flux.safetensors", sd3_file, layout="kohya")
     with pytest.raises(ModelError, match="sd3-on-flux.safetensors.*made for SD3"):
         load_lora(load_diffusion_model(flux_file), None, path, 1.0, 1.0)
+
+
+# -- the released size, against diffusers' own LoRA converters (which only work at that size) -----------------
+@pytest.mark.parametrize("layout", [pytest.param("kohya", marks=pytest.mark.slow), "bfl-control"])  # kohya: ~6 s
+def test_full_size_flux_names_match_diffusers_lora_converters(tmp_path, layout):
+    """At FLUX.1 dev's real size (19+38 blocks, width 3072; on the meta device) every (up rows, down) pair this
+    loader makes equals what diffusers' kohya / BFL-control converters make, compared as products on a vector."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders import lora_conversion_utils as conv
+
+    from comfykit.engine.models.lora_dit import _rows, read_dit_lora
+
+    with torch.device("meta"):
+        t = FluxTransformer2DModel(guidance_embeds=True)
+    path = make_flux_lora(tmp_path / f"{layout}.safetensors", t, layout=layout, rank=2)
+    convert = {"kohya": conv._convert_kohya_flux_lora_to_diffusers,
+               "bfl-control": conv._convert_bfl_flux_control_lora_to_diffusers}[layout]
+    ref = {k.removeprefix("transformer."): v for k, v in convert(dict(read_state_dict(path))).items()}
+    patches = read_dit_lora(path, t)[0]
+    gen = torch.Generator().manual_seed(0)
+    checked = 0
+    for key, value in ref.items():
+        if key.endswith("lora_A.weight"):
+            module = key[:-len(".lora_A.weight")]
+            (kind, parts, rows), = [e for e in patches[module + ".weight"] if e[0] == "lora"]
+            if layout == "bfl-control" and module == "norm_out.linear":
+                # diffusers' BFL-control converter swaps the halves of lora_A too (its rank rows), which pairs them
+                # with the wrong lora_B columns; ComfyUI and we swap the output rows only, so undo that one
+                value = torch.cat(value.chunk(2)[::-1])
+            v = torch.randn(value.shape[1], generator=gen, dtype=torch.float64)
+            want = ref[module + ".lora_B.weight"].double() @ (value.double() @ v)
+            scale = float(parts["alpha"]) / parts["down"].shape[0] if "alpha" in parts else 1.0
+            if module in ("proj_out", "norm_out.linear"):
+                scale = 1.0  # diffusers leaves final_layer's alpha out ("TODO: alphas"); ComfyUI and we apply it
+            got = _rows(parts["up"].double(), rows) @ (parts["down"].double() @ v) * scale
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+            checked += 1
+        elif key.endswith(("norm_q.weight", "norm_k.weight", "norm_added_q.weight", "norm_added_k.weight")):
+            (kind, weight, rows), = patches[key]
+            assert kind == "set" and torch.equal(weight, value)
+        elif key.endswith("lora_B.bias"):
+            (kind, bias, rows), = patches[key[:-len(".lora_B.bias")] + ".bias"]
+            assert kind == "diff" and torch.equal(_rows(bias, rows), value)
+    assert checked > 300
