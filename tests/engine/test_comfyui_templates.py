@@ -50,6 +50,7 @@ TEMPLATES = {
     "sd3.5_large_canny_controlnet_example": "Stability's SD3.5 canny ControlNet, Canny, ControlNetApplySD3",
     "sd3.5_large_blur": "Stability's SD3.5 blur ControlNet",
     "sd3.5_large_depth": "Stability's SD3.5 depth ControlNet (the 0.1.95 template)",
+    "lora": "one LoRA on an SD1.5 checkpoint (LoraLoader: model and CLIP)",
     "lora_multiple": "two LoRAs chained on an SD1.5 checkpoint",
     "flux_depth_lora_example": "BFL's FLUX.1 depth control LoRA (x_embedder widened to 128 channels) on a dev unet, "
                                "LoraLoaderModelOnly, InstructPixToPixConditioning",
