@@ -147,6 +147,25 @@ def test_fp8_model_with_a_lora_stays_fp8_and_is_close_to_float(flux_file, tmp_pa
     assert (a - b).abs().mean() < 0.1 * a.abs().mean()
 
 
+def test_scaled_fp8_model_keeps_its_scales_and_the_lora(flux_file, tmp_path):
+    """A scaled-fp8 file (w / scale in fp8 + scale_weight): the patched weight is stored back over the same scale."""
+    from comfykit.engine.models.tiny_dit import _save
+    from comfykit.engine.models.tiny_text_encoders import to_fp8
+
+    scaled = _save(to_fp8(read_state_dict(flux_file), scaled=True), tmp_path / "flux1-dev-fp8-scaled.safetensors")
+    path = make_flux_lora(tmp_path / "p.safetensors", flux_file, layout="peft")
+    model = load_diffusion_model(scaled)
+    patched = load_lora(model, None, path, 1.0, 1.0)[0]
+    layer, base = (m.network.transformer.single_transformer_blocks[0].attn.to_q for m in (patched, model))
+    assert layer.weight.dtype == torch.float8_e4m3fn and layer.scale_weight is base.scale_weight
+    lora = read_state_dict(path)
+    key = "transformer.single_transformer_blocks.0.attn.to_q"
+    want = base.weight.float() * base.scale_weight + lora[key + ".lora_B.weight"] @ lora[key + ".lora_A.weight"]
+    got = layer.weight.float() * layer.scale_weight
+    assert (got - want).abs().max() <= 0.07 * want.abs().max()  # e4m3 keeps 3 mantissa bits
+    assert not torch.equal(layer.weight.float(), base.weight.float())
+
+
 def test_bfl_control_lora_widens_x_embedder_on_the_clone_only(flux_file, tmp_path):
     model = load_diffusion_model(flux_file)
     path = make_flux_lora(tmp_path / "flux1-depth-dev-lora.safetensors", flux_file, layout="bfl-control")
