@@ -225,13 +225,25 @@ def ensure_demo_checkpoint(models_dir: str | Path) -> str:
 
 def make_lora(path: str | Path, checkpoint_path: str | Path, *, style: str = "kohya", rank: int = 4,
               seed: int = 0) -> Path:
-    """Write a random LoRA for a checkpoint: kohya (`lora_unet_...lora_down`) or diffusers/PEFT (`lora_A`) keys."""
+    """Write a random LoRA for a checkpoint: kohya (`lora_unet_...lora_down`) or diffusers/PEFT (`lora_A`) keys.
+
+    For a FLUX.1 or SD3 model file (or checkpoint) the LoRA is one for that transformer; its styles are also "bfl" /
+    "sai" (original names, `diffusion_model.double_blocks...lora_A`), and for FLUX.1 "xlabs" and "bfl-control" (BFL's
+    Canny/Depth control LoRAs, 128 channels in).
+    """
     import torch
     from torch import nn
 
     from .engine.models import keys
-    from .engine.models.checkpoint import load_checkpoint
+    from .engine.models.checkpoint import load_checkpoint, read_state_dict
+    from .engine.models.dit_common import find_layout
 
+    found = find_layout(read_state_dict(checkpoint_path))
+    if found and found[0].startswith(("flux", "sd3")):
+        from .engine.models.tiny_lora import make_dit_lora
+
+        layout = {"diffusers": "peft"}.get(style, style)
+        return make_dit_lora(path, checkpoint_path, layout=layout, rank=rank, seed=seed)
     if style not in ("kohya", "diffusers"):
         raise ValueError(f"unknown LoRA style {style!r}; choose 'kohya' or 'diffusers'")
     model, clip, _ = load_checkpoint(checkpoint_path)

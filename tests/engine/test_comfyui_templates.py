@@ -20,9 +20,10 @@ from comfykit import demo  # noqa: E402
 #: where the templates are: the newer JSON-only package, then the ComfyUI 0.3.64-era package (0.1.95), which
 #: still has the SD1.5/SD2 inpainting and ESRGAN examples the newer one dropped
 PACKAGES = ("comfyui_workflow_templates_json", "comfyui_workflow_templates")
-#: templates whose newer version needs nodes the engine lacks: sd3.5_large_depth now makes its depth map with Lotus
-#: (SetFirstSigma, LotusConditioning), so its ComfyUI 0.3.64-era version is the one run
-PINNED = {"sd3.5_large_depth": ("comfyui_workflow_templates",)}
+#: templates whose newer version needs nodes the engine lacks: sd3.5_large_depth and flux_depth_lora_example now make
+#: their depth maps with Lotus (SetFirstSigma, LotusConditioning), so their ComfyUI 0.3.64-era versions are the ones run
+PINNED = {"sd3.5_large_depth": ("comfyui_workflow_templates",),
+          "flux_depth_lora_example": ("comfyui_workflow_templates",)}
 
 #: template -> what it exercises
 TEMPLATES = {
@@ -49,7 +50,10 @@ TEMPLATES = {
     "sd3.5_large_canny_controlnet_example": "Stability's SD3.5 canny ControlNet, Canny, ControlNetApplySD3",
     "sd3.5_large_blur": "Stability's SD3.5 blur ControlNet",
     "sd3.5_large_depth": "Stability's SD3.5 depth ControlNet (the 0.1.95 template)",
+    "lora": "one LoRA on an SD1.5 checkpoint (LoraLoader: model and CLIP)",
     "lora_multiple": "two LoRAs chained on an SD1.5 checkpoint",
+    "flux_depth_lora_example": "BFL's FLUX.1 depth control LoRA (x_embedder widened to 128 channels) on a dev unet, "
+                               "LoraLoaderModelOnly, InstructPixToPixConditioning",
     "area_composition": "ConditioningSetArea composition over a wide latent",
 }
 
@@ -121,11 +125,17 @@ def _write_models(prompt: dict, models, inputs) -> None:
                 arch, layout = "sd3.5-sai", "ldm"
             demo.make_controlnet(models / "controlnet" / name, arch=arch, layout=layout)
         elif n["class_type"] in ("LoraLoader", "LoraLoaderModelOnly"):
+            name = n["inputs"]["lora_name"]
+            if unet is not None:  # a LoRA on a FLUX.1 unet: BFL's Canny/Depth control LoRAs by their names
+                control = any(k in name.lower() for k in ("depth", "canny"))
+                demo.make_lora(models / "loras" / name, models / "diffusion_models" / unet["unet_name"],
+                               style="bfl-control" if control else "bfl")
+                continue
             ckpt = next(m["inputs"]["ckpt_name"] for m in nodes if m["class_type"] == "CheckpointLoaderSimple")
             path = models / "checkpoints" / ckpt
             if not path.exists():
                 demo.make_checkpoint(path, arch=_family(ckpt), seed=1)
-            demo.make_lora(models / "loras" / n["inputs"]["lora_name"], path)
+            demo.make_lora(models / "loras" / name, path)
         elif n["class_type"] == "UpscaleModelLoader":  # Real-ESRGAN's files use the new key layout
             name = n["inputs"]["model_name"]
             layout = "new" if "realesrgan" in name.lower() else "old"

@@ -1,4 +1,7 @@
-"""LoRA: kohya (`lora_unet_...lora_down/up/alpha`) and diffusers/PEFT (`unet....lora_A/B`) files onto clones."""
+"""LoRA: kohya (`lora_unet_...lora_down/up/alpha`) and diffusers/PEFT (`unet....lora_A/B`) files onto clones.
+
+UNet families and text encoders here; FLUX.1 and SD3 transformers in lora_dit.py (`load_lora` hands them over).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,14 @@ from .diffusion import DiffusionModel, shared_copy
 from .text_encoder import TextEncoder
 
 _TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder")
+_DIT_NAMES = tuple(p + s for p in ("", "diffusion_model.", "lora_unet_", "transformer.", "lora_transformer_")
+                   for s in ("double_blocks", "single_blocks", "joint_blocks", "transformer_blocks",
+                             "single_transformer_blocks"))
 _UNET_PREFIXES = ("lora_unet_", "unet.", "diffusion_model.", "model.diffusion_model.")
+
+
+def _has_text_keys(path: Path) -> bool:
+    return any(k.startswith(_TEXT_ENCODER_PREFIXES) for k in read_lora(path))
 
 
 def _weighted(module: nn.Module) -> bool:
@@ -99,6 +109,13 @@ def load_lora(model: DiffusionModel | None, clip: TextEncoder | None, path: str 
     if strength_model == 0 and strength_clip == 0:
         return model, clip
     path = Path(path)
+    if model is not None and model.arch in ("flux", "sd3"):
+        from .lora_dit import load_dit_lora
+
+        new_model = load_dit_lora(model, path, strength_model)
+        if clip is None or strength_clip == 0 or not _has_text_keys(path):
+            return new_model, clip
+        return new_model, load_lora(None, clip, path, 0.0, strength_clip)[1]
     groups = read_lora(path)
     if not groups or set(groups) == {"?"}:
         raise ModelError(f"{path}: no LoRA keys (lora_down/lora_up, lora_A/lora_B) found; is this a LoRA file?")
@@ -126,6 +143,13 @@ def load_lora(model: DiffusionModel | None, clip: TextEncoder | None, path: str 
         else:
             unmatched.append(name)
     if not unet_patches and not clip_patches:
+        if model is not None and any(k.startswith(_DIT_NAMES) for k in unmatched):
+            from .lora_dit import _foreign_family
+
+            family = _foreign_family(model.arch, unmatched) or "FLUX.1 or SD3"
+            family = family if family != "an SD/SDXL UNet" else "FLUX.1 or SD3"
+            raise ModelError(f"{path}: this is a {family} LoRA (its layers are transformer blocks); load it onto "
+                             f"a {family} model, not this {model.arch} one")
         raise ModelError(f"{path}: none of its {len(groups)} LoRA weights match this model "
                          f"(first: {unmatched[:2]}); it was made for a different model family")
     if unmatched:
