@@ -82,6 +82,13 @@ def _xlabs_merged(base: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], 
     return merged
 
 
+def _take(weight: torch.Tensor, rows) -> torch.Tensor:
+    """The rows of an original fused weight that a diffusers module holds ("swap": the two halves exchanged)."""
+    if rows == "swap":
+        return torch.cat(weight.chunk(2)[::-1])
+    return weight if rows is None else weight[rows[0]:rows[1]]
+
+
 @pytest.mark.parametrize("layout", ["bfl", "kohya", "peft", "xlabs"])
 def test_each_layout_equals_the_hand_merged_model(flux_file, tmp_path, layout):
     model = load_diffusion_model(flux_file)
@@ -113,11 +120,7 @@ def test_the_name_table_matches_diffusers_converter():
         for module, rows in targets:
             want = converted[module + ".weight"]
             got = bfl[f"{name}.{leaf}"]
-            if rows == "swap":
-                got = torch.cat(got.chunk(2)[::-1])
-            elif rows is not None:
-                got = got[rows[0]:rows[1]]
-            assert torch.equal(got, want), (name, module)
+            assert torch.equal(_take(got, rows), want), (name, module)
             seen.add(module + ".weight")
     assert seen == {k for k in converted if k.endswith(".weight")}
 
@@ -240,11 +243,7 @@ def test_the_sd3_name_table_matches_diffusers_converter():
     for name, targets in sai_to_diffusers_modules(t).items():
         for module, rows in targets:
             got, want = sai[name + ".weight"], converted[module + ".weight"]
-            if rows == "swap":
-                got = torch.cat(got.chunk(2)[::-1])
-            elif rows is not None:
-                got = got[rows[0]:rows[1]]
-            assert torch.equal(got, want), (name, module)
+            assert torch.equal(_take(got, rows), want), (name, module)
             seen.add(module + ".weight")
     assert seen == {k for k in converted if k.endswith(".weight") and k != "pos_embed.pos_embed"}
 
