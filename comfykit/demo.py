@@ -135,6 +135,8 @@ _FLUX_DIT = {"joint_attention_dim": 32, "pooled_projection_dim": 32}
 _SD3_DIT = {"joint_attention_dim": 32, "caption_projection_dim": 32, "pooled_projection_dim": 32}
 _T5 = {"d_model": 32, "num_layers": 2, "num_heads": 4, "d_kv": 8, "d_ff": 48}
 FAMILIES = ("sd15", "flux", "flux-dev", "sd3")
+#: FLUX.1 dev variants whose latent takes concatenated channels: Fill (mask + masked image), Canny/Depth (the hint)
+_FLUX_WIDE = {"flux-fill": 384, "flux-canny": 128, "flux-depth": 128}
 
 
 def _vae16(seed: int) -> dict[str, Any]:
@@ -150,15 +152,16 @@ def _dit_parts(family: str, seed: int, t5: bool = True) -> dict[str, dict[str, A
     from .engine.models import tiny_dit
     from .engine.models import tiny_text_encoders as tte
 
-    if family in ("flux", "flux-dev"):
-        parts = {"unet": tiny_dit.flux_pieces(family == "flux-dev", prefix="", seed=seed, **_FLUX_DIT),
+    if family in ("flux", "flux-dev", *_FLUX_WIDE):
+        wide = {"in_channels": _FLUX_WIDE[family]} if family in _FLUX_WIDE else {}
+        parts = {"unet": tiny_dit.flux_pieces(family != "flux", prefix="", seed=seed, **_FLUX_DIT, **wide),
                  "clip_l": tte.clip_l_state_dict(width=32, seed=seed + 1)}
     elif family == "sd3":
         parts = {"unet": tiny_dit.sd3_pieces(prefix="", seed=seed, **_SD3_DIT),
                  "clip_l": tte.clip_l_state_dict(width=16, seed=seed + 1),
                  "clip_g": tte.clip_g_state_dict(width=16, projection_dim=16, seed=seed + 2)}
     else:
-        raise ValueError(f"unknown family {family!r}; choose one of flux, flux-dev, sd3")
+        raise ValueError(f"unknown family {family!r}; choose one of flux, flux-dev, {', '.join(_FLUX_WIDE)}, sd3")
     if t5:
         parts["t5xxl"] = tte.t5xxl_state_dict(**_T5, seed=seed + 3)
     parts["vae"] = _vae16(seed + 4)
@@ -199,6 +202,9 @@ def make_dit_files(models_dir: str | Path, family: str = "flux", *, seed: int = 
 
     defaults = {"flux": {"unet": "flux1-schnell.safetensors", "vae": "ae.safetensors"},
                 "flux-dev": {"unet": "flux1-dev.safetensors", "vae": "ae.safetensors"},
+                "flux-fill": {"unet": "flux1-fill-dev.safetensors", "vae": "ae.safetensors"},
+                "flux-canny": {"unet": "flux1-canny-dev.safetensors", "vae": "ae.safetensors"},
+                "flux-depth": {"unet": "flux1-depth-dev.safetensors", "vae": "ae.safetensors"},
                 "sd3": {"unet": "sd3.5_medium.safetensors", "vae": "sd35_vae.safetensors",
                         "clip_g": "clip_g.safetensors"}}[family]
     roles = {"clip_l": "clip_l.safetensors",

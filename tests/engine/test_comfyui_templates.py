@@ -78,7 +78,8 @@ def _family(name: str) -> str:
     if "inpaint" in low:  # 512-inpainting-ema is SD2's; sd-v1-5-inpainting SD1's
         return "sd1-inpaint" if any(k in low for k in ("v1-5", "v1_5", "sd15", "1.5")) else "sd2-inpaint"
     if "flux" in low:
-        return "flux-dev" if any(k in low for k in ("dev", "krea", "kontext")) else "flux"
+        wide = next((f"flux-{k}" for k in ("fill", "canny", "depth") if k in low), None)
+        return wide or ("flux-dev" if any(k in low for k in ("dev", "krea", "kontext")) else "flux")
     if "sd3" in low:
         return "sd3"
     if "refiner" in low:
@@ -109,7 +110,7 @@ def _write_models(prompt: dict, models, inputs) -> None:
             name = n["inputs"]["ckpt_name"]
             family = _family(name)
             path = models / "checkpoints" / name
-            if family in ("flux", "flux-dev", "sd3"):
+            if family.startswith("flux") or family == "sd3":
                 demo.make_dit_checkpoint(path, family)
             else:
                 demo.make_checkpoint(path, arch=family, seed=1)

@@ -17,6 +17,7 @@ TEMPLATES = {
     "flux_canny_model_example": "Canny as the hint of a FLUX.1 Canny model",
     "flux_fill_inpaint_example": "DifferentialDiffusion on FLUX.1 Fill inpainting",
     "flux_fill_outpaint_example": "ImagePadForOutpaint into FLUX.1 Fill",
+    "image_flux.1_fill_dev_OneReward": "a FLUX.1 Fill fine-tune (OneReward) with a LoRA",
 }
 
 
