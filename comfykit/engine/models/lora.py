@@ -25,10 +25,6 @@ _DIT_NAMES = tuple(p + s for p in ("", "diffusion_model.", "lora_unet_", "transf
 _UNET_PREFIXES = ("lora_unet_", "unet.", "diffusion_model.", "model.diffusion_model.")
 
 
-def _has_text_keys(path: Path) -> bool:
-    return any(k.startswith(_TEXT_ENCODER_PREFIXES) for k in read_lora(path))
-
-
 def _weighted(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Conv2d))
 
@@ -113,10 +109,18 @@ def load_lora(model: DiffusionModel | None, clip: TextEncoder | None, path: str 
         from .lora_dit import load_dit_lora
 
         new_model = load_dit_lora(model, path, strength_model)
-        if clip is None or strength_clip == 0 or not _has_text_keys(path):
+        if clip is None or strength_clip == 0:
             return new_model, clip
-        return new_model, load_lora(None, clip, path, 0.0, strength_clip)[1]
-    groups = read_lora(path)
+        groups = read_lora(path)
+        if not any(k.startswith(_TEXT_ENCODER_PREFIXES) for k in groups):
+            return new_model, clip
+        return new_model, _apply(None, clip, groups, path, 0.0, strength_clip)[1]
+    return _apply(model, clip, read_lora(path), path, strength_model, strength_clip)
+
+
+def _apply(model: DiffusionModel | None, clip: TextEncoder | None, groups: dict[str, dict[str, torch.Tensor]],
+           path: Path, strength_model: float, strength_clip: float) -> tuple[Any, Any]:
+    """:func:`load_lora` on a file's parsed groups (:func:`read_lora`)."""
     if not groups or set(groups) == {"?"}:
         raise ModelError(f"{path}: no LoRA keys (lora_down/lora_up, lora_A/lora_B) found; is this a LoRA file?")
     u_targets = unet_targets(model) if model is not None else {}

@@ -225,9 +225,9 @@ def _store(module: nn.Module, name: str, value: torch.Tensor, like: torch.Tensor
             value = value / scale.to(value)
         limit = torch.finfo(like.dtype).max
         value = value.clamp(-limit, limit)
-    new = torch.empty(value.shape, dtype=like.dtype, device=like.device)
-    if value.shape == like.shape:  # keep the layout (channels-last or not) of the base weight
-        new = torch.empty_like(like)
+    # the same shape keeps the base weight's layout (channels-last or not); a widened x_embedder gets a new one
+    new = (torch.empty_like(like) if value.shape == like.shape
+           else torch.empty(value.shape, dtype=like.dtype, device=like.device))
     setattr(module, name, nn.Parameter(new.copy_(value), requires_grad=False))
 
 
