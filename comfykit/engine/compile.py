@@ -169,14 +169,6 @@ def _freeze(network: nn.Module) -> None:
 
 
 # -- channels-last --------------------------------------------------------------------------------------------------
-def use_channels_last(channels_last: bool | None, device: torch.device) -> bool:
-    """Whether convolution weights are stored channels-last: ``None`` picks the default for ``device`` (off; see
-    docs/benchmarks.md for the measurements that would turn it on for CUDA)."""
-    if channels_last is None:
-        return False
-    return bool(channels_last)
-
-
 def to_channels_last(module: nn.Module) -> nn.Module:
     """Store every 4-D weight of ``module`` channels-last, in place (the same Parameter objects), and return it.
 

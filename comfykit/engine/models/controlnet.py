@@ -23,7 +23,6 @@ the previously applied ControlNet) on each conditioning entry; at sampling time 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,13 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from .dit_common import count_blocks
 from .family import module_device, module_dtype
 
 #: ComfyUI's SetUnionControlNetType choices (index = the union model's control type; "auto" = none set)
 UNION_TYPES = ("auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd", "normal",
                "segment", "tile", "repaint")
 LDM_PREFIX = "control_model."
-
-
-def _count(sd: dict[str, Any], pattern: str) -> int:
-    found = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
-    return max(found) + 1 if found else 0
 
 
 # -- what a file is -----------------------------------------------------------------------------------------------
@@ -85,7 +80,7 @@ def _looks_like(sd: dict[str, Any]) -> str:
 
 # -- SD1/SD2/SDXL: diffusers ControlNetModel ---------------------------------------------------------------------
 def _ldm_layers_per_block(sd: dict[str, Any]) -> int:
-    inputs = _count(sd, r"input_blocks\.(\d+)\.")
+    inputs = count_blocks(sd, "input_blocks")
     downs = sum(1 for i in range(inputs) if f"input_blocks.{i}.0.op.weight" in sd)
     return (inputs - 1 - downs) // (downs + 1)
 
@@ -109,21 +104,21 @@ def infer_controlnet_config(sd: dict[str, Any]) -> dict[str, Any]:
     Heads: SD1.x ControlNets (1x1-conv transformer projections) have 8 heads; SD2.x/SDXL ones (linear
     projections) 64-wide heads, as their UNets (the head count leaves no trace in the shapes).
     """
-    levels = _count(sd, r"down_blocks\.(\d+)\.")
+    levels = count_blocks(sd, "down_blocks")
     channels = [sd[f"down_blocks.{i}.resnets.0.conv2.weight"].shape[0] for i in range(levels)]
-    depths = [_count(sd, rf"down_blocks\.{i}\.attentions\.0\.transformer_blocks\.(\d+)\.") for i in range(levels)]
+    depths = [count_blocks(sd, f"down_blocks.{i}.attentions.0.transformer_blocks") for i in range(levels)]
     proj = next((v for k, v in sd.items() if k.endswith("proj_in.weight")), None)
     linear = proj is not None and proj.ndim == 2
     context = next((v.shape[1] for k, v in sd.items() if k.endswith("attn2.to_k.weight")), 768)
     heads = [c // min(64, c) for c in channels] if linear else 8
     embed = [sd["controlnet_cond_embedding.conv_in.weight"].shape[0]] + [
         sd[f"controlnet_cond_embedding.blocks.{2 * i + 1}.weight"].shape[0]
-        for i in range(_count(sd, r"controlnet_cond_embedding\.blocks\.(\d+)\.") // 2)]
-    mid_depth = _count(sd, r"mid_block\.attentions\.0\.transformer_blocks\.(\d+)\.")
+        for i in range(count_blocks(sd, "controlnet_cond_embedding.blocks") // 2)]
+    mid_depth = count_blocks(sd, "mid_block.attentions.0.transformer_blocks")
     config: dict[str, Any] = dict(
         in_channels=sd["conv_in.weight"].shape[1],
         conditioning_channels=sd["controlnet_cond_embedding.conv_in.weight"].shape[1],
-        block_out_channels=tuple(channels), layers_per_block=_count(sd, r"down_blocks\.0\.resnets\.(\d+)\."),
+        block_out_channels=tuple(channels), layers_per_block=count_blocks(sd, "down_blocks.0.resnets"),
         down_block_types=tuple("CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depths),
         mid_block_type="UNetMidBlock2DCrossAttn" if mid_depth else "UNetMidBlock2D",
         transformer_layers_per_block=tuple(max(1, d) for d in depths[:-1]) + (max(1, depths[-1], mid_depth),),
@@ -490,9 +485,6 @@ class ControlRun:
                 if key not in self._hints:
                     self._hints[key] = net.features(hint, self.model)
                 out = self._hints[key]
-            elif getattr(net, "union", False):
-                out = net.residuals(x, t, hint, inputs.context, inputs.pooled, union_type=self.control.union_type,
-                                    **extra)
             else:
                 out = net.residuals(x, t, hint, inputs.context, inputs.pooled, **extra)
         merged: dict[str, list[torch.Tensor | None]] = {}

@@ -26,13 +26,9 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from .dit_common import count_blocks
 
 DIFFUSERS_PREFIX = "adapter."
-
-
-def _count(sd: dict[str, Any], pattern: str) -> int:
-    found = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
-    return max(found) + 1 if found else 0
 
 
 def is_t2i_adapter(sd: dict[str, Any]) -> bool:
@@ -79,8 +75,8 @@ def original_to_diffusers(sd: dict[str, Any], name: str) -> dict[str, Any]:
 
 def infer_t2i_config(sd: dict[str, Any], folder_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """``T2IAdapter`` kwargs from diffusers-layout shapes (a folder's config.json wins where it says more)."""
-    levels = _count(sd, r"adapter\.body\.(\d+)\.")
-    blocks = _count(sd, r"adapter\.body\.0\.resnets\.(\d+)\.")
+    levels = count_blocks(sd, "adapter.body")
+    blocks = count_blocks(sd, "adapter.body.0.resnets")
     if "adapter.conv_in.weight" in sd:
         cin = sd["adapter.conv_in.weight"].shape[1]
         factor = 16 if cin in (256, 768) else 8
@@ -91,8 +87,7 @@ def infer_t2i_config(sd: dict[str, Any], folder_config: dict[str, Any] | None = 
         factor, kind = 8, "light_adapter"
         # the last light block repeats the width of the one before: diffusers lists one width fewer
         channels = [sd[f"adapter.body.{i}.out_conv.weight"].shape[0] for i in range(levels - 1)]
-    config = {"in_channels": cin // factor**2, "channels": channels, "num_res_blocks": blocks,
-              "downscale_factor": factor, "adapter_type": kind}
+    config = {"channels": channels, "num_res_blocks": blocks, "downscale_factor": factor, "adapter_type": kind}
     for key in ("adapter_type", "downscale_factor"):
         if (folder_config or {}).get(key) is not None:
             config[key] = folder_config[key]

@@ -42,8 +42,6 @@ def infer_union_config(sd: dict[str, Any]) -> dict[str, Any]:
 class UnionControlNet(UNetControlNet):
     """A diffusers ``ControlNetUnionModel`` giving ComfyUI's residual lists, for the control type it is told."""
 
-    union = True
-
     @property
     def control_types(self) -> int:
         """How many control types the file knows (6, or 8 for ProMax)."""
@@ -62,12 +60,15 @@ class UnionControlNet(UNetControlNet):
                              "use the ProMax union model (xinsir/controlnet-union-sdxl-1.0, "
                              "diffusion_pytorch_model_promax.safetensors)")
 
+    def run_options(self, control: Any, inputs: Any) -> dict[str, Any]:
+        """What a call needs beyond x, t, hint, context and pooled: SetUnionControlNetType's type."""
+        return {"union_type": control.union_type}
+
     def residuals(self, x: torch.Tensor, t: torch.Tensor, hint: torch.Tensor, context: torch.Tensor,
                   y: torch.Tensor | None, union_type: int | None = None) -> dict[str, list[torch.Tensor]]:
         """As :meth:`UNetControlNet.residuals`, reading the hint as control type ``union_type`` (None: auto)."""
         net = self.net
         dtype = net.conv_in.weight.dtype
-        self.check_type(union_type, "union ControlNet")
         onehot = torch.zeros(self.control_types, device=x.device)
         if union_type is not None:
             onehot[union_type] = 1.0

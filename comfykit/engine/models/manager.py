@@ -104,7 +104,7 @@ class ModelManager:
                  vram: str = "normal", budget: int | None = None, reserve: int = 0, host_budget: int | None = None,
                  compile: bool | str | dict[str, Any] | None = None,  # noqa: A002 - Engine(compile=...)
                  channels_last: bool | None = None):
-        from ..compile import Compiler, compile_options, use_channels_last
+        from ..compile import Compiler, compile_options
 
         if vram not in VRAM_MODES:
             raise ValueError(f"vram={vram!r} is not a memory mode; use one of {', '.join(VRAM_MODES)}")
@@ -125,7 +125,7 @@ class ModelManager:
         options = compile_options(compile)
         # one Compiler for every diffusion model loaded here: a reload or a LoRA clone reuses its graphs
         self.compiler = None if options is None else Compiler(options)
-        self.channels_last = use_channels_last(channels_last, self.device)
+        self.channels_last = bool(channels_last)  # off unless asked for (docs/benchmarks.md: no CPU gain)
 
     @property
     def managed(self) -> bool:

@@ -77,7 +77,6 @@ class Streamer:
     peak_bytes: int = 0  # the most weight bytes on the device at once (resident + one streamed layer)
     _hooks: list[Any] = field(default_factory=list)
     _host: dict[int, tuple[nn.Parameter, torch.Tensor]] = field(default_factory=dict)
-    _resident: list[nn.Module] = field(default_factory=list)
     _roots: list[nn.Module] = field(default_factory=list)
     _in_flight: int = 0
 
@@ -109,12 +108,9 @@ class Streamer:
         self._host.clear()
         from .fp8 import module_to
 
-        for module in self._resident:
-            module_to_own(module, torch.device("cpu"))
         for root in self._roots:
-            module_to(root, "cpu")  # buffers
+            module_to(root, "cpu")  # the resident layers and the buffers (same Parameter objects)
             root.__dict__.pop("_comfykit_device", None)
-        self._resident.clear()
         self._roots.clear()
 
 
@@ -140,7 +136,6 @@ def stream(modules: list[nn.Module], device: Any, budget: int, dtype: torch.dtyp
             size = tensor_bytes(own)
             if not isinstance(module, STREAMABLE) or streamer.resident_bytes + size <= budget:
                 module_to_own(module, device)
-                streamer._resident.append(module)
                 streamer.resident_bytes += size
                 continue
             for p in own:

@@ -183,17 +183,11 @@ def sd35_control_type(name: str) -> int | None:
 def write_sd35_controlnet(path: str | Path, seed: int = 0) -> Path:
     """Write a tiny Stability-layout SD3.5 ControlNet (``make_controlnet(arch="sd3.5-sai")``); the control type
     (canny, depth, blur) is read off the file name, as ComfyUI's templates name them."""
-    from safetensors.torch import save_file
-
+    from ...demo import _save
     from .controlnet_sd35 import sd35_diffusers_to_sai
 
-    path = Path(path)
-    sd = sd35_diffusers_to_sai(tiny_sd35_controlnet(seed).state_dict(), sd35_control_type(path.name))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return _save(sd35_diffusers_to_sai(tiny_sd35_controlnet(seed).state_dict(), sd35_control_type(Path(path).name)),
+                 path)
 
 
 def t2i_unet_config(arch: str = "sd1-t2i") -> Any:
@@ -320,7 +314,7 @@ def make_controlnet(path: str | Path, *, arch: str = "sd1", layout: str = "ldm",
 
 def _write(net: torch.nn.Module, path: str | Path, layout: str, to_original: Any) -> Path:
     """Save a diffusers module in ``layout``; ``to_original`` renames its state dict for the "ldm" layouts."""
-    from safetensors.torch import save_file
+    from ...demo import _save
 
     path = Path(path)
     if layout == "diffusers-folder":
@@ -329,11 +323,10 @@ def _write(net: torch.nn.Module, path: str | Path, layout: str, to_original: Any
     sd = {k: v.contiguous() for k, v in net.state_dict().items()}
     if layout.startswith("ldm"):
         sd = to_original(sd)
+    if layout != "ldm-pth":
+        return _save(sd, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if layout == "ldm-pth":
-        torch.save({"state_dict": sd}, tmp)
-    else:
-        save_file(sd, str(tmp))
+    torch.save({"state_dict": sd}, tmp)
     os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     return path

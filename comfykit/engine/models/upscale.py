@@ -175,7 +175,7 @@ def _load_spandrel(path: Path, sd: dict[str, torch.Tensor]) -> UpscaleModel:
         import spandrel
     except Exception as e:  # ImportError, or torchvision's operators failing to load (RuntimeError)
         reason = f"spandrel cannot be imported here ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-        raise _unknown(path, sd, None, reason) from None
+        raise _unknown(path, sd, reason) from None
     registry, extras = _spandrel_registry(spandrel)
     sd = spandrel.canonicalize_state_dict(sd)
     # detect, then load, as spandrel's registry does, to name the architecture when its loading fails
@@ -185,7 +185,7 @@ def _load_spandrel(path: Path, sd: dict[str, torch.Tensor]) -> UpscaleModel:
             "with spandrel_extra_arches)" if extras else "without spandrel_extra_arches, which adds SRFormer, "
             "CodeFormer, DDColor, Restormer and others under non-commercial licences: if it is one of those, "
             "pip install spandrel_extra_arches)")
-        raise _unknown(path, sd, None, reason, hint=False) from None
+        raise _unknown(path, sd, reason, hint=False) from None
     try:
         descriptor = arch.load(sd)
     except Exception as e:  # a detected architecture whose tensors are missing or out of shape
@@ -221,8 +221,8 @@ def _looks_like(sd: dict[str, Any]) -> str:
     return f"{len(keys)} tensors whose keys start {', '.join(keys[:3]) or '(none)'}"
 
 
-def _unknown(path: Path, sd: dict[str, Any], what: str | None, reason: str = "", hint: bool = True) -> ModelError:
-    what = what or _looks_like(sd)
+def _unknown(path: Path, sd: dict[str, Any], reason: str = "", hint: bool = True) -> ModelError:
+    what = _looks_like(sd)
     why = f"; {reason}" if reason else ""
     advice = (". Other architectures load through spandrel: install spandrel with a torchvision that matches your "
               "torch") if hint else "; check that the file is an image upscaler"
@@ -270,11 +270,11 @@ def tiled_scale(samples: torch.Tensor, function: Callable[[torch.Tensor], torch.
                 progress()
             continue
         out = torch.zeros((1, out_channels, h * scale, w * scale))
-        weight = torch.zeros_like(out)
+        weight = torch.zeros((1, 1, h * scale, w * scale))  # one channel: the blend is the same for all of them
         for y, x in itertools.product(_starts(h, tile, overlap), _starts(w, tile, overlap)):
             piece = function(s[:, :, y:y + tile, x:x + tile]).float().cpu()
             ph, pw = piece.shape[2:]
-            mask = (_feather(ph, overlap * scale)[:, None] * _feather(pw, overlap * scale)[None, :]).expand_as(piece)
+            mask = _feather(ph, overlap * scale)[:, None] * _feather(pw, overlap * scale)[None, :]
             out[:, :, y * scale:y * scale + ph, x * scale:x * scale + pw] += piece * mask
             weight[:, :, y * scale:y * scale + ph, x * scale:x * scale + pw] += mask
             if progress is not None:
