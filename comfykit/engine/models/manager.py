@@ -120,7 +120,7 @@ class ModelManager:
         self.events: list[tuple[str, str]] = []  # ("load" | "offload" | "drop" | "restore" | "partial", name)
         self._loaded: OrderedDict[tuple, Any] = OrderedDict()
         self._resident: OrderedDict[tuple, Placement] = OrderedDict()  # least recently used first
-        self._reload: dict[tuple, Callable[[], Any]] = {}
+        self._reload: dict[tuple, tuple[Callable[[], Any], int | None]] = {}  # how to load it again: (load, part)
         self._dropped: dict[tuple, Any] = {}
         options = compile_options(compile)
         # one Compiler for every diffusion model loaded here: a reload or a LoRA clone reuses its graphs
@@ -170,7 +170,7 @@ class ModelManager:
     def _remember(self, value: Any, reload: Callable[[], Any]) -> Any:
         for i, part in enumerate(value if isinstance(value, tuple) else (value,)):
             if part is not None and model_modules(part):
-                self._reload[_key(part)] = (lambda i=i: reload()[i]) if isinstance(value, tuple) else reload
+                self._reload[_key(part)] = (reload, i if isinstance(value, tuple) else None)
         return value
 
     def load_checkpoint(self, path: str | Path, embeddings_dir: str | Path | None = None) -> tuple:
@@ -342,15 +342,16 @@ class ModelManager:
         if not self._dropped or not any(p.numel() == 0 for module in model_modules(m) for p in module.parameters()):
             return
         # a clone shares the dropped model's parameter objects: bring back every dropped model
+        loaded: dict[int, Any] = {}  # a checkpoint whose UNet, CLIP and VAE were all dropped is read once
         for key, dropped in list(self._dropped.items()):
-            fresh = self._reload[key]()
+            reload, part = self._reload[key]
+            if id(reload) not in loaded:
+                loaded[id(reload)] = reload()
+            fresh = self._prepare(loaded[id(reload)] if part is None else loaded[id(reload)][part])  # as it was
             for old, new in zip(model_modules(dropped), model_modules(fresh)):
                 new_state = new.state_dict(keep_vars=True)
                 for name, t in (*old.named_parameters(), *old.named_buffers()):
-                    new_data = new_state[name].data
-                    if self.channels_last and new_data.ndim == 4:  # as it was before it was dropped
-                        new_data = new_data.contiguous(memory_format=torch.channels_last)
-                    t.data = new_data
+                    t.data = new_state[name].data
             del self._dropped[key]
             self.events.append(("restore", _name(dropped)))
 
