@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:
+    from .server.cli import add_compile_flags
+
     p.add_argument("--models-dir", default=None, help="models folder (default: $COMFYKIT_MODELS or ./models)")
     p.add_argument("--input-dir", default=None, help="input folder for LoadImage (default: ./input)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available)")
@@ -120,10 +122,7 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
                    help="GPU memory mode, as ComfyUI's --highvram/--lowvram/--novram: low streams a model that "
                         "does not fit layer by layer")
     p.add_argument("--reserve-vram", type=float, default=0.0, metavar="GB", help="GPU memory left for others")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile each diffusion model once (the first run is slower, later ones faster)")
-    p.add_argument("--compile-mode", default=None, help="torch.compile mode for --compile",
-                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    add_compile_flags(p)
     p.add_argument("--channels-last", action="store_true", help="store convolution weights channels-last")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -151,11 +150,12 @@ def _check_device(device: str | None) -> None:
 
 def _engine(args: argparse.Namespace, models_dir: Any = None, output_dir: Any = None) -> Any:
     from .engine import Engine
+    from .server.cli import compile_value
 
     _check_device(args.device)
     return Engine(models_dir if models_dir is not None else args.models_dir, output_dir=output_dir,
                   input_dir=args.input_dir, device=args.device, previews="none", vram=args.vram,
-                  reserve_vram=args.reserve_vram, compile=(args.compile_mode or True) if args.compile or args.compile_mode else False,
+                  reserve_vram=args.reserve_vram, compile=compile_value(args) or False,
                   channels_last=True if args.channels_last else None)
 
 

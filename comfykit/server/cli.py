@@ -44,10 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     vram.add_argument("--novram", action="store_true", help="keep weights in host RAM, stream every layer")
     p.add_argument("--reserve-vram", type=float, default=0.0, metavar="GB",
                    help="GPU memory in GB left for other programs")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile each diffusion model once (the first run is slower, later ones faster)")
-    p.add_argument("--compile-mode", default=None, help="torch.compile mode for --compile",
-                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    add_compile_flags(p)
     p.add_argument("--force-channels-last", action="store_true",
                    help="store convolution weights channels-last (as ComfyUI's flag)")
     p.add_argument("--demo", action="store_true",
@@ -103,6 +100,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def add_compile_flags(p: argparse.ArgumentParser) -> None:
+    """``--compile`` and ``--compile-mode``, for ``comfykit serve`` and the engine commands alike."""
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each diffusion model once (the first run is slower, later ones faster)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode for --compile",
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+
+
+def compile_value(args: argparse.Namespace) -> bool | str | None:
+    """``Engine(compile=...)`` from the flags: the mode (implying --compile), True, or None when neither is given."""
+    if getattr(args, "compile", False) or getattr(args, "compile_mode", None):
+        return args.compile_mode or True
+    return None
+
+
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The Engine(...) arguments the flags ask for."""
     import os
@@ -119,8 +131,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             kwargs["vram"] = mode
     if getattr(args, "reserve_vram", 0.0):
         kwargs["reserve_vram"] = args.reserve_vram
-    if getattr(args, "compile", False) or getattr(args, "compile_mode", None):
-        kwargs["compile"] = args.compile_mode or True
+    if compile_value(args) is not None:
+        kwargs["compile"] = compile_value(args)
     if getattr(args, "force_channels_last", False):
         kwargs["channels_last"] = True
     if args.cache_lru > 0:
