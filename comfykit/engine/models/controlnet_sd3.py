@@ -7,7 +7,6 @@ scaled by SD3's latent scale without the shift; the pooled text is zeroed; block
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,32 +15,16 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import build_on_meta, config_from_folder, count_blocks, pad_to_patch, vae_hint_ratio
-
-MMDIT_HEAD_DIM = 64
+from .dit_common import build_on_meta, config_from_folder, pad_to_patch, vae_hint_ratio
 
 
 def infer_sd3_controlnet_config(sd: dict[str, Any]) -> dict[str, Any]:
     """``SD3ControlNetModel`` kwargs from diffusers-layout tensor shapes (a ControlNet with its own patch embed)."""
-    proj = sd["pos_embed.proj.weight"]
-    inner, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
-    norm = sd.get("transformer_blocks.0.attn.norm_q.weight")
-    head_dim = norm.shape[0] if norm is not None else MMDIT_HEAD_DIM
-    layers = count_blocks(sd, "transformer_blocks")
-    qk_norm = None
-    if norm is not None:
-        qk_norm = "layer_norm" if "transformer_blocks.0.attn.norm_q.bias" in sd else "rms_norm"
-    return {
-        "sample_size": 128, "patch_size": patch, "in_channels": in_channels, "num_layers": layers,
-        "attention_head_dim": head_dim, "num_attention_heads": inner // head_dim,
-        "joint_attention_dim": sd["context_embedder.weight"].shape[1],
-        "caption_projection_dim": sd["context_embedder.weight"].shape[0],
-        "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
-        "out_channels": in_channels, "pos_embed_max_size": math.isqrt(sd["pos_embed.pos_embed"].shape[1]),
-        "extra_conditioning_channels": sd["pos_embed_input.proj.weight"].shape[1] - in_channels,
-        "dual_attention_layers": tuple(i for i in range(layers) if f"transformer_blocks.{i}.attn2.to_q.weight" in sd),
-        "qk_norm": qk_norm,
-    }
+    from .sd3 import sd3_trunk_config
+
+    config = sd3_trunk_config(sd)
+    return {**config, "out_channels": config["in_channels"],
+            "extra_conditioning_channels": sd["pos_embed_input.proj.weight"].shape[1] - config["in_channels"]}
 
 
 class SD3ControlNet(nn.Module):

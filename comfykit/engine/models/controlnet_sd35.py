@@ -31,10 +31,10 @@ from torch import nn
 
 from ...errors import ModelError
 from .dit_common import vae_hint_ratio
+from .sd3 import MMDIT_HEAD_DIM
 
 #: the ``control_type`` scalar of Stability's files
 CONTROL_TYPES = {0: "blur", 1: "canny", 2: "depth"}
-MMDIT_HEAD_DIM = 64
 #: ComfyUI's sin-cos grid for these ControlNets: positions from CENTER - SPAN to CENTER + SPAN on the short side
 GRID_CENTER = GRID_SPAN = 7.5
 

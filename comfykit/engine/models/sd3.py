@@ -60,6 +60,12 @@ def infer_sd3_config(sd: dict[str, Any]) -> dict[str, Any]:
     a second image self-attention (`attn2`, SD3.5 medium); `pos_embed_max_size` is the side of the square position
     table (192 for SD3/SD3.5 large, 384 for SD3.5 medium).
     """
+    patch = sd["pos_embed.proj.weight"].shape[2]
+    return {**sd3_trunk_config(sd), "out_channels": sd["proj_out.weight"].shape[0] // (patch * patch)}
+
+
+def sd3_trunk_config(sd: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs `SD3Transformer2DModel` and `SD3ControlNetModel` share, from diffusers-layout tensor shapes."""
     proj = sd["pos_embed.proj.weight"]
     inner, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
     norm = sd.get("transformer_blocks.0.attn.norm_q.weight")
@@ -85,7 +91,6 @@ def infer_sd3_config(sd: dict[str, Any]) -> dict[str, Any]:
         "joint_attention_dim": sd["context_embedder.weight"].shape[1],
         "caption_projection_dim": sd["context_embedder.weight"].shape[0],
         "pooled_projection_dim": sd["time_text_embed.text_embedder.linear_1.weight"].shape[1],
-        "out_channels": sd["proj_out.weight"].shape[0] // (patch * patch),
         "pos_embed_max_size": side,
         "dual_attention_layers": dual,
         "qk_norm": qk_norm,
