@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import count_blocks
+from .dit_common import config_from_folder, count_blocks
 from .family import module_device, module_dtype
 
 #: ComfyUI's SetUnionControlNetType choices (index = the union model's control type; "auto" = none set)
@@ -238,10 +238,8 @@ def build_unet_controlnet(sd: dict[str, Any], name: str, folder_config: dict[str
     except (KeyError, IndexError) as e:
         raise ModelError(f"{name}: the ControlNet weights are incomplete (missing {e}); re-download the file"
                          ) from None
-    for key in ("attention_head_dim", "num_attention_heads"):  # a folder's config.json knows the head count
-        if (folder_config or {}).get(key) is not None:
-            value = folder_config[key]
-            config[key] = tuple(value) if isinstance(value, list) else value
+    # a folder's config.json knows the head count
+    config = config_from_folder(config, folder_config, ("attention_head_dim", "num_attention_heads"))
     return UNetControlNet(build_on_meta(lambda: ControlNetModel(**config), sd, "ControlNet", name))
 
 

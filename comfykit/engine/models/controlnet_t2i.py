@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import count_blocks
+from .dit_common import config_from_folder, count_blocks
 
 DIFFUSERS_PREFIX = "adapter."
 
@@ -88,9 +88,7 @@ def infer_t2i_config(sd: dict[str, Any], folder_config: dict[str, Any] | None = 
         # the last light block repeats the width of the one before: diffusers lists one width fewer
         channels = [sd[f"adapter.body.{i}.out_conv.weight"].shape[0] for i in range(levels - 1)]
     config = {"channels": channels, "num_res_blocks": blocks, "downscale_factor": factor, "adapter_type": kind}
-    for key in ("adapter_type", "downscale_factor"):
-        if (folder_config or {}).get(key) is not None:
-            config[key] = folder_config[key]
+    config = config_from_folder(config, folder_config, ("adapter_type", "downscale_factor"))
     if config["adapter_type"] == "full_adapter_xl" and config["downscale_factor"] == 8:
         config["downscale_factor"] = 16
     config["in_channels"] = cin // config["downscale_factor"] ** 2

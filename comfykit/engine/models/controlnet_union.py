@@ -22,6 +22,7 @@ import torch
 
 from ...errors import ModelError
 from .controlnet import UNION_TYPES, UNetControlNet, infer_controlnet_config
+from .dit_common import config_from_folder
 
 #: ComfyUI's union head: 8 attention heads (the shapes do not say)
 TRANSFORMER_HEADS = 8
@@ -97,8 +98,5 @@ def build_union_controlnet(sd: dict[str, Any], name: str, folder_config: dict[st
     except (KeyError, IndexError, ValueError) as e:
         raise ModelError(f"{name}: the union ControlNet weights are incomplete (missing {e}); re-download the file"
                          ) from None
-    for key in ("attention_head_dim", "num_attention_heads", "num_trans_head"):
-        if (folder_config or {}).get(key) is not None:
-            value = folder_config[key]
-            config[key] = tuple(value) if isinstance(value, list) else value
+    config = config_from_folder(config, folder_config, ("attention_head_dim", "num_attention_heads", "num_trans_head"))
     return UnionControlNet(build_on_meta(lambda: ControlNetUnionModel(**config), sd, "union ControlNet", name))

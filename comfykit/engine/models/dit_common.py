@@ -123,10 +123,13 @@ def read_transformer(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return sd, cfg
 
 
-def config_from_folder(inferred: dict[str, Any], folder_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Shape-inferred kwargs, overridden by a diffusers folder's config.json where it names them."""
+def config_from_folder(inferred: dict[str, Any], folder_cfg: dict[str, Any] | None,
+                       keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Shape-inferred kwargs, overridden by a diffusers folder's config.json where it names them (only ``keys``,
+    which may be ones the shapes do not tell, when given)."""
     out = dict(inferred)
-    for key in inferred:
+    folder_cfg = folder_cfg or {}
+    for key in inferred if keys is None else keys:
         if key in folder_cfg and folder_cfg[key] is not None:
             value = folder_cfg[key]
             out[key] = tuple(value) if isinstance(value, list) else value
