@@ -40,6 +40,10 @@ class Engine(Backend):
     flags, ``reserve_vram`` GB left free, ``vram_budget`` GB the engine may use on the device (default: all that
     is free).
 
+    Precision (see ``comfykit.engine.models.precision``): ``dtype`` the diffusion models', ``text_encoder_dtype``
+    and ``vae_dtype`` (torch dtypes or "fp32" | "fp16" | "bf16"); None picks the device's: fp32 on the CPU; on a
+    GPU fp16, with bf16 for FLUX.1 and the VAE where the GPU has native bf16 (on a T4: fp16 FLUX.1, fp32 VAE).
+
     Speed: ``compile`` True, a ``torch.compile`` mode ("max-autotune", ...) or a dict of its arguments compiles
     each diffusion network once (see ``comfykit.engine.compile``); ``channels_last`` stores convolution weights
     channels-last (None: the device's default, off).
@@ -51,9 +55,11 @@ class Engine(Backend):
                  cache: str = "classic", cache_size: int | None = None, previews: str = "auto",
                  preview_size: int = 512, vram: str = "normal", reserve_vram: float = 0.0,
                  vram_budget: float | None = None, compile: bool | str | dict[str, Any] | None = False,  # noqa: A002
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, text_encoder_dtype: torch.dtype | str | None = None,
+                 vae_dtype: torch.dtype | str | None = None):
         from .compile import compile_options
         from .models.manager import VRAM_MODES
+        from .models.precision import parse_dtype
 
         if vram not in VRAM_MODES:
             raise ValueError(f"vram={vram!r} is not a memory mode; use one of {', '.join(VRAM_MODES)}")
@@ -66,9 +72,9 @@ class Engine(Backend):
         self.vram = vram
         self.reserve_vram = float(reserve_vram)  # GB kept free for other programs, as ComfyUI's --reserve-vram
         self.vram_budget = vram_budget  # GB the engine may use on the device (None: what the device says is free)
-        if isinstance(dtype, str):
-            dtype = _parse_dtype(dtype)
-        self.dtype = dtype
+        self.dtype = parse_dtype(dtype)
+        self.text_encoder_dtype = parse_dtype(text_encoder_dtype, "text_encoder_dtype")
+        self.vae_dtype = parse_dtype(vae_dtype, "vae_dtype")
         compile_options(compile)  # a bad value fails here, not at the first run
         self.compile = compile
         self.channels_last = channels_last
@@ -104,7 +110,8 @@ class Engine(Backend):
             budget = None if self.vram_budget is None else int(self.vram_budget * 2**30)
             self._models = ModelManager(device=self.device, dtype=self.dtype, vram=self.vram, budget=budget,
                                         reserve=int(self.reserve_vram * 2**30), compile=self.compile,
-                                        channels_last=self.channels_last)
+                                        channels_last=self.channels_last, text_encoder_dtype=self.text_encoder_dtype,
+                                        vae_dtype=self.vae_dtype)
         return self._models
 
     def call_with(self, fn: Any, *models: Any) -> Any:
@@ -382,15 +389,6 @@ def _preview_rule(previews: bool | Callable[[], bool] | None,
         return rule
     flag = bool(rule)
     return lambda: flag
-
-
-def _parse_dtype(name: str) -> torch.dtype:
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    try:
-        return table[name]
-    except KeyError:
-        raise ValueError(f"dtype={name!r} is not known; use one of {', '.join(table)}") from None
 
 
 def _ram() -> tuple[int, int]:

@@ -16,6 +16,7 @@ from .clip import CLIPConfig, CLIPTextModel, _heads_for
 from .diffusion import VAE
 from .dit_families import DIT_FAMILIES
 from .family import DiffusionModel, ModelFamily
+from .precision import precision_for
 from .sd import UNET_FAMILIES, count_indices, infer_unet_config
 from .text_encoder import ClipSlot, TextEncoder
 from .tokenizer import EOS
@@ -231,15 +232,6 @@ def _load_module(module_fn, sd: dict[str, Any], what: str, path: Path, device: A
     return module
 
 
-def default_dtypes(device: torch.device, dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
-    """(unet, text encoder, vae) dtypes: fp32 on CPU; fp16/fp16/bf16 (fp32 without bf16) on GPU."""
-    if device.type == "cpu":
-        base = dtype or torch.float32
-        return base, torch.float32, torch.float32
-    vae = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return dtype or torch.float16, torch.float16, vae
-
-
 #: How ComfyUI reads each UNet family's text encoders: the slots (layer, final norm, pad token) and the pooled one.
 _CLIP_SLOTS: dict[str, tuple[list[ClipSlot], str]] = {
     "sd1": ([ClipSlot("clip_l")], "clip_l"),
@@ -330,13 +322,15 @@ def _diffusers_folder(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, 
 
 
 def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None,
-                    embeddings_dir: str | Path | None = None,
-                    load_device: Any = None) -> tuple[DiffusionModel, TextEncoder, VAE]:
+                    embeddings_dir: str | Path | None = None, load_device: Any = None,
+                    text_encoder_dtype: torch.dtype | None = None,
+                    vae_dtype: torch.dtype | None = None) -> tuple[DiffusionModel, TextEncoder, VAE]:
     """Load an SD1.x / SD2.x / SDXL checkpoint (file or diffusers folder) -> (DiffusionModel, TextEncoder, VAE).
 
     The file is memory-mapped and each part is taken out of it as it is built, so host RAM holds at most one
-    copy of the weights (in the dtype they end up in). Dtypes are chosen for `device`; `load_device` (default
-    `device`) is where the weights go now, e.g. "cpu" for a model that will be placed on the GPU when it runs.
+    copy of the weights (in the dtype they end up in). Dtypes are chosen for `device` (``precision.precision_for``;
+    `dtype`, `text_encoder_dtype` and `vae_dtype` override them); `load_device` (default `device`) is where the
+    weights go now, e.g. "cpu" for a model that will be placed on the GPU when it runs.
 
     >>> model, clip, vae = load_checkpoint("models/checkpoints/comfykit-demo-sd15.safetensors")
     """
@@ -361,8 +355,8 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
     if family is None:
         raise _unknown(path, names)
     _check_complete(path, family, parts)
-    unet_dtype, te_dtype, vae_dtype = default_dtypes(device, dtype)
-    unet_dtype = family.compute_dtype(device, dtype) if dtype is None else unet_dtype
+    precision = precision_for(device, dtype, text_encoder_dtype, vae_dtype)
+    unet_dtype, te_dtype = family.compute_dtype(precision), precision.text_encoder
     try:
         net_sd = family.convert(parts["unet"], unet_dtype)
         config = family.config(net_sd, parts)
@@ -376,7 +370,7 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
     parts["unet"] = {}  # net_sd is the only holder now: each tensor is released as it is placed
     network = _build_network(family, config, net_sd, path, target, unet_dtype)
     del net_sd
-    vae = _load_module(lambda: AutoencoderKL(vcfg), parts.pop("vae"), "VAE", path, target, vae_dtype)
+    vae = _load_module(lambda: AutoencoderKL(vcfg), parts.pop("vae"), "VAE", path, target, precision.vae)
     if family.name not in _CLIP_SLOTS and not any(k in parts for k in family.text_encoders):
         te = None  # ComfyUI's SD3.5 single files carry no text encoders: a CLIP loader gives them, CLIP is None
     elif family.name in _CLIP_SLOTS:
@@ -386,7 +380,8 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
 
         context = config.get("joint_attention_dim") if family.name == "sd3" else None
         te = build_text_encoder(family.name, {k: parts.pop(k) for k in family.text_encoders if k in parts},
-                                name=path.name, device=target, dtype=te_dtype if dtype or target != device else None,
+                                name=path.name, device=target,
+                                dtype=te_dtype if dtype or text_encoder_dtype or target != device else None,
                                 embeddings_dir=embeddings_dir, context_dim=context)
     model = DiffusionModel(network, family, config, sampling, name=path.name)
     return model, te, VAE(vae.eval(), name=path.name)
@@ -444,7 +439,7 @@ def load_diffusion_model(path: str | Path, *, device: Any = None, dtype: torch.d
         raise ModelError(f"{path}: not a diffusion model this engine knows: it looks like {describe(full)}")
     names = dict.fromkeys(full)
     del full
-    compute = family.compute_dtype(device, dtype)
+    compute = family.compute_dtype(precision_for(device, dtype))
     try:
         net_sd = family.convert(unet, compute)
         config = family.config(net_sd, parts)
@@ -466,6 +461,6 @@ def load_vae(path: str | Path, *, device: Any = None, dtype: torch.dtype | None 
     if "decoder.conv_in.weight" not in sd:
         raise ModelError(f"{path}: no VAE decoder weights found; is this a VAE file (models/vae)?")
     device = torch.device(device or "cpu")
-    vae_dtype = dtype or default_dtypes(device, None)[2]
+    vae_dtype = precision_for(device, vae=dtype).vae
     module = _load_module(lambda: AutoencoderKL(infer_vae_config(sd)), sd, "VAE", path, device, vae_dtype)
     return VAE(module.eval(), name=path.name)

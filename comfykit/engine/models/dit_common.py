@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from .precision import precision_for
 
 # ComfyUI's unet_prefix_from_state_dict looks at these; diffusers pipelines save the transformer bare
 DIFFUSION_PREFIXES = ("model.diffusion_model.", "model.model.", "net.", "model.", "transformer.")
@@ -221,17 +222,6 @@ def build_on_meta(make: Callable[[], nn.Module], sd: dict[str, Any], what: str, 
     return module.eval()
 
 
-def default_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
-    """The transformer compute dtype: float32 on CPU, bfloat16 on GPUs that have it (fp16 overflows FLUX), else fp16."""
-    if dtype is not None:
-        return dtype
-    if device.type == "cpu":
-        return torch.float32
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
 def pad_to_patch(x: torch.Tensor, patch: int) -> torch.Tensor:
     """Pad h and w up to multiples of `patch` with circular padding, as ComfyUI's DiTs do."""
     pad_h, pad_w = (-x.shape[-2]) % patch, (-x.shape[-1]) % patch
@@ -262,12 +252,13 @@ def load_dit(source: str | Path | dict[str, Any], *, device: Any = None, dtype: 
     from .sd3 import SD3Model, sd3_transformer_from_state_dict
 
     device = torch.device(device or "cpu")
-    dtype = default_dtype(device, dtype)
     sd, cfg, label, owned = open_source(source, name)
     found = find_layout(sd)
     if found is None:
         raise ModelError(f"{label}: no FLUX.1 or SD3 diffusion-model keys found; this looks like {describe(sd)}")
     flux = found[0].startswith("flux")
+    precision = precision_for(device, dtype)
+    dtype = precision.dit if flux else precision.unet
     build = flux_transformer_from_state_dict if flux else sd3_transformer_from_state_dict
     module = build(sd, name=label, folder_config=cfg, consume=owned or consume, dtype=dtype)
     return (FluxModel if flux else SD3Model)(place(module, device, dtype), name=Path(label).name)

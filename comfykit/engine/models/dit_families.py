@@ -16,6 +16,7 @@ from ..sampling.schedulers import ModelSamplingDiscreteFlow, ModelSamplingFlux
 from .dit_common import convert_scaled, detect_layout
 from .family import DiffusionModel, ModelFamily, ModelInputs
 from .flux import FluxModel, flux_concat, flux_to_diffusers, infer_flux_config
+from .precision import Precision
 from .sd3 import SD3Model, infer_sd3_config, sd3_to_diffusers
 
 #: ComfyUI's default distilled guidance when a FLUX.1 dev conditioning sets none (FluxGuidance's default too)
@@ -38,10 +39,8 @@ class FluxFamily(ModelFamily):
     def detect(self, parts: dict[str, dict[str, Any]]) -> bool:
         return (detect_layout(parts["unet"]) or "").startswith("flux")
 
-    def compute_dtype(self, device: torch.device, requested: torch.dtype | None) -> torch.dtype:
-        if requested is None and device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16  # FLUX.1's activations overflow fp16
-        return super().compute_dtype(device, requested)
+    def compute_dtype(self, precision: Precision) -> torch.dtype:
+        return precision.dit  # bf16 where the GPU has it: FLUX.1's activations overflow fp16
 
     def convert(self, sd: dict[str, Any], dtype: torch.dtype = torch.float32) -> dict[str, Any]:
         # scaled fp8 stays fp8: the scales travel to the diffusers names and fp8.CastLinear applies them

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..sampling.latent_formats import LatentFormat
+from .precision import Precision
 
 
 @dataclass
@@ -100,11 +101,9 @@ class ModelFamily:
         """The network's configuration, read off the converted tensor shapes."""
         raise NotImplementedError
 
-    def compute_dtype(self, device: torch.device, requested: torch.dtype | None) -> torch.dtype:
-        """The dtype the network runs in: fp32 on CPU; fp16 on GPUs (families that overflow in fp16 say bf16)."""
-        if requested is not None:
-            return requested
-        return torch.float32 if device.type == "cpu" else torch.float16
+    def compute_dtype(self, precision: Precision) -> torch.dtype:
+        """The dtype the network runs in, of the device's `precision` (families that overflow in fp16 take bf16)."""
+        return precision.unet
 
     def build(self, config: Any) -> nn.Module:
         """The network for ``config`` (called on the meta device)."""

@@ -21,7 +21,6 @@ from .dit_common import (
     build_on_meta,
     config_from_folder,
     count_blocks,
-    default_dtype,
     dequantize_scaled_fp8,
     describe,
     find_layout,
@@ -32,6 +31,7 @@ from .dit_common import (
     strip_prefix,
 )
 from .family import resize_to_batch
+from .precision import precision_for
 
 LATENT_CHANNELS = 16
 PATCH = 2
@@ -146,12 +146,12 @@ def load_flux(source: str | Path | dict[str, Any], *, device: Any = None, dtype:
               name: str | None = None, consume: bool = False) -> FluxModel:
     """A FLUX.1 transformer from a file (BFL, diffusers or ComfyUI all-in-one), a diffusers folder or a state dict.
 
-    dtype defaults to float32 on CPU and bfloat16 on GPUs; tensors stored otherwise (fp16, fp8, scaled fp8) are
+    dtype defaults to the device's (``precision.precision_for``); tensors stored otherwise (fp16, fp8, scaled fp8) are
     cast to it. A state dict is left as it is unless `consume=True`, which pops the diffusion-model keys as they
     are used (the rest of an all-in-one checkpoint, e.g. its VAE, stays).
     """
     device = torch.device(device or "cpu")
-    dtype = default_dtype(device, dtype)
+    dtype = precision_for(device, dtype).dit
     sd, folder_cfg, label, owned = open_source(source, name)
     module = flux_transformer_from_state_dict(sd, name=label, folder_config=folder_cfg, consume=owned or consume,
                                              dtype=dtype)

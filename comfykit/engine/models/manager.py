@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 
 import torch
 
-from .checkpoint import default_dtypes, load_checkpoint, load_diffusion_model, load_vae
+from .checkpoint import load_checkpoint, load_diffusion_model, load_vae
 from .offload import Streamer, model_bytes, model_modules, stream
+from .precision import precision_for
 from .text_encoder import TextEncoder
 
 T = TypeVar("T")
@@ -103,7 +104,8 @@ class ModelManager:
     def __init__(self, device: Any = None, dtype: torch.dtype | None = None, max_loaded: int = 4, *,
                  vram: str = "normal", budget: int | None = None, reserve: int = 0, host_budget: int | None = None,
                  compile: bool | str | dict[str, Any] | None = None,  # noqa: A002 - Engine(compile=...)
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, text_encoder_dtype: torch.dtype | None = None,
+                 vae_dtype: torch.dtype | None = None):
         from ..compile import Compiler, compile_options
 
         if vram not in VRAM_MODES:
@@ -113,6 +115,10 @@ class ModelManager:
             device = "cpu"
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype
+        self.text_encoder_dtype = text_encoder_dtype
+        self.vae_dtype = vae_dtype
+        #: the compute dtypes on this device (dtype and the two above override the device's defaults)
+        self.precision = precision_for(self.device, dtype, text_encoder_dtype, vae_dtype)
         self.max_loaded = max_loaded
         self.budget = budget
         self.reserve = int(reserve)
@@ -181,14 +187,17 @@ class ModelManager:
             target = target or self._load_device(path)
             # dtypes for the compute device, weights wherever `target` says (the host when they do not fit)
             return load_checkpoint(path, device=self.device, dtype=self.dtype, embeddings_dir=embeddings_dir,
-                                   load_device=target)
+                                   load_device=target, text_encoder_dtype=self.text_encoder_dtype,
+                                   vae_dtype=self.vae_dtype)
 
         return self._get(key, lambda: self._prepare(self._remember(load(), lambda: load(self.device))))
 
     def load_vae(self, path: str | Path) -> Any:
         """A standalone VAE, loaded once while the file is unchanged."""
-        return self._get(("vae", file_key(path)), lambda: self._prepare(
-            self._remember(load_vae(path, device=self.device), lambda: load_vae(path, device=self.device))))
+        def load() -> Any:
+            return load_vae(path, device=self.device, dtype=self.vae_dtype)
+
+        return self._get(("vae", file_key(path)), lambda: self._prepare(self._remember(load(), load)))
 
     def load_diffusion_model(self, path: str | Path, weight_dtype: str = "default") -> Any:
         """A diffusion model file on its own (UNETLoader), loaded once per file and weight_dtype."""
@@ -209,7 +218,8 @@ class ModelManager:
         key = ("text_encoders", tuple(file_key(p) for p in paths), type, str(device), str(embeddings_dir))
 
         def load() -> Any:
-            encoder = load_text_encoders(paths, type, device=device, embeddings_dir=embeddings_dir)
+            encoder = load_text_encoders(paths, type, device=device, dtype=self.text_encoder_dtype,
+                                         embeddings_dir=embeddings_dir)
             encoder.keep_on_cpu = cpu  # ComfyUI's device="cpu": encode there, never move it to the GPU
             return encoder
 
@@ -254,13 +264,12 @@ class ModelManager:
         return [f"{_name(p.model)}{' (partial)' if p.streamer else ''}" for p in self._resident.values()]
 
     def _compute_dtype(self, model: Any) -> torch.dtype | None:
-        unet_dtype, te_dtype, vae_dtype = default_dtypes(self.device, self.dtype)
         family = getattr(model, "family", None)
         if family is not None and hasattr(family, "compute_dtype"):  # FLUX.1 runs in bf16 where fp16 overflows
-            return family.compute_dtype(self.device, self.dtype)
+            return family.compute_dtype(self.precision)
         if isinstance(model, TextEncoder):  # the FLUX.1/SD3 encoders are TextEncoder subclasses
-            return te_dtype
-        return {"DiffusionModel": unet_dtype, "VAE": vae_dtype}.get(type(model).__name__)
+            return self.precision.text_encoder
+        return {"DiffusionModel": self.precision.unet, "VAE": self.precision.vae}.get(type(model).__name__)
 
     def use(self, *models: Any, partial: bool = False) -> None:
         """Put `models` on the compute device, making room first; those that cannot fit are loaded partially."""
@@ -365,7 +374,8 @@ class ModelManager:
         self._reload.pop(key, None)
         self._dropped.pop(key, None)
 
-    def _models(self) -> list[Any]:
+    def models(self) -> list[Any]:
+        """Every loaded model (diffusion models, text encoders, VAEs, ...), least recently loaded first."""
         out = []
         for value in self._loaded.values():
             out += list(value) if isinstance(value, tuple) else [value]
@@ -377,7 +387,7 @@ class ModelManager:
         for key in [k for k in self._resident if k not in keep_keys]:
             self._offload(key)
         if self.device.type != "cpu" and not self.managed:
-            for m in self._models():
+            for m in self.models():
                 if _key(m) not in keep_keys and m.device.type != "cpu":
                     m.to("cpu")
         if torch.cuda.is_available():
@@ -385,7 +395,7 @@ class ModelManager:
 
     def _memory_short(self) -> bool:
         """Whether a loaded model that is not on the device would not fit in what is free now."""
-        waiting = [m for m in self._models() if _key(m) not in self._resident and not isinstance(m, TextEncoder)]
+        waiting = [m for m in self.models() if _key(m) not in self._resident and not isinstance(m, TextEncoder)]
         need = max((model_bytes(m, self._compute_dtype(m)) for m in waiting), default=0)
         return need > self.free_memory()
 

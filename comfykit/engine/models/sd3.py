@@ -22,7 +22,6 @@ from .dit_common import (
     build_on_meta,
     config_from_folder,
     count_blocks,
-    default_dtype,
     dequantize_scaled_fp8,
     describe,
     find_layout,
@@ -32,6 +31,7 @@ from .dit_common import (
     place,
     strip_prefix,
 )
+from .precision import precision_for
 
 LATENT_CHANNELS = 16
 MMDIT_HEAD_DIM = 64  # every released MMDiT: width = 64 x depth, heads = depth
@@ -123,12 +123,12 @@ def load_sd3(source: str | Path | dict[str, Any], *, device: Any = None, dtype: 
               name: str | None = None, consume: bool = False) -> SD3Model:
     """An SD3/SD3.5 MMDiT from a file (Stability single file, diffusers, ComfyUI), a diffusers folder or a state dict.
 
-    dtype defaults to float32 on CPU and bfloat16 on GPUs; tensors stored otherwise (fp16, fp8, scaled fp8) are
+    dtype defaults to the device's (``precision.precision_for``); tensors stored otherwise (fp16, fp8, scaled fp8) are
     cast to it. A state dict is left as it is unless `consume=True`, which pops the diffusion-model keys as they
     are used (the rest of an all-in-one checkpoint, e.g. its VAE, stays).
     """
     device = torch.device(device or "cpu")
-    dtype = default_dtype(device, dtype)
+    dtype = precision_for(device, dtype).unet
     sd, folder_cfg, label, owned = open_source(source, name)
     module = sd3_transformer_from_state_dict(sd, name=label, folder_config=folder_cfg, consume=owned or consume,
                                             dtype=dtype)

@@ -19,9 +19,10 @@ import torch
 
 from ...errors import ModelError
 from . import fp8, keys
-from .checkpoint import _load_module, default_dtypes, infer_clip_config, read_state_dict
+from .checkpoint import _load_module, infer_clip_config, read_state_dict
 from .clip import CLIPTextModel
 from .flux_sd3_text import FluxTextEncoder, SD3TextEncoder
+from .precision import precision_for
 from .t5 import T5_PREFIXES, load_t5, t5_state_dict
 from .text_encoder import ClipSlot, TextEncoder
 from .tokenizer import EOS
@@ -144,7 +145,7 @@ def build_text_encoder(family: str, parts: dict[str, dict[str, Any]], *, name: s
     and T5 weights narrower than `dtype` keep the file's dtype (its math runs in float32 either way).
     """
     device = torch.device(device or "cpu")
-    te_dtype = default_dtypes(device, dtype)[1] if dtype is None else dtype
+    te_dtype = precision_for(device, text_encoder=dtype).text_encoder
     clip_projection = family not in ("flux", "sd3")  # FLUX.1 and SD3 pool CLIP-L without its projection
     clips = {k: build_clip(sd, k, name or k, device=device, dtype=te_dtype,
                            projection=clip_projection or k != "clip_l")
