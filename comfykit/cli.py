@@ -123,6 +123,10 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
                         "does not fit layer by layer")
     p.add_argument("--reserve-vram", type=float, default=0.0, metavar="GB", help="GPU memory left for others")
     add_compile_flags(p)
+    for flag, what in (("--dtype", "diffusion models"), ("--text-encoder-dtype", "text encoders"),
+                       ("--vae-dtype", "the VAE")):
+        p.add_argument(flag, default=None, choices=("fp32", "fp16", "bf16"),
+                       help=f"dtype of {what} (default: the device's: fp32 on CPU, fp16/bf16 on GPUs)")
     p.add_argument("--channels-last", action="store_true", help="store convolution weights channels-last")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -156,7 +160,8 @@ def _engine(args: argparse.Namespace, models_dir: Any = None, output_dir: Any = 
     return Engine(models_dir if models_dir is not None else args.models_dir, output_dir=output_dir,
                   input_dir=args.input_dir, device=args.device, previews="none", vram=args.vram,
                   reserve_vram=args.reserve_vram, compile=compile_value(args) or False,
-                  channels_last=True if args.channels_last else None)
+                  channels_last=True if args.channels_last else None, dtype=args.dtype,
+                  text_encoder_dtype=args.text_encoder_dtype, vae_dtype=args.vae_dtype)
 
 
 def _progress(enabled: bool) -> tuple[Any, Any]:

@@ -308,3 +308,26 @@ def test_memory_flags_reach_the_engine(monkeypatch):
     args = cli._parser().parse_args(["generate", "x", "--vram", "no", "--reserve-vram", "2"])
     cli._engine(args)
     assert seen["vram"] == "no" and seen["reserve_vram"] == 2.0
+
+
+def test_precision_flags_reach_the_engine(monkeypatch):
+    from comfykit.server.cli import engine_kwargs, parse_args
+
+    # ComfyUI's own flags on serve; a narrower one wins over --force-fp16
+    kwargs = engine_kwargs(parse_args(["--force-fp16", "--bf16-unet", "--fp32-vae"]))
+    assert (kwargs["dtype"], kwargs["text_encoder_dtype"], kwargs["vae_dtype"]) == ("bf16", "fp16", "fp32")
+    assert engine_kwargs(parse_args(["--force-fp32"]))["vae_dtype"] == "fp32"
+    assert not {"dtype", "vae_dtype", "text_encoder_dtype"} & set(engine_kwargs(parse_args([])))
+    with pytest.raises(SystemExit):
+        parse_args(["--fp16-vae", "--bf16-vae"])  # one of each group, as in ComfyUI
+    seen = {}
+
+    class FakeEngine:
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+
+    import comfykit.engine
+
+    monkeypatch.setattr(comfykit.engine, "Engine", FakeEngine, raising=False)
+    cli._engine(cli._parser().parse_args(["generate", "x", "--dtype", "fp16", "--vae-dtype", "fp32"]))
+    assert (seen["dtype"], seen["text_encoder_dtype"], seen["vae_dtype"]) == ("fp16", None, "fp32")

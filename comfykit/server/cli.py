@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     vram.add_argument("--novram", action="store_true", help="keep weights in host RAM, stream every layer")
     p.add_argument("--reserve-vram", type=float, default=0.0, metavar="GB",
                    help="GPU memory in GB left for other programs")
+    add_precision_flags(p)
     add_compile_flags(p)
     p.add_argument("--force-channels-last", action="store_true",
                    help="store convolution weights channels-last (as ComfyUI's flag)")
@@ -100,6 +101,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+#: ComfyUI's precision flags -> the Engine dtype options they set
+PRECISION_FLAGS = {
+    "force_fp32": {"dtype": "fp32", "text_encoder_dtype": "fp32", "vae_dtype": "fp32"},
+    "force_fp16": {"dtype": "fp16", "text_encoder_dtype": "fp16"},
+    **{f"{name}_unet": {"dtype": name} for name in ("fp32", "fp16", "bf16")},
+    **{f"{name}_vae": {"vae_dtype": name} for name in ("fp32", "fp16", "bf16")},
+    **{f"{name}_text_enc": {"text_encoder_dtype": name} for name in ("fp32", "fp16", "bf16")},
+}
+
+
+def add_precision_flags(p: argparse.ArgumentParser) -> None:
+    """ComfyUI's --force-fp32/--force-fp16 and --{fp32,fp16,bf16}-{unet,vae,text-enc}, one of each group."""
+    force = p.add_mutually_exclusive_group()
+    force.add_argument("--force-fp32", action="store_true", help="compute everything in fp32")
+    force.add_argument("--force-fp16", action="store_true", help="diffusion models and text encoders in fp16")
+    for part, what in (("unet", "diffusion models"), ("vae", "the VAE"), ("text-enc", "text encoders")):
+        group = p.add_mutually_exclusive_group()
+        for name in ("fp32", "fp16", "bf16"):
+            group.add_argument(f"--{name}-{part}", action="store_true", help=f"run {what} in {name}")
+
+
+def precision_kwargs(args: argparse.Namespace) -> dict[str, str]:
+    """The Engine dtype options of the precision flags given (later, narrower flags win over --force-*)."""
+    kwargs: dict[str, str] = {}
+    for flag, options in PRECISION_FLAGS.items():
+        if getattr(args, flag, False):
+            kwargs.update(options)
+    return kwargs
+
+
 def add_compile_flags(p: argparse.ArgumentParser) -> None:
     """``--compile`` and ``--compile-mode``, for ``comfykit serve`` and the engine commands alike."""
     p.add_argument("--compile", action="store_true",
@@ -133,6 +164,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["reserve_vram"] = args.reserve_vram
     if compile_value(args) is not None:
         kwargs["compile"] = compile_value(args)
+    kwargs.update(precision_kwargs(args))
     if getattr(args, "force_channels_last", False):
         kwargs["channels_last"] = True
     if args.cache_lru > 0:
