@@ -21,11 +21,13 @@ _SEED = INT(0, 0, MAX_SEED, tip="Noise seed.", control_after_generate=True)
 
 def _run(node: Node, guider: Any, sampler: Any, sigmas: Any, latent: dict, noise: Any,
          seed: int | None = None) -> tuple[dict, dict]:
+    from ..engine.models.controlnet import control_models
     from ..engine.sampling.ksampler import sample_latent
 
     node.check_interrupt()
     callback = step_callback(node, guider.model)
-    return node.call_with(lambda: sample_latent(guider, sampler, sigmas, latent, noise, seed, callback), guider.model)
+    return node.call_with(lambda: sample_latent(guider, sampler, sigmas, latent, noise, seed, callback),
+                          guider.model, *control_models(*guider.conds.values()))
 
 
 class KSamplerSelect(Node):

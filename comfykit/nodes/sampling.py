@@ -32,12 +32,14 @@ def step_callback(node: Node, model: Any) -> Callable[..., None]:
 
 def _ksampler(node: Node, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
               positive: list, negative: list, latent_image: dict[str, Any], **options: Any) -> tuple[dict]:
+    from ..engine.models.controlnet import control_models
     from ..engine.sampling.ksampler import common_ksampler
 
     node.check_interrupt()
     callback = step_callback(node, model)
     out = node.call_with(lambda: common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive,
-                                                 negative, latent_image, callback=callback, **options), model)
+                                                 negative, latent_image, callback=callback, **options),
+                         model, *control_models(positive, negative))
     return (out,)
 
 

@@ -45,7 +45,8 @@ def _run(name: str, tmp_path, **dtypes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("gpu", list(GPUS))
-@pytest.mark.parametrize("name", ["lora", "sdxl_simple_example", "flux_schnell", "sd3.5_simple_example"])
+@pytest.mark.parametrize("name", ["lora", "sdxl_simple_example", "flux_schnell", "sd3.5_simple_example",
+                                  "controlnet_example", "sd3.5_large_canny_controlnet_example"])
 def test_template_with_gpu_dtypes_matches_float32(name, gpu, tmp_path):
     want = _run(name, tmp_path)
     got = _run(name, tmp_path, **GPUS[gpu]("flux" in name))

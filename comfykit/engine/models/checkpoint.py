@@ -380,8 +380,7 @@ def load_checkpoint(path: str | Path, *, device: Any = None, dtype: torch.dtype 
 
         context = config.get("joint_attention_dim") if family.name == "sd3" else None
         te = build_text_encoder(family.name, {k: parts.pop(k) for k in family.text_encoders if k in parts},
-                                name=path.name, device=target,
-                                dtype=te_dtype if dtype or text_encoder_dtype or target != device else None,
+                                name=path.name, device=device, load_device=target, dtype=text_encoder_dtype,
                                 embeddings_dir=embeddings_dir, context_dim=context)
     model = DiffusionModel(network, family, config, sampling, name=path.name)
     return model, te, VAE(vae.eval(), name=path.name)

@@ -33,6 +33,7 @@ from torch import nn
 from ...errors import ModelError
 from .dit_common import config_from_folder, count_blocks
 from .family import module_device, module_dtype
+from .precision import precision_for
 
 #: ComfyUI's SetUnionControlNetType choices (index = the union model's control type; "auto" = none set)
 UNION_TYPES = ("auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd", "normal",
@@ -270,11 +271,13 @@ def read_controlnet_file(path: str | Path) -> tuple[dict[str, Any], dict[str, An
 
 
 def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, dtype: torch.dtype | None = None,
-                    name: str | None = None, model: Any = None) -> ControlNet:
+                    name: str | None = None, model: Any = None, load_device: Any = None) -> ControlNet:
     """The CONTROL_NET a ControlNet file, diffusers ControlNet folder or state dict holds (no hint applied yet).
 
     ``model`` (DiffControlNetLoader): the UNet a "diff" ControlNet (a ``difference`` key: weights stored as the
-    difference to its base model) is added to.
+    difference to its base model) is added to. The weights are stored in the dtype the diffusion models of its
+    family run in on `device` (``precision.precision_for``; `dtype` overrides it) and go to `load_device`
+    (default `device`).
     """
     if isinstance(source, dict):
         sd, folder_config, label = dict(source), {}, name or "state dict"
@@ -314,8 +317,9 @@ def load_controlnet(source: str | Path | dict[str, Any], *, device: Any = None, 
                 sd = {k[len(LDM_PREFIX):]: v for k, v in sd.items() if k.startswith(LDM_PREFIX)}
             sd = ldm_to_diffusers(sd)
         network = build_unet_controlnet(sd, label, folder_config)
-    device = torch.device(device or "cpu")
-    network = nn.Module.to(network, device=device, dtype=dtype or torch.float32)
+    precision = precision_for(torch.device(device or "cpu"), dtype)
+    dtype = precision.dit if layout.startswith("flux") else precision.unet
+    network = nn.Module.to(network, device=torch.device(load_device or device or "cpu"), dtype=dtype)
     # ComfyUI's rule: "shuffle" ControlNets average each residual over the image
     stem = Path(label).stem if not isinstance(source, dict) else ""
     pooling = stem.endswith(("_shuffle", "_shuffle_fp16")) or bool(folder_config.get("global_pool_conditions"))
@@ -338,6 +342,16 @@ def _add_base(sd: dict[str, Any], model: Any, label: str) -> dict[str, Any]:
             value = value + base[inner].to(value.device, value.dtype)
         out[key] = value
     return out
+
+
+def control_models(*conditionings: list | None) -> list[ControlModel]:
+    """The ControlNet networks the conditionings apply, each once: placed on the device with the diffusion model."""
+    found: dict[int, ControlModel] = {}
+    for conditioning in conditionings:
+        for _, options in conditioning or ():
+            if options.get("control") is not None:
+                found.update((id(m), m) for m in options["control"].models())
+    return list(found.values())
 
 
 # -- the CONTROL_NET value and its per-run chain ----------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 
 from .checkpoint import load_checkpoint, load_diffusion_model, load_vae
-from .offload import Streamer, model_bytes, model_modules, stream
+from .offload import Streamer, host_available, model_bytes, model_modules, stream
 from .precision import precision_for
 from .text_encoder import TextEncoder
 
@@ -61,18 +61,6 @@ def file_key(path: str | Path) -> tuple:
 def _file_size(path: str | Path) -> int:
     path = Path(path)
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-
-
-def host_available() -> int:
-    """Host RAM the kernel can hand out now (MemAvailable), in bytes; a large number where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 50
 
 
 def gb(n: float) -> str:
@@ -139,24 +127,31 @@ class ModelManager:
         return self.budget is not None or self.device.type == "cuda"
 
     # -- loading ------------------------------------------------------------------------------------------------
-    def _get(self, key: tuple, load: Callable[[], T]) -> T:
+    def _get(self, key: tuple, load: Callable[[], T], placed: bool = False) -> T:
+        """The cached value of `key`, or `load()`'s; `placed`: the loader put its weights on the device."""
         if key in self._loaded:
             self._loaded.move_to_end(key)
             return self._loaded[key]
         while len(self._loaded) >= self.max_loaded:
             _, old = self._loaded.popitem(last=False)  # least recently used goes first
-            for part in old if isinstance(old, tuple) else (old,):
+            for part in _parts(old):
                 self._forget(part)
         value = self._with_retry(load, keep=())
         self._loaded[key] = value
+        if placed and self.managed:
+            # on the device from now on: counted against its memory, and unloaded like any placed model
+            for part in _parts(value):
+                if part is not None and model_modules(part) and not getattr(part, "keep_on_cpu", False):
+                    self._resident[_key(part)] = Placement(part, model_bytes(part))
         return value
 
-    def _load_device(self, path: str | Path) -> torch.device:
-        """Where a file's weights go when loaded: the device if they fit there, else the host (placed at use)."""
+    def _target(self, *paths: str | Path) -> torch.device | None:
+        """Where new weights go: the device if the files fit in its free memory now, None for the host (the model
+        is placed when a node uses it)."""
         if not self.managed or self.vram == "high":
             return self.device
-        if self.vram in ("low", "no") or _file_size(path) > self.free_memory():
-            return torch.device("cpu")
+        if self.vram in ("low", "no") or sum(_file_size(p) for p in paths) > self.free_memory():
+            return None
         return self.device
 
     def _prepare(self, value: Any) -> Any:
@@ -183,31 +178,40 @@ class ModelManager:
         """(DiffusionModel, TextEncoder, VAE) of `path`, loaded once while the file is unchanged."""
         key = ("checkpoint", file_key(path), str(embeddings_dir))
 
-        def load(target: Any = None) -> tuple:
-            target = target or self._load_device(path)
-            # dtypes for the compute device, weights wherever `target` says (the host when they do not fit)
+        target = self._target(path)
+
+        def load(where: Any) -> tuple:
+            # dtypes for the compute device, weights wherever `where` says (the host when they do not fit)
             return load_checkpoint(path, device=self.device, dtype=self.dtype, embeddings_dir=embeddings_dir,
-                                   load_device=target, text_encoder_dtype=self.text_encoder_dtype,
+                                   load_device=where, text_encoder_dtype=self.text_encoder_dtype,
                                    vae_dtype=self.vae_dtype)
 
-        return self._get(key, lambda: self._prepare(self._remember(load(), lambda: load(self.device))))
+        return self._get(key, lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load(self.device))),
+                         placed=target is not None)
 
     def load_vae(self, path: str | Path) -> Any:
         """A standalone VAE, loaded once while the file is unchanged."""
-        def load() -> Any:
-            return load_vae(path, device=self.device, dtype=self.vae_dtype)
+        target = self._target(path)
 
-        return self._get(("vae", file_key(path)), lambda: self._prepare(self._remember(load(), load)))
+        def load(where: Any) -> Any:
+            return load_vae(path, device=where, dtype=self.precision.vae)  # the compute device's dtype, anywhere
+
+        return self._get(("vae", file_key(path)),
+                         lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load(self.device))),
+                         placed=target is not None)
 
     def load_diffusion_model(self, path: str | Path, weight_dtype: str = "default") -> Any:
         """A diffusion model file on its own (UNETLoader), loaded once per file and weight_dtype."""
         key = ("diffusion_model", file_key(path), weight_dtype)
 
-        def load(target: Any = None) -> Any:
-            return load_diffusion_model(path, device=self.device, dtype=self.dtype, weight_dtype=weight_dtype,
-                                        load_device=target or self._load_device(path))
+        target = self._target(path)
 
-        return self._get(key, lambda: self._prepare(self._remember(load(), lambda: load(self.device))))
+        def load(where: Any) -> Any:
+            return load_diffusion_model(path, device=self.device, dtype=self.dtype, weight_dtype=weight_dtype,
+                                        load_device=where)
+
+        return self._get(key, lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load(self.device))),
+                         placed=target is not None)
 
     def load_text_encoders(self, paths: list[str | Path], type: str, *, cpu: bool = False,  # noqa: A002
                            embeddings_dir: str | Path | None = None) -> Any:
@@ -216,21 +220,27 @@ class ModelManager:
 
         device = torch.device("cpu") if cpu else self.device
         key = ("text_encoders", tuple(file_key(p) for p in paths), type, str(device), str(embeddings_dir))
+        target = device if cpu else self._target(*paths)
 
-        def load() -> Any:
+        def load(where: Any) -> Any:
+            # dtypes for the device they run on, weights where `where` says (the host when they do not fit)
             encoder = load_text_encoders(paths, type, device=device, dtype=self.text_encoder_dtype,
-                                         embeddings_dir=embeddings_dir)
+                                         embeddings_dir=embeddings_dir, load_device=where)
             encoder.keep_on_cpu = cpu  # ComfyUI's device="cpu": encode there, never move it to the GPU
             return encoder
 
-        return self._get(key, load)
+        return self._get(key, lambda: self._remember(load(target or "cpu"), lambda: load(device)),
+                         placed=target is not None and not cpu)
 
     def load_controlnet(self, path: str | Path, model: Any = None) -> Any:
         """A CONTROL_NET file (ControlNetLoader; ``model`` for DiffControlNetLoader), loaded once while unchanged."""
         from .controlnet import load_controlnet
 
         key = ("controlnet", file_key(path), None if model is None else id(model.network))
-        return self._get(key, lambda: load_controlnet(path, device=self.device, model=model))
+        target = self._target(path)
+        # placed with the diffusion model by the sampler nodes (controlnet.control_models)
+        return self._get(key, lambda: load_controlnet(path, device=self.device, dtype=self.dtype, model=model,
+                                                      load_device=target or "cpu"), placed=target is not None)
 
     def load_upscale_model(self, path: str | Path) -> Any:
         """An UpscaleModelLoader model (ESRGAN family built in, others through spandrel), loaded once."""
@@ -375,11 +385,9 @@ class ModelManager:
         self._dropped.pop(key, None)
 
     def models(self) -> list[Any]:
-        """Every loaded model (diffusion models, text encoders, VAEs, ...), least recently loaded first."""
-        out = []
-        for value in self._loaded.values():
-            out += list(value) if isinstance(value, tuple) else [value]
-        return [m for m in out if m is not None]
+        """Every loaded model (diffusion models, text encoders, VAEs, ControlNet networks, ...), least recently
+        loaded first."""
+        return [m for value in self._loaded.values() for m in _parts(value) if m is not None]
 
     def offload(self, keep: tuple = ()) -> None:
         """Move every model but `keep` off the device and release cached GPU memory."""
@@ -454,6 +462,12 @@ class ModelManager:
         self._dropped.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _parts(value: Any) -> list[Any]:
+    """The models a loader's value holds: a checkpoint's three, a CONTROL_NET's network, or the value itself."""
+    parts = list(value) if isinstance(value, tuple) else [value]
+    return [p.model if hasattr(p, "chain") and hasattr(p, "model") else p for p in parts]
 
 
 def _name(model: Any) -> str:

@@ -3,7 +3,7 @@ and streams them to the device layer by layer during the forward pass.
 
 `stream(modules, device, budget)` makes layers resident on the device in module order while they fit in
 `budget` bytes; every other standard layer (Linear, Conv, Embedding, norms) keeps its weights on the host (pinned on
-CUDA) and gets a pre-hook that copies them in and a hook that lets them go after the layer ran. fp8 weights
+CUDA, up to half the free host RAM) and gets a pre-hook that copies them in and a hook that lets them go after the layer ran. fp8 weights
 travel as fp8 (half the bytes of bf16) and `fp8.CastLinear` upcasts them on the device, one layer at a time.
 
 >>> streamer = stream([model.network], "cuda", budget=4 << 30)
@@ -60,6 +60,27 @@ def model_bytes(model: Any, dtype: torch.dtype | None = None) -> int:
     """Weight bytes of a loaded model (parameters and buffers of all its modules), optionally in `dtype`."""
     tensors = [t for m in model_modules(model) for t in (*m.parameters(), *m.buffers())]
     return tensor_bytes(tensors, dtype)
+
+
+def host_available() -> int:
+    """Host RAM the kernel can hand out now (MemAvailable), in bytes; a large number where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 50
+
+
+def pin(t: torch.Tensor) -> torch.Tensor:
+    """A page-locked copy of host tensor `t` (fast, asynchronous copies to CUDA), or `t` itself where pinning
+    fails (no CUDA, or the driver refuses more locked memory)."""
+    try:
+        return t.pin_memory()
+    except RuntimeError:
+        return t
 
 
 def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -124,7 +145,8 @@ def stream(modules: list[nn.Module], device: Any, budget: int, dtype: torch.dtyp
     from .fp8 import module_to
 
     device = torch.device(device)
-    pin = device.type == "cuda"
+    # page-locked memory cannot be paged out: pin at most half the host RAM free now (a Colab has 12.7 GB)
+    pin_left = host_available() // 2 if device.type == "cuda" else 0
     streamer = Streamer(device)
     for root in modules:
         if dtype is not None:
@@ -139,7 +161,10 @@ def stream(modules: list[nn.Module], device: Any, budget: int, dtype: torch.dtyp
                 streamer.resident_bytes += size
                 continue
             for p in own:
-                host = p.data.pin_memory() if pin else p.data
+                host = p.data
+                if host.nbytes <= pin_left:
+                    host = pin(host)
+                    pin_left -= host.nbytes if host is not p.data else 0
                 p.data = host
                 streamer._host[id(p)] = (p, host)
             streamer.streamed_layers += 1

@@ -138,14 +138,15 @@ def _t5_dtype(sd: dict[str, Any], fallback: torch.dtype) -> torch.dtype:
 
 def build_text_encoder(family: str, parts: dict[str, dict[str, Any]], *, name: str = "", device: Any = None,
                        dtype: torch.dtype | None = None, embeddings_dir: str | Path | None = None,
-                       context_dim: int | None = None) -> TextEncoder:
+                       context_dim: int | None = None, load_device: Any = None) -> TextEncoder:
     """family ("sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux") + {kind: HF-named state dict} -> encoder.
 
-    `dtype` is the storage dtype of non-fp8 weights (default: fp32 on CPU, fp16 on GPU); T5 fp8 weights stay fp8
-    and T5 weights narrower than `dtype` keep the file's dtype (its math runs in float32 either way).
+    `dtype` is the storage dtype of non-fp8 weights (default: `device`'s, fp32 on CPU, fp16 on GPU); T5 fp8 weights
+    stay fp8 and T5 weights narrower than `dtype` keep the file's dtype (its math runs in float32 either way).
+    The weights go to `load_device` (default `device`), e.g. the host for an encoder placed on the GPU when used.
     """
-    device = torch.device(device or "cpu")
-    te_dtype = precision_for(device, text_encoder=dtype).text_encoder
+    te_dtype = precision_for(torch.device(device or "cpu"), text_encoder=dtype).text_encoder
+    device = torch.device(load_device or device or "cpu")
     clip_projection = family not in ("flux", "sd3")  # FLUX.1 and SD3 pool CLIP-L without its projection
     clips = {k: build_clip(sd, k, name or k, device=device, dtype=te_dtype,
                            projection=clip_projection or k != "clip_l")
@@ -199,7 +200,7 @@ def _family(kinds: list[str], paths: list[Path], type: str) -> str:
 
 def load_text_encoders(paths: str | Path | list[str | Path], type: str = "stable_diffusion", *, device: Any = None,
                        dtype: torch.dtype | None = None, embeddings_dir: str | Path | None = None,
-                       context_dim: int | None = None) -> TextEncoder:
+                       context_dim: int | None = None, load_device: Any = None) -> TextEncoder:
     """CLIPLoader (1 path), DualCLIPLoader (2) or TripleCLIPLoader (3, type ignored: SD3.5) -> a text encoder.
 
     Types: "stable_diffusion" (clip_l: SD1, clip_h: SD2, clip_g: SDXL refiner), "sdxl" (clip_l + clip_g),
@@ -220,4 +221,4 @@ def load_text_encoders(paths: str | Path | list[str | Path], type: str = "stable
     family = _family(kinds, paths, type)
     name = " + ".join(p.name for p in paths)
     return build_text_encoder(family, parts, name=name, device=device, dtype=dtype, embeddings_dir=embeddings_dir,
-                              context_dim=context_dim)
+                              context_dim=context_dim, load_device=load_device)
