@@ -26,11 +26,13 @@ try:  # the mask templates share the harness; that module skips itself without t
 except pytest.skip.Exception:
     MASK_TEMPLATES = []
 
+#: templates without a model, whose pictures are solid masks and colours by design
+NO_MODEL = {"basic_mask_operations_and_compositing"}
 #: (template, family) run again with partial loading: an SD1.5 checkpoint with a LoRA (patched weights streamed),
 #: and the all-in-one FLUX.1 schnell fp8 checkpoint (fp8 layers streamed and upcast on the device, CLIP + T5)
 PARTIAL = ["lora", "flux_schnell"]
-#: a device budget (GB) below every tiny model's size, so vram="low" streams part of each
-TINY_BUDGET_GB = 0.002
+#: a device budget (GB, 200 kB) below every tiny model's size, so vram="low" streams part of each
+TINY_BUDGET_GB = 0.0002
 
 
 def _pixels(result) -> list[np.ndarray]:
@@ -48,7 +50,10 @@ def _assert_a_picture(result) -> None:
 @pytest.mark.parametrize("name", list(templates.TEMPLATES) + MASK_TEMPLATES)
 def test_template_runs_on_cuda(name, tmp_path):
     result, _ = templates.run_template(name, tmp_path, device="cuda")
-    _assert_a_picture(result)
+    if name in NO_MODEL:
+        _pixels(result)
+    else:
+        _assert_a_picture(result)
 
 
 @pytest.mark.parametrize("vram", ["low", "no"])
