@@ -28,7 +28,7 @@ except pytest.skip.Exception:
 
 #: templates without a model, whose pictures are solid masks and colours by design
 NO_MODEL = {"basic_mask_operations_and_compositing"}
-#: (template, family) run again with partial loading: an SD1.5 checkpoint with a LoRA (patched weights streamed),
+#: templates run again with partial loading: an SD1.5 checkpoint with a LoRA (patched weights streamed),
 #: and the all-in-one FLUX.1 schnell fp8 checkpoint (fp8 layers streamed and upcast on the device, CLIP + T5)
 PARTIAL = ["lora", "flux_schnell"]
 #: a device budget (GB, 200 kB) below every tiny model's size, so vram="low" streams part of each
