@@ -155,7 +155,8 @@ def _bislerp(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
     n, c, h, w = samples.shape
 
     def coords(length_old: int, length_new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pos = (torch.arange(length_new, dtype=torch.float32) + 0.5) * (length_old / length_new) - 0.5
+        # on the samples' device: index_select wants its index where the tensor is
+        pos = (torch.arange(length_new, dtype=torch.float32, device=samples.device) + 0.5) * (length_old / length_new) - 0.5
         pos = pos.clamp(0, length_old - 1)
         lo = pos.floor().long()
         hi = (lo + 1).clamp(max=length_old - 1)

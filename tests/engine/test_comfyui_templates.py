@@ -173,20 +173,29 @@ def _shrink(prompt: dict) -> None:
                     inputs[key] = round(inputs[key] * 2 / steps)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "flux_kontext_dev_basic" else n
-                                  for n in TEMPLATES])  # Kontext scales its reference to ~1 MP: ~40 s here
-def test_template_runs_end_to_end(name, tmp_path):
+def run_template(name: str, tmp_path, **engine_options):
+    """Run the template `name` shrunk, on tiny model files written under `tmp_path`; returns (result, engine's
+    model-manager events). `engine_options` go to Engine (device, vram, vram_budget, ...)."""
     from comfykit.engine import Engine
 
     prompt = ck.Workflow.load(_template(name)).to_api(validate=False)
     models, inputs = tmp_path / "models", tmp_path / "input"
-    _write_models(prompt, models, inputs)
+    if not models.exists():  # a second run in the same folder reuses the files
+        _write_models(prompt, models, inputs)
     _shrink(prompt)
     engine = Engine(models, output_dir=tmp_path / "out", input_dir=inputs, temp_dir=tmp_path / "tmp",
-                    device="cpu", previews="none")
+                    **{"previews": "none", **engine_options})
     try:
         result = engine.run(prompt)
+        events = list(engine.models.events)
     finally:
         engine.shutdown()
+    return result, events
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "flux_kontext_dev_basic" else n
+                                  for n in TEMPLATES])  # Kontext scales its reference to ~1 MP: ~40 s here
+def test_template_runs_end_to_end(name, tmp_path):
+    result, _ = run_template(name, tmp_path, device="cpu")
     assert result.status == "success", result.error
     assert result.images and all(im.size[0] >= 64 for im in result.images)

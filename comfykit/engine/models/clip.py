@@ -119,7 +119,8 @@ class CLIPTextModel(nn.Module):
         dtype = tm.final_layer_norm.weight.dtype
         x = tm.embeddings.token_embedding(tokens) if embeds is None else embeds.to(dtype)
         n = x.shape[1]
-        x = x + tm.embeddings.position_embedding.weight[:n].to(x.dtype)
+        # read outside the layer's forward: a partial load (offload.stream) keeps this weight on the host
+        x = x + tm.embeddings.position_embedding.weight[:n].to(x.device, x.dtype)
         mask = torch.full((n, n), float("-inf"), dtype=x.dtype, device=x.device).triu_(1)
         chosen = None
         index = layer_idx % len(tm.encoder.layers)

@@ -26,6 +26,7 @@ from torch import nn
 
 from ...errors import ModelError
 from . import fp8
+from .family import module_device
 from .t5_tokenizer import T5_EOS, T5_PAD, get_t5_tokenizer
 from .text_encoder import parse_weights
 
@@ -114,7 +115,8 @@ class T5Encoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, layer_idx: int = -1) -> torch.Tensor:
         """Final-layer-normed output of block `layer_idx` (-1 = last), no attention mask."""
-        x = self.model.shared(ids.to(self.model.shared.weight.device)).to(self.compute_dtype)
+        # module_device, not the table's device: a partial load (offload.stream) keeps the table on the host
+        x = self.model.shared(ids.to(module_device(self))).to(self.compute_dtype)
         if fp8.is_fp8(self.model.shared.weight):
             x = torch.nan_to_num(x)  # ComfyUI does this for fp8 T5 tables
         index = layer_idx % self.num_layers
