@@ -162,6 +162,11 @@ def _shrink(prompt: dict) -> None:
             inputs["megapixels"] = 0.01  # about 77x129 from the 48x80 input
         elif kind == "ImageScale" and inputs.get("width", 0) > 128:
             inputs.update(width=128, height=128)  # the ESRGAN hires fix's second pass
+        elif kind == "LatentUpscale" and max(inputs.get("width", 0), inputs.get("height", 0)) > 128:
+            # hires-fix second passes (1536², 1088x1920): the longer side 128, the aspect kept
+            scale = 128 / max(inputs["width"], inputs["height"])
+            inputs.update(width=max(8, round(inputs["width"] * scale / 8) * 8),
+                          height=max(8, round(inputs["height"] * scale / 8) * 8))
         elif kind == "ImagePadForOutpaint":
             inputs.update({k: min(v, 16) for k, v in inputs.items() if k in ("left", "top", "right", "bottom")})
             inputs["feathering"] = min(inputs["feathering"], 8)
