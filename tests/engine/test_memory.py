@@ -177,5 +177,8 @@ def test_a_controlnet_counts_against_the_device_and_goes_there_with_the_model(ck
     assert manager.resident() == [] and _kinds(manager.events, "offload").count("ControlModel") == 1
     conditioning = [[torch.zeros(1, 77, 768), {"control": cnet}]]
     assert control_models(conditioning, conditioning, None) == [cnet.model]  # each network once
+    stacked = [[torch.zeros(1, 77, 768), {"control": cnet.with_hint(torch.zeros(1, 3, 8, 8), vae=vae,
+                                                                      previous=cnet.with_hint(torch.zeros(1, 3, 8, 8)))}]]
+    assert control_models(stacked) == [cnet.model, vae]  # the chain's networks, and a VAE that encodes a hint
     manager.call(lambda: None, model, *control_models(conditioning))  # what KSampler does
     assert manager.resident() == ["DiffusionModel(comfykit-demo-sd15.safetensors)", "ControlModel(c.safetensors)"]

@@ -344,13 +344,15 @@ def _add_base(sd: dict[str, Any], model: Any, label: str) -> dict[str, Any]:
     return out
 
 
-def control_models(*conditionings: list | None) -> list[ControlModel]:
-    """The ControlNet networks the conditionings apply, each once: placed on the device with the diffusion model."""
-    found: dict[int, ControlModel] = {}
+def control_models(*conditionings: list | None) -> list[Any]:
+    """The ControlNet networks the conditionings apply and the VAEs that encode their hints (FLUX.1/SD3.5), each
+    once: what goes on the device with the diffusion model."""
+    found: dict[int, Any] = {}
     for conditioning in conditionings:
         for _, options in conditioning or ():
             if options.get("control") is not None:
-                found.update((id(m), m) for m in options["control"].models())
+                for c in options["control"].chain():
+                    found.update((id(m), m) for m in (c.model, c.vae) if m is not None)
     return list(found.values())
 
 
