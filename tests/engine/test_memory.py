@@ -119,6 +119,23 @@ def test_out_of_memory_retries_once_with_partial_loading(ckpt_path):
     assert "3.50 GiB" in message and "vram='low'" in message and "resolution" in message
 
 
+def test_out_of_memory_that_fits_once_the_others_leave_retries_with_the_model_whole(ckpt_path):
+    manager = ModelManager("cpu", budget=10**9)
+    model, clip, vae = manager.load_checkpoint(ckpt_path)  # all three on the device
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:  # the text encoder and VAE were in the way of 20 MiB of activations
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return "ok"
+
+    assert manager.call(flaky, model) == "ok"
+    assert sorted(_kinds(manager.events, "offload")) == ["TextEncoder", "VAE"]
+    assert _kinds(manager.events, "partial") == []  # not streamed: it runs at full speed
+    assert [n.split("(")[0] for n in manager.resident()] == ["DiffusionModel"]
+
+
 def test_engine_names_the_node_and_stays_usable_after_out_of_memory(models_dir, ckpt_name, tmp_path, monkeypatch):
     from comfykit.engine.models.diffusion import VAE
 

@@ -409,17 +409,21 @@ class ModelManager:
 
     # -- running ------------------------------------------------------------------------------------------------
     def call(self, fn: Callable[[], T], *models: Any) -> T:
-        """Run `fn` with `models` on the device. On out-of-memory: unload everything else, load `models` partially
-        with half the free memory, and retry once; a second failure says what was needed and what to try."""
+        """Run `fn` with `models` on the device. On out-of-memory: unload everything else and retry once, with
+        `models` whole when what failed to allocate now fits with room to spare, else partially loaded with half
+        the free memory; a second failure says what was needed and what to try."""
         self.use(*models)
         try:
             out = fn()
         except torch.OutOfMemoryError as first:
-            log.warning("out of memory (%s): unloading idle models and retrying with partial loading",
-                        str(first).splitlines()[0][:120])
             self.offload(keep=models)
+            asked = _asked(first)
+            # whole models run faster than streamed ones: stream only when unloading the others was not enough
+            partial = self.managed and (asked is None or 2 * asked[1] > self.free_memory())
+            log.warning("out of memory (%s): unloaded idle models, retrying%s", str(first).splitlines()[0][:120],
+                        " with partial loading" if partial else "")
             try:
-                self.use(*models, partial=self.managed)
+                self.use(*models, partial=partial)
                 out = fn()
             except torch.OutOfMemoryError as second:
                 raise torch.OutOfMemoryError(self.explain_oom(second, models)) from None
@@ -431,7 +435,7 @@ class ModelManager:
 
     def explain_oom(self, error: BaseException, models: tuple) -> str:
         """An out-of-memory message: what was needed, what was free, which vram mode or size to try."""
-        asked = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]i?B)", str(error))
+        asked = _asked(error)
         weights = sum(model_bytes(m, self._compute_dtype(m)) for m in models if m is not None)
         free = self.free_memory()
         free_text = "unlimited" if free == math.inf else gb(max(free, 0))
@@ -440,9 +444,8 @@ class ModelManager:
                   if nxt else "try a smaller resolution or batch size")
         what = ", ".join(_name(m) for m in models if m is not None) or "the node"
         return (f"out of memory on {self.device} running {what}: it needed "
-                f"{asked.group(1) + ' more for activations, ' if asked else ''}{gb(weights)} of weights; "
-                f"{free_text} free after unloading every other model and retrying with partial loading "
-                f"(vram={self.vram!r}); {advice}")
+                f"{asked[0] + ' more for activations, ' if asked else ''}{gb(weights)} of weights; "
+                f"{free_text} free after unloading every other model and retrying (vram={self.vram!r}); {advice}")
 
     def _with_retry(self, fn: Callable[[], T], keep: tuple) -> T:
         try:
@@ -462,6 +465,18 @@ class ModelManager:
         self._dropped.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+_UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30,
+          "TiB": 2**40}
+
+
+def _asked(error: BaseException) -> tuple[str, int] | None:
+    """What an out-of-memory error says it tried to allocate: ("2.00 GiB", bytes), or None."""
+    found = re.search(r"[Tt]ried to allocate ([\d.]+) ([KMGT]?i?B)", str(error))
+    if not found or found.group(2) not in _UNITS:
+        return None
+    return f"{found.group(1)} {found.group(2)}", int(float(found.group(1)) * _UNITS[found.group(2)])
 
 
 def _parts(value: Any) -> list[Any]:
