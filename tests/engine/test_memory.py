@@ -134,6 +134,16 @@ def test_out_of_memory_that_fits_once_the_others_leave_retries_with_the_model_wh
     assert sorted(_kinds(manager.events, "offload")) == ["TextEncoder", "VAE"]
     assert _kinds(manager.events, "partial") == []  # not streamed: it runs at full speed
     assert [n.split("(")[0] for n in manager.resident()] == ["DiffusionModel"]
+    calls.clear()
+
+    def twice():  # it was not the only allocation short of room: then the model is streamed
+        calls.append(1)
+        if len(calls) <= 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return "ok"
+
+    assert manager.call(twice, model) == "ok" and len(calls) == 3
+    assert _kinds(manager.events, "partial") == ["DiffusionModel"]
 
 
 def test_engine_names_the_node_and_stays_usable_after_out_of_memory(models_dir, ckpt_name, tmp_path, monkeypatch):

@@ -409,24 +409,30 @@ class ModelManager:
 
     # -- running ------------------------------------------------------------------------------------------------
     def call(self, fn: Callable[[], T], *models: Any) -> T:
-        """Run `fn` with `models` on the device. On out-of-memory: unload everything else and retry once, with
-        `models` whole when what failed to allocate now fits with room to spare, else partially loaded with half
-        the free memory; a second failure says what was needed and what to try."""
+        """Run `fn` with `models` on the device. On out-of-memory: unload everything else and retry, with `models`
+        whole when what failed to allocate now fits twice over, then (or else) partially loaded with half the free
+        memory; a failure after that says what was needed and what to try."""
         self.use(*models)
         try:
             out = fn()
         except torch.OutOfMemoryError as first:
             self.offload(keep=models)
             asked = _asked(first)
-            # whole models run faster than streamed ones: stream only when unloading the others was not enough
-            partial = self.managed and (asked is None or 2 * asked[1] > self.free_memory())
+            # whole models run faster than streamed ones: try them first when unloading the others may be enough
+            whole_first = asked is not None and 2 * asked[1] <= self.free_memory()
+            tries = ([False] if whole_first else []) + ([True] if self.managed else []) or [False]
             log.warning("out of memory (%s): unloaded idle models, retrying%s", str(first).splitlines()[0][:120],
-                        " with partial loading" if partial else "")
-            try:
-                self.use(*models, partial=partial)
-                out = fn()
-            except torch.OutOfMemoryError as second:
-                raise torch.OutOfMemoryError(self.explain_oom(second, models)) from None
+                        "" if tries[0] is False else " with partial loading")
+            for i, partial in enumerate(tries):
+                try:
+                    self.use(*models, partial=partial)
+                    out = fn()
+                    break
+                except torch.OutOfMemoryError as again:
+                    if i == len(tries) - 1:
+                        raise torch.OutOfMemoryError(self.explain_oom(again, models)) from None
+                    log.warning("out of memory again (%s): retrying with partial loading",
+                                str(again).splitlines()[0][:120])
         if self.managed and self.vram != "high":
             for m in models:
                 if isinstance(m, TextEncoder) and _key(m) in self._resident and self._memory_short():
