@@ -116,14 +116,17 @@ def block_residuals(control: dict[str, list] | None, blocks: int) -> list[torch.
 
 
 @contextmanager
-def last_block_residual(transformer: nn.Module, residuals: list[torch.Tensor] | None) -> Iterator[None]:
+def last_block_residual(transformer: nn.Module, control: dict[str, list] | None) -> Iterator[None]:
     """While it is open, the transformer's last MMDiT block adds its residual too.
 
     diffusers' SD3 transformer skips the last block (its context is pre-only); ComfyUI's MMDiT adds a residual
     after every block it has one for (Stability's SD3.5 ControlNets give one to all 38 blocks of SD3.5 Large).
+    Whether there is one is read off the list, not the tensor's values: no device sync per step.
     """
-    last = residuals[-1] if residuals else None
-    if last is None or not bool(last.any()):
+    outputs = (control or {}).get("output") or []
+    blocks = len(transformer.transformer_blocks)
+    last = outputs[blocks - 1] if len(outputs) >= blocks else None
+    if last is None:
         yield
         return
 

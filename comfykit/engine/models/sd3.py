@@ -196,7 +196,7 @@ class SD3Model(nn.Module):
         pooled_dim = self.transformer.config.pooled_projection_dim
         pooled = torch.zeros(b, pooled_dim) if pooled is None else pooled
         residuals = block_residuals(control, len(self.transformer.transformer_blocks))
-        with last_block_residual(self.transformer, residuals):
+        with last_block_residual(self.transformer, control):
             out = self.transformer(hidden_states=x, encoder_hidden_states=context.to(device, dtype),
                                    pooled_projections=pooled.to(device, dtype),
                                    timestep=per_sample(sigma, b, device, "sigma") * 1000,

@@ -93,9 +93,15 @@ def test_family_runs_on_a_device_that_is_not_the_host(arch, budget, checkpoints,
     _on_device(lambda: vae.encode(torch.rand(1, 64, 64, 3)))
 
 
+#: ControlNets of each family, as ``demo.make_controlnet`` writes them: (family, arch, layout)
+CONTROLNETS = {"sd1": ("sd1", "sd1", "ldm"), "sdxl": ("sdxl", "sdxl", "ldm"),
+               "flux-instantx": ("flux", "flux-instantx", "diffusers"), "flux-xlabs": ("flux", "flux-xlabs", "xlabs"),
+               "sd3.5-sai": ("sd3", "sd3.5-sai", "ldm")}
+
+
 @pytest.mark.parametrize("budget", [0, 1 << 40], ids=["streamed", "whole"])
-@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
-def test_a_controlnet_runs_on_a_device_that_is_not_the_host(arch, budget, checkpoints, stream_to_meta, tmp_path):
+@pytest.mark.parametrize("kind", list(CONTROLNETS))
+def test_a_controlnet_runs_on_a_device_that_is_not_the_host(kind, budget, checkpoints, stream_to_meta, tmp_path):
     import functools
 
     from comfykit import demo
@@ -103,13 +109,15 @@ def test_a_controlnet_runs_on_a_device_that_is_not_the_host(arch, budget, checkp
     from comfykit.engine.models.controlnet import load_controlnet
     from comfykit.engine.models.offload import model_modules
 
-    model, clip, _ = load_checkpoint(checkpoints[arch], device="cpu", dtype=torch.float32)
+    family, arch, layout = CONTROLNETS[kind]
+    model, clip, vae = load_checkpoint(checkpoints[family], device="cpu", dtype=torch.float32)
     cond, pooled = clip.encode("a cat")
-    path = demo.make_controlnet(tmp_path / "c.safetensors", arch=arch, layout="ldm")
-    cnet = load_controlnet(path).with_hint(torch.rand(1, 3, 64, 64))  # the hint image stays on the host
+    path = demo.make_controlnet(tmp_path / "c.safetensors", arch=arch, layout=layout)
+    # the hint image stays on the host, and so does the VAE that encodes it for the FLUX.1/SD3.5 ControlNets
+    cnet = load_controlnet(path).with_hint(torch.rand(1, 3, 64, 64), vae=vae)
     for m in (model, cnet.model):
         stream_to_meta(model_modules(m), "meta", budget)
-    x = torch.randn(1, 4, 8, 8)
+    x = torch.randn(1, model.latent_format.latent_channels, 8, 8)
     sigma = torch.tensor([1.0])
     inputs = model.model_inputs(cond, {"pooled_output": pooled, "width": 64, "height": 64}, x)
     inputs.control = functools.partial(cnet.start(model, model.model_sampling), sigma=sigma, calls=1)
