@@ -209,3 +209,35 @@ def test_a_controlnet_counts_against_the_device_and_goes_there_with_the_model(ck
     assert control_models(stacked) == [cnet.model, vae]  # the chain's networks, and a VAE that encodes a hint
     manager.call(lambda: None, model, *control_models(conditioning))  # what KSampler does
     assert manager.resident() == ["DiffusionModel(comfykit-demo-sd15.safetensors)", "ControlModel(c.safetensors)"]
+
+
+def test_a_lora_clone_shares_its_originals_room_and_both_leave_together(ckpt_path, tmp_path):
+    # a LoRA clone holds its original's unpatched weights: placing it must not evict (or, with host RAM short,
+    # drop and so empty) the original, and unloading either must not leave the other counted as on the device
+    from comfykit import demo
+    from comfykit.engine.models.lora import load_lora
+
+    demo.make_lora(tmp_path / "l.safetensors", ckpt_path)
+    reference = ModelManager("cpu")
+    base, clip, vae = reference.load_checkpoint(ckpt_path)
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500.0])
+    context = torch.randn(1, 77, base.config.context_dim)
+    want = load_lora(base, clip, tmp_path / "l.safetensors", 1.0, 0.0)[0](x, t, context)
+
+    size = model_bytes(base)
+    manager = ModelManager("cpu", budget=int(size * 1.5), host_budget=0)  # no host RAM: unloading drops
+    base, clip, vae = manager.load_checkpoint(ckpt_path)
+    manager.use(base)
+    clone = load_lora(base, clip, tmp_path / "l.safetensors", 1.0, 0.0)[0]
+    got = manager.call(lambda: clone(x, t, context), clone)
+    torch.testing.assert_close(got, want)
+    assert manager.events == [] and len(manager.resident()) == 2  # the clone's new weights fit beside the original
+    assert size * 0.5 > manager.free_memory() >= 0  # the shared weights counted once
+    manager.use(vae)  # no room for it: the original goes, and the clone with it
+    assert _kinds(manager.events, "drop") == ["DiffusionModel"] and manager.resident() == [_names(vae)]
+    assert "DiffusionModel" in _kinds(manager.events, "offload")
+    torch.testing.assert_close(manager.call(lambda: clone(x, t, context), clone), want)  # read again, same result
+
+
+def _names(model):
+    return f"{type(model).__name__}({model.name})"

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 
 from .checkpoint import load_checkpoint, load_diffusion_model, load_vae
-from .offload import Streamer, host_available, model_bytes, model_modules, stream
+from .offload import Streamer, host_available, model_bytes, model_modules, stream, tensor_bytes
 from .precision import precision_for
 from .text_encoder import TextEncoder
 
@@ -256,7 +256,10 @@ class ModelManager:
     def free_memory(self) -> float:
         """Bytes the device can still take for weights (less ``reserve``); infinite on an unmanaged CPU."""
         if self.budget is not None:
-            return self.budget - self.reserve - sum(p.bytes for p in self._resident.values())
+            # weights shared by a LoRA clone and its original are on the device once
+            whole = [t for pl in self._resident.values() if pl.streamer is None for t in _tensors(pl.model)]
+            used = tensor_bytes(whole) + sum(pl.bytes for pl in self._resident.values() if pl.streamer is not None)
+            return self.budget - self.reserve - used
         if self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             free, _ = torch.cuda.mem_get_info(index)
@@ -304,11 +307,14 @@ class ModelManager:
 
     def _place(self, m: Any, key: tuple, dtype: torch.dtype | None, keep: tuple, partial: bool) -> None:
         size = model_bytes(m, dtype)
+        # a LoRA clone shares its original's unpatched weights: those already on the device need no room
+        there = {id(p) for pl in self._resident.values() if pl.streamer is None for p in _params(pl.model)}
+        new = size - tensor_bytes([p for p in _params(m) if id(p) in there], dtype)
         limit = self._weight_limit(partial, size)
-        if size > limit:
-            self._make_room(size - limit, keep)
+        if new > limit:
+            self._make_room(new - limit, keep)
             limit = self._weight_limit(partial, size)
-        if self.vram == "high" or (size <= limit and self.vram != "no"):
+        if self.vram == "high" or (new <= limit and self.vram != "no"):
             self._with_retry(lambda: m.to(self.device, dtype), keep=keep)
             self._resident[key] = Placement(m, size)
             return
@@ -327,21 +333,33 @@ class ModelManager:
         return free / 2 if self.vram == "low" else free
 
     def _make_room(self, need: float, keep: tuple) -> None:
-        """Unload idle models, least recently used first, until `need` bytes are free (or nothing is left)."""
+        """Unload idle models, least recently used first, until `need` bytes are free (or nothing is left).
+        A model sharing weights with one of `keep` (a LoRA clone's original) stays: moving it moves them."""
         keep_keys = {_key(m) for m in keep}
+        keep_params = {id(p) for m in keep for p in _params(m)}
         for key in list(self._resident):
             if need <= 0:
                 break
-            if key not in keep_keys:
+            if key in self._resident and key not in keep_keys and not any(
+                    id(p) in keep_params for p in _params(self._resident[key].model)):
                 need -= self._offload(key)
 
     def _offload(self, key: tuple) -> int:
-        """Take one model off the device: to host RAM, or dropped (re-read from its file later) when RAM is short."""
+        """Take one model off the device: to host RAM, or dropped (re-read from its file later) when RAM is short.
+        Models sharing weights with it (a LoRA clone and its original) leave the device with it."""
+        mine = {id(p) for p in _params(self._resident[key].model)}
+        sharing = [k for k, pl in self._resident.items() if k != key and any(id(p) in mine for p in _params(pl.model))]
+        freed = self._offload_one(key)
+        for other in sharing:
+            freed += self._offload_one(other, drop=False)
+        return freed
+
+    def _offload_one(self, key: tuple, drop: bool = True) -> int:
         placement = self._resident.pop(key)
         m = placement.model
         if placement.streamer is not None:
             placement.streamer.release()
-        if self.host_free() < placement.bytes and key in self._reload:
+        if drop and self.host_free() < placement.bytes and key in self._reload:
             for module in model_modules(m):
                 for t in (*module.parameters(), *module.buffers()):
                     # an empty host tensor in place of the weights (set_data cannot go back from "meta");
@@ -483,6 +501,14 @@ def _asked(error: BaseException) -> tuple[str, int] | None:
     if not found or found.group(2) not in _UNITS:
         return None
     return f"{found.group(1)} {found.group(2)}", int(float(found.group(1)) * _UNITS[found.group(2)])
+
+
+def _params(model: Any) -> list[torch.Tensor]:
+    return [p for m in model_modules(model) for p in m.parameters()]
+
+
+def _tensors(model: Any) -> list[torch.Tensor]:
+    return [t for m in model_modules(model) for t in (*m.parameters(), *m.buffers())]
 
 
 def _parts(value: Any) -> list[Any]:
