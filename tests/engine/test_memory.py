@@ -94,6 +94,16 @@ def test_short_host_ram_drops_a_model_and_reads_it_again(ckpt_path):
     got = manager.call(lambda: vae.decode(latent), vae)
     assert "VAE" in _kinds(manager.events, "restore")
     torch.testing.assert_close(got, want)
+    # only what is used is read again, onto the host, and placed with room made
+    manager = ModelManager("cpu", budget=max(model_bytes(m) for m in (model, clip, vae)) + 1, host_budget=0)
+    model, clip, vae = manager.load_checkpoint(ckpt_path)
+    for m in (clip, vae, model):
+        manager.use(m)  # one at a time fits: the text encoder, then the VAE are dropped
+    assert _kinds(manager.events, "drop") == ["TextEncoder", "VAE"]
+    torch.testing.assert_close(manager.call(lambda: vae.decode(latent), vae), want)
+    assert _kinds(manager.events, "restore") == ["VAE"]  # not the text encoder: nothing asked for it
+    assert all(p.numel() == 0 for m in clip.clips.values() for p in m.parameters())
+    assert manager.resident() == [_names(vae)] and manager.free_memory() >= 0
 
 
 def test_out_of_memory_retries_once_with_partial_loading(ckpt_path):

@@ -186,7 +186,7 @@ class ModelManager:
                                    load_device=where, text_encoder_dtype=self.text_encoder_dtype,
                                    vae_dtype=self.vae_dtype)
 
-        return self._get(key, lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load(self.device))),
+        return self._get(key, lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load("cpu"))),
                          placed=target is not None)
 
     def load_vae(self, path: str | Path) -> Any:
@@ -197,7 +197,7 @@ class ModelManager:
             return load_vae(path, device=where, dtype=self.precision.vae)  # the compute device's dtype, anywhere
 
         return self._get(("vae", file_key(path)),
-                         lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load(self.device))),
+                         lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load("cpu"))),
                          placed=target is not None)
 
     def load_diffusion_model(self, path: str | Path, weight_dtype: str = "default") -> Any:
@@ -210,7 +210,7 @@ class ModelManager:
             return load_diffusion_model(path, device=self.device, dtype=self.dtype, weight_dtype=weight_dtype,
                                         load_device=where)
 
-        return self._get(key, lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load(self.device))),
+        return self._get(key, lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load("cpu"))),
                          placed=target is not None)
 
     def load_text_encoders(self, paths: list[str | Path], type: str, *, cpu: bool = False,  # noqa: A002
@@ -229,7 +229,7 @@ class ModelManager:
             encoder.keep_on_cpu = cpu  # ComfyUI's device="cpu": encode there, never move it to the GPU
             return encoder
 
-        return self._get(key, lambda: self._remember(load(target or "cpu"), lambda: load(device)),
+        return self._get(key, lambda: self._remember(load(target or "cpu"), lambda: load("cpu")),
                          placed=target is not None and not cpu)
 
     def load_controlnet(self, path: str | Path, model: Any = None) -> Any:
@@ -378,9 +378,13 @@ class ModelManager:
     def _restore_if_dropped(self, m: Any) -> None:
         if not self._dropped or not any(p.numel() == 0 for module in model_modules(m) for p in module.parameters()):
             return
-        # a clone shares the dropped model's parameter objects: bring back every dropped model
+        # `m`, or a dropped model it shares weights with (a LoRA clone's original), is read again onto the host;
+        # placing it on the device is use()'s job, with room made first
+        mine = {id(p) for p in _params(m)}
         loaded: dict[int, Any] = {}  # a checkpoint whose UNet, CLIP and VAE were all dropped is read once
         for key, dropped in list(self._dropped.items()):
+            if not any(id(p) in mine for p in _params(dropped)):
+                continue
             reload, part = self._reload[key]
             if id(reload) not in loaded:
                 loaded[id(reload)] = reload()
