@@ -332,16 +332,20 @@ class ModelManager:
             return min(free / 2, size / 2)
         return free / 2 if self.vram == "low" else free
 
+    def _kept(self, keep: tuple) -> set[tuple]:
+        """Keys of `keep` and of the resident models sharing weights with them (a LoRA clone's original): moving
+        one of those would move the kept model's weights too."""
+        params = {id(p) for m in keep if m is not None for p in _params(m)}
+        shared = {k for k, pl in self._resident.items() if any(id(p) in params for p in _params(pl.model))}
+        return shared | {_key(m) for m in keep if m is not None}
+
     def _make_room(self, need: float, keep: tuple) -> None:
-        """Unload idle models, least recently used first, until `need` bytes are free (or nothing is left).
-        A model sharing weights with one of `keep` (a LoRA clone's original) stays: moving it moves them."""
-        keep_keys = {_key(m) for m in keep}
-        keep_params = {id(p) for m in keep for p in _params(m)}
+        """Unload idle models, least recently used first, until `need` bytes are free (or nothing is left)."""
+        kept = self._kept(keep)
         for key in list(self._resident):
             if need <= 0:
                 break
-            if key in self._resident and key not in keep_keys and not any(
-                    id(p) in keep_params for p in _params(self._resident[key].model)):
+            if key in self._resident and key not in kept:
                 need -= self._offload(key)
 
     def _offload(self, key: tuple) -> int:
@@ -412,10 +416,11 @@ class ModelManager:
         return [m for value in self._loaded.values() for m in _parts(value) if m is not None]
 
     def offload(self, keep: tuple = ()) -> None:
-        """Move every model but `keep` off the device and release cached GPU memory."""
-        keep_keys = {_key(m) for m in keep if m is not None}
+        """Move every model but `keep` (and those sharing their weights) off the device; release cached GPU memory."""
+        keep_keys = self._kept(keep)
         for key in [k for k in self._resident if k not in keep_keys]:
-            self._offload(key)
+            if key in self._resident:  # not already gone with a model it shares weights with
+                self._offload(key)
         if self.device.type != "cpu" and not self.managed:
             for m in self.models():
                 if _key(m) not in keep_keys and m.device.type != "cpu":
