@@ -261,3 +261,19 @@ def test_a_lora_clone_shares_its_originals_room_and_both_leave_together(ckpt_pat
 
 def _names(model):
     return f"{type(model).__name__}({model.name})"
+
+
+def test_free_memory_on_cuda_honours_a_per_process_memory_fraction(monkeypatch):
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (100 * gib, 140 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index=None: 12 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda index=None: 10 * gib)
+    fraction = {"value": 1.0}
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda index=None: fraction["value"])
+    manager = ModelManager("cuda", reserve=gib)
+    assert manager.free_memory() == (100 + 12 - 10 - 1) * gib  # free, plus the allocator's unused cache
+    fraction["value"] = 15 / 140  # bench_gpu.py's T4: 15 GB of the 140
+    assert manager.free_memory() == (15 - 10 - 1) * gib

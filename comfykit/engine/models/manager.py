@@ -262,9 +262,13 @@ class ModelManager:
             return self.budget - self.reserve - used
         if self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            free, _ = torch.cuda.mem_get_info(index)
+            free, total = torch.cuda.mem_get_info(index)
+            allocated = torch.cuda.memory_allocated(index)
             # what torch's caching allocator holds but does not use is free for us too
-            free += torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+            free += torch.cuda.memory_reserved(index) - allocated
+            # torch.cuda.set_per_process_memory_fraction (a GPU shared, a T4 simulated) caps this process
+            fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(index)  # torch < 2.7
+            free = min(free, total * fraction - allocated)
             return free - self.reserve
         return math.inf
 
