@@ -267,7 +267,7 @@ class ModelManager:
             # what torch's caching allocator holds but does not use is free for us too
             free += torch.cuda.memory_reserved(index) - allocated
             # torch.cuda.set_per_process_memory_fraction (a GPU shared, a T4 simulated) caps this process
-            fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(index)  # torch < 2.7
+            fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(index)  # older torch: no getter
             free = min(free, total * fraction - allocated)
             return free - self.reserve
         return math.inf
