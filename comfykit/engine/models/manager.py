@@ -174,44 +174,34 @@ class ModelManager:
                 self._reload[_key(part)] = (reload, i if isinstance(value, tuple) else None)
         return value
 
+    def _load_file(self, key: tuple, load: Callable[[Any], T], *paths: str | Path) -> T:
+        """`load(where)` once per `key`: `where` is the device when the `paths` fit in its free memory now, else the
+        host (the model is placed when a node uses it); a dropped model is read again with `load("cpu")`."""
+        target = self._target(*paths)
+        return self._get(key, lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load("cpu"))),
+                         placed=target is not None)
+
     def load_checkpoint(self, path: str | Path, embeddings_dir: str | Path | None = None) -> tuple:
         """(DiffusionModel, TextEncoder, VAE) of `path`, loaded once while the file is unchanged."""
-        key = ("checkpoint", file_key(path), str(embeddings_dir))
-
-        target = self._target(path)
-
-        def load(where: Any) -> tuple:
-            # dtypes for the compute device, weights wherever `where` says (the host when they do not fit)
+        def load(where: Any) -> tuple:  # dtypes for the compute device, weights where `where` says
             return load_checkpoint(path, device=self.device, dtype=self.dtype, embeddings_dir=embeddings_dir,
                                    load_device=where, text_encoder_dtype=self.text_encoder_dtype,
                                    vae_dtype=self.vae_dtype)
 
-        return self._get(key, lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load("cpu"))),
-                         placed=target is not None)
+        return self._load_file(("checkpoint", file_key(path), str(embeddings_dir)), load, path)
 
     def load_vae(self, path: str | Path) -> Any:
         """A standalone VAE, loaded once while the file is unchanged."""
-        target = self._target(path)
-
-        def load(where: Any) -> Any:
-            return load_vae(path, device=where, dtype=self.precision.vae)  # the compute device's dtype, anywhere
-
-        return self._get(("vae", file_key(path)),
-                         lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load("cpu"))),
-                         placed=target is not None)
+        return self._load_file(("vae", file_key(path)),
+                               lambda where: load_vae(path, device=where, dtype=self.precision.vae), path)
 
     def load_diffusion_model(self, path: str | Path, weight_dtype: str = "default") -> Any:
         """A diffusion model file on its own (UNETLoader), loaded once per file and weight_dtype."""
-        key = ("diffusion_model", file_key(path), weight_dtype)
-
-        target = self._target(path)
-
         def load(where: Any) -> Any:
             return load_diffusion_model(path, device=self.device, dtype=self.dtype, weight_dtype=weight_dtype,
                                         load_device=where)
 
-        return self._get(key, lambda: self._prepare(self._remember(load(target or "cpu"), lambda: load("cpu"))),
-                         placed=target is not None)
+        return self._load_file(("diffusion_model", file_key(path), weight_dtype), load, path)
 
     def load_text_encoders(self, paths: list[str | Path], type: str, *, cpu: bool = False,  # noqa: A002
                            embeddings_dir: str | Path | None = None) -> Any:
@@ -219,28 +209,26 @@ class ModelManager:
         from .text_encoder_files import load_text_encoders
 
         device = torch.device("cpu") if cpu else self.device
-        key = ("text_encoders", tuple(file_key(p) for p in paths), type, str(device), str(embeddings_dir))
-        target = device if cpu else self._target(*paths)
 
-        def load(where: Any) -> Any:
-            # dtypes for the device they run on, weights where `where` says (the host when they do not fit)
+        def load(where: Any) -> Any:  # dtypes for the device they run on
             encoder = load_text_encoders(paths, type, device=device, dtype=self.text_encoder_dtype,
-                                         embeddings_dir=embeddings_dir, load_device=where)
+                                         embeddings_dir=embeddings_dir, load_device="cpu" if cpu else where)
             encoder.keep_on_cpu = cpu  # ComfyUI's device="cpu": encode there, never move it to the GPU
             return encoder
 
-        return self._get(key, lambda: self._remember(load(target or "cpu"), lambda: load("cpu")),
-                         placed=target is not None and not cpu)
+        key = ("text_encoders", tuple(file_key(p) for p in paths), type, str(device), str(embeddings_dir))
+        return self._load_file(key, load, *paths)
 
     def load_controlnet(self, path: str | Path, model: Any = None) -> Any:
-        """A CONTROL_NET file (ControlNetLoader; ``model`` for DiffControlNetLoader), loaded once while unchanged."""
+        """A CONTROL_NET file (ControlNetLoader; ``model`` for DiffControlNetLoader), loaded once while unchanged;
+        the sampler nodes place it with the diffusion model (``controlnet.control_models``)."""
         from .controlnet import load_controlnet
 
-        key = ("controlnet", file_key(path), None if model is None else id(model.network))
-        target = self._target(path)
-        # placed with the diffusion model by the sampler nodes (controlnet.control_models)
-        return self._get(key, lambda: load_controlnet(path, device=self.device, dtype=self.dtype, model=model,
-                                                      load_device=target or "cpu"), placed=target is not None)
+        def load(where: Any) -> Any:
+            return load_controlnet(path, device=self.device, dtype=self.dtype, model=model, load_device=where)
+
+        return self._load_file(("controlnet", file_key(path), None if model is None else id(model.network)), load,
+                               path)
 
     def load_upscale_model(self, path: str | Path) -> Any:
         """An UpscaleModelLoader model (ESRGAN family built in, others through spandrel), loaded once."""
@@ -267,7 +255,7 @@ class ModelManager:
             # what torch's caching allocator holds but does not use is free for us too
             free += torch.cuda.memory_reserved(index) - allocated
             # torch.cuda.set_per_process_memory_fraction (a GPU shared, a T4 simulated) caps this process
-            fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(index)  # older torch: no getter
+            fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(index)  # older torch
             free = min(free, total * fraction - allocated)
             return free - self.reserve
         return math.inf
@@ -312,7 +300,7 @@ class ModelManager:
     def _place(self, m: Any, key: tuple, dtype: torch.dtype | None, keep: tuple, partial: bool) -> None:
         size = model_bytes(m, dtype)
         # a LoRA clone shares its original's unpatched weights: those already on the device need no room
-        there = {id(p) for pl in self._resident.values() if pl.streamer is None for p in _params(pl.model)}
+        there = _ids([pl.model for pl in self._resident.values() if pl.streamer is None])
         new = size - tensor_bytes([p for p in _params(m) if id(p) in there], dtype)
         limit = self._weight_limit(partial, size)
         if new > limit:
@@ -339,9 +327,8 @@ class ModelManager:
     def _kept(self, keep: tuple) -> set[tuple]:
         """Keys of `keep` and of the resident models sharing weights with them (a LoRA clone's original): moving
         one of those would move the kept model's weights too."""
-        params = {id(p) for m in keep if m is not None for p in _params(m)}
-        shared = {k for k, pl in self._resident.items() if any(id(p) in params for p in _params(pl.model))}
-        return shared | {_key(m) for m in keep if m is not None}
+        keep = tuple(m for m in keep if m is not None)
+        return set(_sharing(keep, {k: pl.model for k, pl in self._resident.items()})) | {_key(m) for m in keep}
 
     def _make_room(self, need: float, keep: tuple) -> None:
         """Unload idle models, least recently used first, until `need` bytes are free (or nothing is left)."""
@@ -355,8 +342,7 @@ class ModelManager:
     def _offload(self, key: tuple) -> int:
         """Take one model off the device: to host RAM, or dropped (re-read from its file later) when RAM is short.
         Models sharing weights with it (a LoRA clone and its original) leave the device with it."""
-        mine = {id(p) for p in _params(self._resident[key].model)}
-        sharing = [k for k, pl in self._resident.items() if k != key and any(id(p) in mine for p in _params(pl.model))]
+        sharing = _sharing((self._resident[key].model,), {k: pl.model for k, pl in self._resident.items() if k != key})
         freed = self._offload_one(key)
         for other in sharing:
             freed += self._offload_one(other, drop=False)
@@ -388,11 +374,9 @@ class ModelManager:
             return
         # `m`, or a dropped model it shares weights with (a LoRA clone's original), is read again onto the host;
         # placing it on the device is use()'s job, with room made first
-        mine = {id(p) for p in _params(m)}
         loaded: dict[int, Any] = {}  # a checkpoint whose UNet, CLIP and VAE were all dropped is read once
-        for key, dropped in list(self._dropped.items()):
-            if not any(id(p) in mine for p in _params(dropped)):
-                continue
+        for key in _sharing((m,), self._dropped):
+            dropped = self._dropped[key]
             reload, part = self._reload[key]
             if id(reload) not in loaded:
                 loaded[id(reload)] = reload()
@@ -518,6 +502,17 @@ def _asked(error: BaseException) -> tuple[str, int] | None:
 
 def _params(model: Any) -> list[torch.Tensor]:
     return [p for m in model_modules(model) for p in m.parameters()]
+
+
+def _ids(models: Any) -> set[int]:
+    return {id(p) for m in models for p in _params(m)}
+
+
+def _sharing(models: tuple, candidates: dict[tuple, Any]) -> list[tuple]:
+    """Keys of the `candidates` holding a weight of one of `models` (the same Parameter object: a LoRA clone and
+    its original), in the candidates' order."""
+    ids = _ids(models)
+    return [k for k, m in candidates.items() if any(id(p) in ids for p in _params(m))]
 
 
 def _tensors(model: Any) -> list[torch.Tensor]:

@@ -3,8 +3,9 @@ and streams them to the device layer by layer during the forward pass.
 
 `stream(modules, device, budget)` makes layers resident on the device in module order while they fit in
 `budget` bytes; every other standard layer (Linear, Conv, Embedding, norms) keeps its weights on the host (pinned on
-CUDA, up to half the free host RAM) and gets a pre-hook that copies them in and a hook that lets them go after the layer ran. fp8 weights
-travel as fp8 (half the bytes of bf16) and `fp8.CastLinear` upcasts them on the device, one layer at a time.
+CUDA, up to half the free host RAM) and gets a pre-hook that copies them in and a hook that lets them go after the
+layer ran. fp8 weights travel as fp8 (half the bytes of bf16) and `fp8.CastLinear` upcasts them on the device, one
+layer at a time.
 
 >>> streamer = stream([model.network], "cuda", budget=4 << 30)
 >>> model.apply(x, t, inputs)          # the resident layers run in place, the others are copied in per call
