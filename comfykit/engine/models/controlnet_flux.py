@@ -18,14 +18,13 @@ ComfyUI passes the index unchanged, so on Union-Pro "openpose" is mode 0 (canny)
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import build_on_meta, config_from_folder, vae_hint_ratio
+from .dit_common import build_on_meta, config_from_folder, spread, vae_hint_ratio
 
 #: FLUX.1's block counts: ComfyUI spreads a ControlNet's residuals over these, whatever the model's depth
 MAIN_DOUBLE, MAIN_SINGLE = 19, 38
@@ -102,16 +101,6 @@ def infer_flux_controlnet_config(sd: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def spread(residuals: list[torch.Tensor], blocks: int, cycle: bool) -> list[torch.Tensor]:
-    """ComfyUI's residual per main-model block: each repeated ``ceil(blocks / k)`` times in a row, or the list
-    cycled (``cycle``, XLabs), cut to ``blocks``."""
-    if not residuals:
-        return []
-    rep = math.ceil(blocks / len(residuals))
-    out = list(residuals) * rep if cycle else [r for r in residuals for _ in range(rep)]
-    return out[:blocks]
-
-
 # -- the network ------------------------------------------------------------------------------------------------
 class FluxControlNet(nn.Module):
     """A diffusers ``FluxControlNetModel`` giving ComfyUI's {"input": per double block, "output": per single block}
@@ -168,14 +157,17 @@ class FluxControlNet(nn.Module):
             return hint * 2.0 - 1.0
         return model.latent_format.process_in(control.vae.encode(hint.movedim(1, -1)))
 
-    def run_options(self, control: Any, inputs: Any) -> dict[str, Any]:
-        """What a call needs beyond x, t, hint, context and pooled: the guidance and a union's mode."""
-        mode = getattr(control, "union_type", None)
-        if mode is not None and not self.modes:
-            mode = None  # ComfyUI ignores the type on a ControlNet without a mode embedder
-        if mode is not None and mode >= self.modes:
+    def check_type(self, union_type: int | None, name: str) -> None:
+        """At run start: a union ControlNet has SetUnionControlNetType's index among its modes."""
+        if union_type is not None and self.modes and union_type >= self.modes:
             raise ValueError(f"this union ControlNet knows {self.modes} control modes (0-{self.modes - 1}) but "
-                             f"SetUnionControlNetType chose index {mode}; pick one of its first {self.modes} types")
+                             f"SetUnionControlNetType chose index {union_type}; pick one of its first {self.modes} "
+                             "types")
+
+    def run_options(self, control: Any, inputs: Any) -> dict[str, Any]:
+        """What a call needs beyond x, t, hint, context and pooled: the guidance and a union's mode (ComfyUI
+        ignores the type on a ControlNet without a mode embedder)."""
+        mode = getattr(control, "union_type", None) if self.modes else None
         return {"guidance": getattr(inputs, "guidance", None), "mode": mode}
 
     def residuals(self, x: torch.Tensor, t: torch.Tensor, hint: torch.Tensor, context: torch.Tensor,

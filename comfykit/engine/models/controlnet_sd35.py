@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import vae_hint_ratio
+from .dit_common import pad_to_patch, vae_hint_ratio
 from .sd3 import MMDIT_HEAD_DIM
 
 #: the ``control_type`` scalar of Stability's files
@@ -203,7 +203,8 @@ class SD35ControlNet(nn.Module):
         net, patch = self.net, self.net.config.patch_size
         dtype = self.x_embedder.weight.dtype
         b = x.shape[0]
-        x, hint = _pad(x.to(dtype), patch), _pad(hint.to(dtype), patch)
+        # reflect-padded to the patch size, as ComfyUI's PatchEmbed in these ControlNets
+        x, hint = pad_to_patch(x.to(dtype), patch, "reflect"), pad_to_patch(hint.to(dtype), patch, "reflect")
         if hint.shape[0] != b:
             hint = hint.expand(b, -1, -1, -1)
         h, w = x.shape[-2] // patch, x.shape[-1] // patch
@@ -235,14 +236,6 @@ class SD35ControlNet(nn.Module):
             h = block(h, temb)
             outs.append(zero(h))
         return outs
-
-
-def _pad(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """Reflect-pad h and w to the patch size, as ComfyUI's PatchEmbed in these ControlNets."""
-    pad_h, pad_w = (-x.shape[-2]) % patch, (-x.shape[-1]) % patch
-    if not pad_h and not pad_w:
-        return x
-    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
 
 
 def build_sd35_controlnet(sd: dict[str, Any], name: str) -> SD35ControlNet:

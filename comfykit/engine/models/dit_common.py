@@ -14,6 +14,7 @@ Layouts, by the keys they carry once the prefix is stripped:
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -222,12 +223,22 @@ def build_on_meta(make: Callable[[], nn.Module], sd: dict[str, Any], what: str, 
     return module.eval()
 
 
-def pad_to_patch(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """Pad h and w up to multiples of `patch` with circular padding, as ComfyUI's DiTs do."""
+def pad_to_patch(x: torch.Tensor, patch: int, mode: str = "circular") -> torch.Tensor:
+    """Pad h and w up to multiples of `patch`: circular, as ComfyUI's DiTs do (its SD3.5 ControlNets reflect)."""
     pad_h, pad_w = (-x.shape[-2]) % patch, (-x.shape[-1]) % patch
     if not pad_h and not pad_w:
         return x
-    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def spread(residuals: list[torch.Tensor], blocks: int, cycle: bool = False) -> list[torch.Tensor]:
+    """ComfyUI's ControlNet residual per main-model block: each repeated ``ceil(blocks / k)`` times in a row, or
+    the list cycled (``cycle``, XLabs), cut to ``blocks``."""
+    if not residuals:
+        return []
+    rep = math.ceil(blocks / len(residuals))
+    out = list(residuals) * rep if cycle else [r for r in residuals for _ in range(rep)]
+    return out[:blocks]
 
 
 def per_sample(value: Any, batch: int, device: torch.device, name: str) -> torch.Tensor:
