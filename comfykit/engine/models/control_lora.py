@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .controlnet import UNetControlNet
+from .controlnet import UNetControlNet, build_unet_controlnet, ldm_to_diffusers
 
 MARKER = "lora_controlnet"
 ENCODER = ("time_embed.", "label_emb.", "input_blocks.", "middle_block.")
@@ -80,16 +80,13 @@ class ControlLora(nn.Module):
     def merged(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The LDM-layout ControlNet state dict: ``base`` (a UNet's) with this file's tensors and deltas applied."""
         out = {k: v for k, v in base.items() if k.startswith(ENCODER)}
-        keys = self.keys()
-        for key in keys:
+        for key in self.keys():
             if key.endswith(".down"):
                 continue
             value = self.tensor(key).detach()
             if key.endswith(".up"):
                 target = key[:-3] + ".weight"
                 down = self.tensor(key[:-3] + ".down").detach()
-                if target not in out:
-                    raise KeyError(target)
                 weight = out[target]
                 delta = (value.flatten(1).float() @ down.flatten(1).float()).reshape(weight.shape)
                 out[target] = (weight.float() + delta.to(weight.device)).to(weight.dtype)
@@ -99,8 +96,6 @@ class ControlLora(nn.Module):
 
     def check(self, model: Any, name: str) -> None:
         """Build (or reuse) the ControlNet for the UNet of ``model``; ModelError when the file does not fit it."""
-        from .controlnet import build_unet_controlnet, ldm_to_diffusers
-
         cfg = model.config
         ok = hasattr(cfg, "model_channels") and cfg.model_channels == self.model_channels and \
             bool(cfg.adm_in_channels) == self.adm

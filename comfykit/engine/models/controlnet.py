@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import config_from_folder, count_blocks
+from .dit_common import build_on_meta, config_from_folder, count_blocks, describe
 from .family import module_device, module_dtype
 from .precision import precision_for
 
@@ -69,8 +69,6 @@ def detect_controlnet(sd: dict[str, Any]) -> str:
 
 
 def _looks_like(sd: dict[str, Any]) -> str:
-    from .dit_common import describe
-
     names = list(sd)
     if any(k.startswith("model.diffusion_model.") for k in names):
         return "this is a full checkpoint (put it in models/checkpoints)"
@@ -231,8 +229,6 @@ def build_unet_controlnet(sd: dict[str, Any], name: str, folder_config: dict[str
                           ) -> UNetControlNet:
     """A :class:`UNetControlNet` from a diffusers-layout state dict (ModelError when the shapes do not fit)."""
     from diffusers import ControlNetModel
-
-    from .dit_common import build_on_meta
 
     try:
         config = infer_controlnet_config(sd)

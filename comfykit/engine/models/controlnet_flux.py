@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import build_on_meta, config_from_folder, spread, vae_hint_ratio
+from .dit_common import build_on_meta, config_from_folder, pad_to_patch, per_sample, spread, vae_hint_ratio
 
 #: FLUX.1's block counts: ComfyUI spreads a ControlNet's residuals over these, whatever the model's depth
 MAIN_DOUBLE, MAIN_SINGLE = 19, 38
@@ -174,7 +174,6 @@ class FluxControlNet(nn.Module):
                   pooled: torch.Tensor | None, guidance: torch.Tensor | None = None,
                   mode: int | None = None) -> dict[str, list[torch.Tensor]]:
         """{"input": a residual per FLUX.1 double block (19), "output": per single block (38)}; ``t`` is sigma."""
-        from .dit_common import pad_to_patch, per_sample
         from .flux import PATCH, pack
 
         net = self.net

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import pad_to_patch, vae_hint_ratio
+from .dit_common import build_on_meta, count_blocks, pad_to_patch, vae_hint_ratio
 from .sd3 import MMDIT_HEAD_DIM
 
 #: the ``control_type`` scalar of Stability's files
@@ -99,8 +99,6 @@ def infer_sd35_controlnet_config(sd: dict[str, Any]) -> dict[str, Any]:
 
     Heads: width / 64, as ComfyUI (at least one, so tiny test files of width < 64 load as one head).
     """
-    from .dit_common import count_blocks
-
     embed = sd["pos_embed_input.proj.weight"]
     width, channels, patch = embed.shape[0], embed.shape[1], embed.shape[2]
     heads = max(1, width // MMDIT_HEAD_DIM)
@@ -241,8 +239,6 @@ class SD35ControlNet(nn.Module):
 def build_sd35_controlnet(sd: dict[str, Any], name: str) -> SD35ControlNet:
     """An :class:`SD35ControlNet` from a Stability-layout state dict (ModelError when it is incomplete)."""
     from diffusers import SD3ControlNetModel
-
-    from .dit_common import build_on_meta
 
     converted, control_type = sd35_sai_to_diffusers(sd)
     try:

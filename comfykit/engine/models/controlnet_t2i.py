@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from .dit_common import config_from_folder, count_blocks
+from .dit_common import build_on_meta, config_from_folder, count_blocks
 
 DIFFUSERS_PREFIX = "adapter."
 
@@ -181,8 +181,6 @@ class T2IAdapterNet(nn.Module):
 def build_t2i_adapter(sd: dict[str, Any], name: str, folder_config: dict[str, Any] | None = None) -> T2IAdapterNet:
     """A :class:`T2IAdapterNet` from a T2I-Adapter state dict of either layout (ModelError when shapes do not fit)."""
     from diffusers import T2IAdapter
-
-    from .dit_common import build_on_meta
 
     if isinstance(sd.get("adapter"), dict):
         sd = sd["adapter"]

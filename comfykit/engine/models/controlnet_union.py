@@ -22,7 +22,7 @@ import torch
 
 from ...errors import ModelError
 from .controlnet import UNION_TYPES, UNetControlNet, infer_controlnet_config
-from .dit_common import config_from_folder
+from .dit_common import build_on_meta, config_from_folder
 
 #: ComfyUI's union head: 8 attention heads (the shapes do not say)
 TRANSFORMER_HEADS = 8
@@ -90,8 +90,6 @@ def build_union_controlnet(sd: dict[str, Any], name: str, folder_config: dict[st
                            ) -> UnionControlNet:
     """A :class:`UnionControlNet` from a diffusers-layout union state dict (ModelError when the shapes do not fit)."""
     from diffusers import ControlNetUnionModel
-
-    from .dit_common import build_on_meta
 
     try:
         config = infer_union_config(sd)

@@ -176,8 +176,10 @@ def tiny_sd35_controlnet(seed: int = 0, num_layers: int = 1, **overrides: Any) -
 
 def sd35_control_type(name: str) -> int | None:
     """The ``control_type`` a Stability SD3.5 ControlNet file of this name holds (0 blur, 1 canny, 2 depth)."""
+    from .controlnet_sd35 import CONTROL_TYPES
+
     low = name.lower()
-    return next((i for i, kind in ((0, "blur"), (1, "canny"), (2, "depth")) if kind in low), None)
+    return next((i for i, kind in CONTROL_TYPES.items() if kind in low), None)
 
 
 def write_sd35_controlnet(path: str | Path, seed: int = 0) -> Path:
@@ -220,10 +222,8 @@ def tiny_t2i_adapter(arch: str = "sd1-t2i", seed: int = 0, in_channels: int = 3)
     """A random diffusers ``T2IAdapter`` fitting :func:`t2i_unet_config` of ``arch`` (deterministic per seed)."""
     from diffusers import T2IAdapter
 
-    kind = T2I_ARCHES[arch] if arch in T2I_ARCHES else None
-    if kind is None:
-        raise ValueError(f"unknown T2I-Adapter arch {arch!r}; choose one of {', '.join(T2I_ARCHES)}")
-    cfg = t2i_unet_config(arch)
+    cfg = t2i_unet_config(arch)  # a ValueError naming the choices for an unknown arch
+    kind = T2I_ARCHES[arch]
     widths = [cfg.model_channels * m for m in cfg.channel_mult]
     channels = {"full_adapter": widths, "light_adapter": widths[:-1], "full_adapter_xl": widths + widths[-1:]}[kind]
     with torch.random.fork_rng(devices=[]):
