@@ -25,11 +25,11 @@ from ...errors import ModelError
 from . import keys
 from .diffusion import DiffusionModel, shared_copy
 from .fp8 import FP8_DTYPES
+from .lora import _TEXT_ENCODER_PREFIXES
 
 #: prefixes in front of BFL-named layers, and in front of diffusers-named ones
 _BFL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "lora_unet_")
 _DIFFUSERS_PREFIXES = ("transformer.base_model.model.", "base_model.model.", "transformer.", "lora_transformer_")
-_TEXT_PREFIXES = ("lora_te", "text_encoder", "text_encoders.")
 
 # (target, rows) where rows is (start, stop) of the BFL layer's output, or "swap" for the adaLN halves
 Target = tuple[str, Any]
@@ -195,7 +195,7 @@ def read_dit_lora(path: Path, transformer: nn.Module) -> tuple[dict[str, list], 
     for name, parts in groups.items():
         targets = names.resolve(name)
         if targets is None:
-            if not name.startswith(_TEXT_PREFIXES):
+            if not name.startswith(_TEXT_ENCODER_PREFIXES):
                 unmatched.append(name)
             continue
         if "down" in parts and "up" in parts:
@@ -237,8 +237,9 @@ def _current(module: nn.Module, name: str, like: torch.Tensor) -> torch.Tensor:
     return w * scale.to(w) if scale is not None else w
 
 
-def patch_dit(network: nn.Module, patches: dict[str, list], strength: float, path: Path) -> tuple[nn.Module, int]:
-    """A shared copy of a FluxModel/SD3Model `network` with the patches applied; returns it and its in_channels."""
+def patch_dit(network: nn.Module, patches: dict[str, list], strength: float, path: Path) -> nn.Module:
+    """A shared copy of a FluxModel/SD3Model `network` with the patches applied (a control LoRA widens its
+    transformer's in_channels, in the copy's config)."""
     new = shared_copy(network)
     transformer = new.transformer
     in_channels = transformer.config.in_channels
@@ -277,7 +278,7 @@ def patch_dit(network: nn.Module, patches: dict[str, list], strength: float, pat
             in_channels = w.shape[1]
     if in_channels != transformer.config.in_channels:
         transformer.register_to_config(in_channels=in_channels)  # the clone's config: the original keeps its own
-    return new, in_channels
+    return new
 
 
 def _foreign_family(arch: str, unmatched: list[str]) -> str | None:
@@ -313,7 +314,8 @@ def load_dit_lora(model: DiffusionModel, path: Path, strength: float) -> Diffusi
     if strength == 0:
         return model
     new = model.clone()
-    new.network, in_channels = patch_dit(model.network, patches, strength, path)
+    new.network = patch_dit(model.network, patches, strength, path)
+    in_channels = new.network.transformer.config.in_channels
     if isinstance(model.config, dict) and model.config.get("in_channels") != in_channels:
         new.config = {**model.config, "in_channels": in_channels}
     new.patches[str(path)] = strength

@@ -18,16 +18,9 @@ LAYOUTS = ("bfl", "sai", "kohya", "peft", "xlabs", "bfl-control")
 def _transformer(source: Any) -> nn.Module:
     if isinstance(source, nn.Module):
         return getattr(source, "transformer", source)
-    from .checkpoint import read_state_dict
-    from .dit_common import find_layout
-    from .flux import flux_transformer_from_state_dict
-    from .sd3 import sd3_transformer_from_state_dict
+    from .dit_common import load_dit
 
-    sd = read_state_dict(source)
-    found = find_layout(sd)
-    if found and found[0].startswith("sd3"):
-        return sd3_transformer_from_state_dict(sd, name=str(source))
-    return flux_transformer_from_state_dict(sd, name=str(source))
+    return load_dit(source).transformer
 
 
 def make_dit_lora(path: str | Path, model: Any, *, layout: str = "bfl", rank: int = 4, seed: int = 0,
@@ -41,7 +34,7 @@ def make_dit_lora(path: str | Path, model: Any, *, layout: str = "bfl", rank: in
     "bfl-control": BFL's Canny/Depth control LoRA
     (bare BFL names, `img_in` taking `control_channels` inputs, `lora_B.bias` and the q/k norm scales as weights).
     """
-    from .lora_dit import original_to_diffusers_modules
+    from .lora_dit import _sizes, original_to_diffusers_modules
     from .tiny_dit import _save
 
     if layout not in LAYOUTS:
@@ -62,7 +55,7 @@ def make_dit_lora(path: str | Path, model: Any, *, layout: str = "bfl", rank: in
                 pair("transformer." + name, m.out_features, m.in_features, "lora_A", "lora_B")
         return _save(sd, path)
     if layout == "xlabs":  # the attention layers only: qkv and proj of each stream, as XLabs' processors
-        inner, mlp = transformer.x_embedder.out_features, transformer.single_transformer_blocks[0].proj_mlp.out_features
+        _, _, inner, mlp = _sizes(transformer)
         for i in range(len(transformer.transformer_blocks)):
             for n in (1, 2):
                 pair(f"double_blocks.{i}.processor.qkv_lora{n}", 3 * inner, inner, "down", "up")
