@@ -312,17 +312,17 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"--variants: unknown {', '.join(sorted(unknown))}; use {', '.join(VARIANTS)}")
     rows, start = [], time.perf_counter()
+
+    def left() -> float:
+        return args.minutes * 60 - (time.perf_counter() - start)
+
     for case in args.only.split(","):
         if case not in CASES:
             sys.exit(f"--only: unknown case {case!r}; use {', '.join(CASES)}")
-        def left() -> float:
-            return args.minutes * 60 - (time.perf_counter() - start)
-
         row = measure(case, device, variants, args.tiny, args.compile_backend, left)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.no_t4 and left() < 60:
-            row["skipped"] = row.get("skipped", []) + ["t4"]
             row["t4_error"] = "skipped: out of time"
         elif not args.no_t4:
             child = [sys.executable, __file__, "--child", case] + (["--tiny"] if args.tiny else [])
