@@ -179,8 +179,8 @@ def _shrink(prompt: dict) -> None:
 
 
 def run_template(name: str, tmp_path, **engine_options):
-    """Run the template `name` shrunk, on tiny model files written under `tmp_path`; returns (result, engine's
-    model-manager events). `engine_options` go to Engine (device, vram, vram_budget, ...)."""
+    """Run the template `name` shrunk, on tiny model files written under `tmp_path`; returns (result, the engine's
+    model manager, models still loaded). `engine_options` go to Engine (device, vram, vram_budget, ...)."""
     from comfykit.engine import Engine
 
     prompt = ck.Workflow.load(_template(name)).to_api(validate=False)
@@ -192,10 +192,9 @@ def run_template(name: str, tmp_path, **engine_options):
                     **{"previews": "none", **engine_options})
     try:
         result = engine.run(prompt)
-        events = list(engine.models.events)
     finally:
         engine.shutdown()
-    return result, events
+    return result, engine.models
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "flux_kontext_dev_basic" else n

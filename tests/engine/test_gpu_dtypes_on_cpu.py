@@ -12,9 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 import numpy as np  # noqa: E402
-from test_comfyui_templates import _shrink, _template, _write_models  # noqa: E402
-
-import comfykit as ck  # noqa: E402
+from test_comfyui_templates import run_template  # noqa: E402
 
 #: the dtypes of two GPUs (comfykit.engine.models.precision's table), as Engine options
 GPUS = {"a100": lambda flux: dict(dtype="bf16" if flux else "fp16", text_encoder_dtype="fp16", vae_dtype="bf16"),
@@ -22,23 +20,12 @@ GPUS = {"a100": lambda flux: dict(dtype="bf16" if flux else "fp16", text_encoder
 
 
 def _run(name: str, tmp_path, **dtypes) -> np.ndarray:
-    from comfykit.engine import Engine
     from comfykit.engine.models.offload import model_modules
     from comfykit.engine.models.precision import parse_dtype
 
-    prompt = ck.Workflow.load(_template(name)).to_api(validate=False)
-    models, inputs = tmp_path / "models", tmp_path / "input"
-    if not models.exists():
-        _write_models(prompt, models, inputs)
-    _shrink(prompt)
-    engine = Engine(models, output_dir=tmp_path / "out", input_dir=inputs, temp_dir=tmp_path / "tmp",
-                    device="cpu", previews="none", cache="none", **dtypes)
-    try:
-        result = engine.run(prompt)
-        assert result.status == "success", result.error
-        stored = {p.dtype for m in engine.models.models() for module in model_modules(m) for p in module.parameters()}
-    finally:
-        engine.shutdown()
+    result, manager = run_template(name, tmp_path, device="cpu", cache="none", **dtypes)
+    assert result.status == "success", result.error
+    stored = {p.dtype for m in manager.models() for module in model_modules(m) for p in module.parameters()}
     asked = {parse_dtype(dtypes.get(k, "fp32")) for k in ("dtype", "text_encoder_dtype", "vae_dtype")}
     assert asked <= stored, f"asked for {asked}, the loaded models hold {stored}"
     return np.asarray(result.images[-1], dtype=np.float32)

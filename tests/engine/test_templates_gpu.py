@@ -61,7 +61,8 @@ def test_template_runs_on_cuda(name, tmp_path):
 def test_partial_loading_on_cuda_matches_a_full_load(name, vram, tmp_path):
     full, _ = templates.run_template(name, tmp_path, device="cuda")
     budget = TINY_BUDGET_GB if vram == "low" else None
-    streamed, events = templates.run_template(name, tmp_path, device="cuda", vram=vram, vram_budget=budget)
+    streamed, manager = templates.run_template(name, tmp_path, device="cuda", vram=vram, vram_budget=budget)
+    events = manager.events
     _assert_a_picture(streamed)
     assert any(kind == "partial" for kind, _ in events), f"vram={vram!r} streamed nothing: {events}"
     # the same weights and kernels, only copied in per layer: the pictures agree up to rounding

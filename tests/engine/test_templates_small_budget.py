@@ -28,7 +28,8 @@ def test_template_under_a_small_budget_gives_the_same_pictures(name, tmp_path):
     want = _images(run_template(name, tmp_path, device="cpu")[0])
     sizes = [p.stat().st_size for p in (tmp_path / "models").rglob("*") if p.is_file()]
     for budget, expect in ((sum(sizes) / 2, ("offload", "drop", "partial")), (max(sizes) * 0.4, ("partial",))):
-        result, events = run_template(name, tmp_path, device="cpu", vram_budget=budget / 2**30)
+        result, manager = run_template(name, tmp_path, device="cpu", vram_budget=budget / 2**30)
+        events = manager.events
         got = _images(result)
         assert {kind for kind, _ in events} & set(expect), f"budget {budget:.0f} B: nothing unloaded: {events}"
         assert len(got) == len(want) and all(np.abs(g - w).max() <= 1 for g, w in zip(got, want))
